@@ -1,0 +1,1 @@
+"""MediSync REST client and MediSearch SSE client."""

@@ -1,0 +1,1 @@
+"""WAV archive, repair after a crash, and the upload queue."""

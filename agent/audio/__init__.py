@@ -1,0 +1,1 @@
+"""Audio sources, DSP and the voice-activity gate."""

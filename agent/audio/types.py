@@ -1,0 +1,73 @@
+"""Small value types shared by the audio path, the archive and the stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A block of captured audio at the source's native rate, as the source delivered it."""
+
+    samples: npt.NDArray[np.float32]
+    """Shape (frames, channels), float32 in [-1, 1]."""
+    capture_time: float
+    """time.monotonic() seconds when the first sample of the block was captured (estimated for files)."""
+    missed: int = 0
+    """Source-rate sample frames lost just before this block (hand-off overflow, device loss); 0 normally."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A fixed-length piece of the visit timeline: 16 kHz mono s16le."""
+
+    start: int
+    """Timeline index (samples at 16 kHz since the visit's first captured sample) of the first sample."""
+    pcm: bytes
+    """s16le mono 16 kHz; len(pcm) // 2 samples."""
+    capture_time: float = 0.0
+    """time.monotonic() seconds when the first sample was captured (for capture-to-wire latency)."""
+
+    @property
+    def samples(self) -> int:
+        return len(self.pcm) // 2
+
+    @property
+    def end(self) -> int:
+        """Timeline index one past the last sample."""
+        return self.start + len(self.pcm) // 2
+
+
+class Source(Protocol):
+    """Where audio comes from: microphone, WAV file or synthetic generator.
+
+    Used as a context manager; ``read`` is called from one thread only. ``stop`` may be called from any thread
+    and makes ``read`` return None soon after.
+    """
+
+    @property
+    def description(self) -> str:
+        """Human description for logs, e.g. "mic 'USB Audio' 48000 Hz x2" (never patient data)."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """Native rate in Hz."""
+        ...
+
+    @property
+    def channels(self) -> int: ...
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def read(self) -> Block | None:
+        """Next block, blocking until one is available; None at the end of the stream or after stop()."""
+        ...
+
+    def stop(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The local MediSync-compatible server used by the demo, tests and benchmarks."""

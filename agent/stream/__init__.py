@@ -1,0 +1,1 @@
+"""Send ring, replay policy, wire messages and the speech socket client."""

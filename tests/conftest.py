@@ -1,0 +1,12 @@
+"""Shared test set-up: every module in tests/plugins/ is loaded as a pytest plugin (fixtures by area)."""
+
+from __future__ import annotations
+
+import pkgutil
+from pathlib import Path
+
+pytest_plugins = [
+    f"tests.plugins.{m.name}"
+    for m in pkgutil.iter_modules([str(Path(__file__).parent / "plugins")])
+    if not m.name.startswith("_")
+]

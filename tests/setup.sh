@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Sets up everything the agent, its demo and its tests need, idempotently:
+#   - as root on Debian: the system packages (PortAudio, PulseAudio, sox, venv support) via apt-get;
+#   - a virtual environment in .venv with the agent installed in editable mode plus test tools.
+# Not root: system packages are only checked, and missing ones are named with the command to install them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(python3-venv libportaudio2 pulseaudio pulseaudio-utils sox systemd)
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: warning: missing system packages: ${missing[*]} (as root: apt-get install ${missing[*]});" \
+         "the microphone tests need them" >&2
+  fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: error: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv || { echo "setup: error: cannot create .venv (as root: apt-get install python3-venv)" >&2; exit 1; }
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test,bench]"
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
