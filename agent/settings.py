@@ -1,0 +1,126 @@
+"""Frozen settings, one struct per area. Every field's docstring states its unit.
+
+These are the values the code runs with; ``agent.config`` fills them from TOML, environment and CLI flags and
+validates them. Defaults are what a device in a clinic should use unless IT has a reason to change them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    source: str = "mic"
+    """Source spec: ``mic``, ``mic:<device name substring>``, ``file:<path.wav>`` or ``synth:<recipe>``."""
+    pace: Literal["realtime", "fast"] = "realtime"
+    """File and synthetic sources only: deliver audio in real time or as fast as possible."""
+    frame_ms: Literal[10, 20, 30] = 20
+    """Length of one timeline frame in milliseconds (also the VAD frame)."""
+    handoff_seconds: float = 5.0
+    """Capacity of the hand-off buffer between the capture callback and the DSP thread, in seconds of audio."""
+
+
+class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    aggressiveness: Literal[0, 1, 2, 3] = 2
+    """webrtcvad aggressiveness, 0 (keeps most) to 3 (gates most)."""
+    onset_ms: int = 60
+    """Speech must be detected for this many milliseconds (within the onset window) before a segment opens."""
+    preroll_ms: int = 300
+    """Milliseconds of audio before the confirmed onset that are passed with the segment (keeps the first word)."""
+    hangover_ms: int = 600
+    """Milliseconds of non-speech after which an open segment closes (bridges short pauses between words)."""
+
+
+class ArchiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    directory: str = "/var/lib/medisync-agent/recordings"
+    """Folder for visit WAV files (``.partial`` while recording)."""
+    header_interval_s: float = 1.0
+    """Seconds of audio between rewrites of the WAV header while recording."""
+    fsync_interval_s: float = 1.0
+    """Seconds of audio between fsync() calls: the most a power loss can cost."""
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api_url: str = "https://app.medisync.me/api"
+    """Base URL of MediSync's REST API (ends in ``/api``)."""
+    speech_url: str = "wss://speech.medisync.me"
+    """Base URL of the speech socket; ``/ws/transcribe`` is appended."""
+    email: str = ""
+    """Login e-mail of the clinic's MediSync account."""
+    password_file: str = ""
+    """File holding the password (must not be readable by group or others); empty: systemd credential ``password``."""
+    timeout_s: float = 30.0
+    """Seconds before an HTTP request without progress is abandoned."""
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    """Stream the visit for a live transcript. The archive and upload happen either way."""
+    ring_seconds: float = 600.0
+    """Send ring capacity in seconds of gated audio; older unacknowledged audio is dropped (and announced as gap)."""
+    ring_bytes: int = 32 * 1024 * 1024
+    """Send ring capacity in bytes of PCM; whichever limit is reached first applies."""
+    message_ms: int = 100
+    """Live wire message length in milliseconds (resume mode): smaller is lower latency, larger is cheaper."""
+    replay_message_ms: int = 1000
+    """Wire message length in milliseconds while replaying a backlog (resume mode), at most 1000."""
+    replay_speed: float = 4.0
+    """Backlog replay pace as a multiple of real time."""
+    basic_max_chunk_s: float = 15.0
+    """Basic mode: longest chunk in seconds; longer speech is split."""
+    basic_chunk_timeout_s: float = 30.0
+    """Basic mode: seconds a chunk may stay without transcription on a healthy connection before it counts as done."""
+    basic_format: Literal["wav", "pcm"] = "wav"
+    """Basic mode chunk encoding: a complete WAV file (MediSync's recommendation) or raw PCM."""
+    ack_timeout_s: float = 10.0
+    """Resume mode: seconds without ack progress while frames are outstanding before the connection is replaced."""
+    ping_interval_s: float = 10.0
+    """Seconds between WebSocket pings."""
+    ping_timeout_s: float = 10.0
+    """Seconds to wait for a pong before the connection is considered dead."""
+    session_init_timeout_s: float = 5.0
+    """Seconds to wait for ``session_init`` after connecting before proceeding without it."""
+    end_timeout_s: float = 15.0
+    """Seconds to wait for ``closed`` after ``end`` when a visit stops."""
+    backoff_first_s: float = 0.25
+    """Upper bound in seconds of the first reconnect delay (full jitter)."""
+    backoff_cap_s: float = 30.0
+    """Upper bound in seconds of any reconnect delay."""
+    connect_timeout_s: float = 10.0
+    """Seconds allowed for TCP connect plus WebSocket handshake."""
+
+
+class UploadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    queue_dir: str = "/var/lib/medisync-agent/uploads"
+    """Folder of the on-disk upload queue (survives reboots)."""
+    retention_hours: float = 24.0
+    """Hours a WAV is kept after its upload was confirmed, then deleted."""
+    backoff_first_s: float = 5.0
+    """Upper bound in seconds of the first retry delay after a failed upload."""
+    backoff_cap_s: float = 900.0
+    """Upper bound in seconds of any retry delay."""
+    max_bytes: int = 500 * 1024 * 1024
+    """Largest file the recordings endpoint accepts, in bytes; larger visits are encoded to MP3 first."""
+
+
+class DaemonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    control_socket: str = "/run/medisync-agent/control.sock"
+    """Path of the Unix control socket (mode 0660: owner and group may start and stop visits)."""
+    metrics_address: str = ""
+    """``host:port`` for Prometheus metrics, e.g. ``127.0.0.1:9510``; empty disables metrics."""
+    stop_timeout_s: float = 20.0
+    """Seconds a SIGTERM may take: archive finished, queue persisted, then exit."""
+    device_retry_cap_s: float = 10.0
+    """Upper bound in seconds between attempts to reopen a lost microphone."""
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
+    vad: VadSettings = msgspec.field(default_factory=VadSettings)
+    archive: ArchiveSettings = msgspec.field(default_factory=ArchiveSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
+    daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
