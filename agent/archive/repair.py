@@ -1,0 +1,169 @@
+"""Repair a ``.partial`` WAV left behind by kill -9 or a power loss, and rename it to its final name.
+
+The header of a ``.partial`` is only as fresh as the writer's last periodic rewrite (or says 0, or is garbage if the
+crash hit mid-update), so repair never trusts its sizes: it finds the ``data`` chunk, takes every whole sample
+frame actually on disk after it, truncates a torn trailing sample, writes the sizes into the header, fsyncs and
+renames atomically to the name without ``.partial``. The format fields (rate, channels, bits) must be sane PCM,
+otherwise the file is not ours and is left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error, fsync_directory
+from agent.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+_MAX_HEADER_SCAN = 64 * 1024
+"""Bytes searched for the ``data`` chunk; our writer puts it at 36, other writers add small chunks before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    partial: Path
+    """The ``.partial`` that was repaired (no longer exists)."""
+    final: Path
+    """The complete WAV it became."""
+    frames: int
+    """Sample frames (per channel) the repaired WAV holds."""
+    sample_rate: int
+    """Hz, from the header."""
+    dropped_bytes: int
+    """Bytes of a torn trailing sample frame that were cut off."""
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class RepairFailure:
+    partial: Path
+    reason: str
+    """One line for a person (from the ArchiveError)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    sample_rate: int
+    block_align: int
+    data_offset: int
+    """File offset of the first sample byte."""
+
+
+def final_path_of(partial: Path) -> Path:
+    if not partial.name.endswith(PARTIAL_SUFFIX) or partial.name == PARTIAL_SUFFIX:
+        raise ArchiveError(f"cannot repair {partial}: the name does not end in {PARTIAL_SUFFIX}")
+    return partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)])
+
+
+def parse_layout(head: bytes, name: str) -> _Layout:
+    """Find format and data offset in the first bytes of a WAV; ArchiveError if it is not a PCM WAV."""
+    if not head:
+        raise ArchiveError(f"cannot repair {name}: the file is empty (nothing reached the disk)")
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no RIFF/WAVE header)")
+    offset = 12
+    fmt: tuple[int, int, int, int] | None = None
+    while offset + 8 <= len(head):
+        chunk_id, size = struct.unpack_from("<4sI", head, offset)
+        body = offset + 8
+        if chunk_id == b"data":
+            if fmt is None:
+                raise ArchiveError(f"cannot repair {name}: data chunk before the format chunk")
+            return _checked_layout(fmt, body, name)
+        if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(head):
+            encoding, channels, rate, _byte_rate, block_align = struct.unpack_from("<HHIIH", head, body)
+            fmt = (encoding, channels, rate, block_align)
+        offset = body + size + (size & 1)
+    raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no data chunk in the header)")
+
+
+def _checked_layout(fmt: tuple[int, int, int, int], data_offset: int, name: str) -> _Layout:
+    encoding, channels, rate, block_align = fmt
+    if encoding not in (1, 0xFFFE) or not 1 <= channels <= 32 or not 1000 <= rate <= 768_000 or block_align == 0:
+        raise ArchiveError(f"cannot repair {name}: unsupported or corrupt WAV format header")
+    return _Layout(sample_rate=rate, block_align=block_align, data_offset=data_offset)
+
+
+def repair_partial(partial: Path | str) -> RepairResult:
+    """Repair one ``.partial`` into its final WAV (see module doc). Raises ArchiveError with a one-line reason."""
+    partial = Path(partial)
+    final = final_path_of(partial)
+    if final.exists():
+        raise ArchiveError(f"cannot repair {partial}: {final.name} exists already (move one of them away)")
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ArchiveError(f"cannot repair {partial}: no such file") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
+    try:
+        result = _repair_open_file(fd, partial, final)
+    except OSError as exc:
+        raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
+    finally:
+        os.close(fd)
+    try:
+        os.replace(partial, final)
+        fsync_directory(final.parent)
+    except OSError as exc:
+        raise ArchiveError(f"cannot rename {partial.name} to {final.name}: {describe_os_error(exc)}") from exc
+    return result
+
+
+def _repair_open_file(fd: int, partial: Path, final: Path) -> RepairResult:
+    size = os.fstat(fd).st_size
+    layout = parse_layout(os.pread(fd, _MAX_HEADER_SCAN, 0), str(partial))
+    on_disk = max(0, size - layout.data_offset)
+    data_bytes = on_disk - on_disk % layout.block_align
+    if data_bytes + layout.data_offset > 0xFFFFFFFF:
+        raise ArchiveError(f"cannot repair {partial}: larger than a WAV file can be (4 GiB)")
+    if size != layout.data_offset + data_bytes:
+        os.ftruncate(fd, layout.data_offset + data_bytes)
+    os.pwrite(fd, struct.pack("<I", layout.data_offset - 8 + data_bytes), 4)
+    os.pwrite(fd, struct.pack("<I", data_bytes), layout.data_offset - 4)
+    os.fsync(fd)
+    return RepairResult(
+        partial=partial,
+        final=final,
+        frames=data_bytes // layout.block_align,
+        sample_rate=layout.sample_rate,
+        dropped_bytes=max(0, size - layout.data_offset - data_bytes),
+    )
+
+
+def find_partials(directory: Path | str) -> list[Path]:
+    """The ``.partial`` files in ``directory`` (not recursive), sorted by name."""
+    directory = Path(directory)
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        raise ArchiveError(f"cannot look for unfinished recordings: folder {directory} does not exist") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot look for unfinished recordings in {directory}: {describe_os_error(exc)}") from exc
+    return [p for p in entries if p.name.endswith(PARTIAL_SUFFIX) and p.name != PARTIAL_SUFFIX and p.is_file()]
+
+
+def repair_all(directory: Path | str) -> list[RepairResult | RepairFailure]:
+    """Repair every ``.partial`` in ``directory`` (on the next start after a crash); one bad file never stops the rest.
+
+    Returns one outcome per file, in name order. Raises ArchiveError only if the folder cannot be listed.
+    """
+    outcomes: list[RepairResult | RepairFailure] = []
+    for partial in find_partials(directory):
+        try:
+            result = repair_partial(partial)
+        except ArchiveError as exc:
+            log.warning("%s", exc)
+            outcomes.append(RepairFailure(partial=partial, reason=str(exc)))
+        else:
+            log.info("repaired %s: %.2f s", result.final.name, result.seconds)
+            outcomes.append(result)
+    return outcomes

@@ -1,0 +1,272 @@
+"""Crash-safe incremental WAV writer for a visit's timeline (16 kHz mono s16le).
+
+While recording, audio goes to ``<final>.partial``; :meth:`WavArchiveWriter.finish` seals it and renames it to the
+final name with ``os.replace`` (atomic: a reader sees either the ``.partial`` or the complete WAV, never half).
+
+Durability policy (what a crash can cost):
+
+* Every frame is handed to the kernel with one ``os.write`` as soon as it arrives; there is no user-space buffer,
+  the page cache is the buffer. A ``kill -9`` of the agent therefore loses nothing it had passed to the writer.
+* The RIFF and data sizes in the header are rewritten (one ``pwrite`` of 44 bytes) every
+  ``ArchiveSettings.header_interval_s`` of audio, so the ``.partial`` is itself a valid WAV of (nearly) the whole
+  visit at any time; :mod:`agent.archive.repair` fixes the sizes from the file length after a crash anyway.
+* ``fdatasync`` runs every ``ArchiveSettings.fsync_interval_s`` of audio (right after a header rewrite when the
+  intervals coincide), so a power loss costs at most about that much audio. The file and its folder entry are
+  fsynced at creation, and the folder again after the final rename, so the name survives a power loss too.
+  The fsync runs on the calling (DSP) thread; the hand-off ring in front of the DSP absorbs its latency.
+* Disk full (ENOSPC) or another write error: the writer truncates the file to the last whole sample that reached
+  the disk, fixes the header, fsyncs and renames it to the final name ("sealed"), then raises
+  :class:`~agent.errors.ArchiveError` naming the file and how much audio it holds. Nothing already written is lost
+  and the result is a complete, valid WAV that the upload can take.
+
+Timeline: the archive holds every frame, ungated. A frame whose ``start`` lies beyond the current position (the
+caller lost audio: overflow, device loss) is preceded by silence, so archive time always equals timeline time.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import NoReturn
+
+from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.audio.types import Frame
+from agent.errors import ArchiveError
+from agent.settings import ArchiveSettings
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+HEADER_BYTES = 44
+FILE_MODE = 0o600
+"""Visit audio is patient data: readable by the agent's user only."""
+_SILENCE_CHUNK = bytes(SAMPLE_RATE * BYTES_PER_SAMPLE)
+
+
+def wav_header(data_bytes: int, *, sample_rate: int = SAMPLE_RATE, channels: int = 1, bits: int = 16) -> bytes:
+    """The canonical 44-byte PCM WAV header for ``data_bytes`` of sample data."""
+    block_align = channels * bits // 8
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF", 36 + data_bytes, b"WAVE",
+        b"fmt ", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, bits,
+        b"data", data_bytes,
+    )  # fmt: skip
+
+
+def partial_path(final: Path) -> Path:
+    """Where ``final`` is written while recording."""
+    return final.with_name(final.name + PARTIAL_SUFFIX)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a create/rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short human reason for a file-system error (no paths: callers add the one that matters)."""
+    reasons = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "folder does not exist",
+        errno.ENOTDIR: "not a folder",
+        errno.EIO: "input/output error",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+class WavArchiveWriter:
+    """Writes one visit's timeline to ``<final>.partial`` and renames it to ``final`` when finished.
+
+    Not thread-safe: one thread writes (the DSP thread). Use :meth:`create`, then :meth:`write_frame` per frame and
+    :meth:`finish` at the end; as a context manager, leaving the block without ``finish`` (an exception) seals
+    the file under its final name so nothing recorded is lost.
+    """
+
+    def __init__(self, final: Path, fd: int, settings: ArchiveSettings) -> None:
+        self.final = final
+        self.partial = partial_path(final)
+        self._fd: int | None = fd
+        self._data_bytes = 0
+        self._header_every = max(1, round(settings.header_interval_s * SAMPLE_RATE)) * BYTES_PER_SAMPLE
+        self._sync_every = max(1, round(settings.fsync_interval_s * SAMPLE_RATE)) * BYTES_PER_SAMPLE
+        self._next_header = self._header_every
+        self._next_sync = self._sync_every
+        self.header_rewrites = 0
+        """How many times the header was rewritten while recording (for tests and metrics)."""
+        self.fsyncs = 0
+        """How many data fsyncs ran while recording (for tests and metrics)."""
+
+    @classmethod
+    def create(cls, final: Path | str, settings: ArchiveSettings, *, overwrite: bool = False) -> WavArchiveWriter:
+        """Create ``<final>.partial`` with an empty WAV header, durable (file and folder entry fsynced).
+
+        Raises ArchiveError if the folder is missing or not writable, if a ``.partial`` of the same name exists
+        (an earlier crash: repair it first) or if ``final`` exists and ``overwrite`` is false.
+        """
+        final = Path(final)
+        folder = final.parent
+        if not folder.is_dir():
+            raise ArchiveError(f"cannot record to {final}: output folder {folder} does not exist")
+        if final.exists() and not overwrite:
+            raise ArchiveError(f"cannot record to {final}: the file exists (choose another name or overwrite it)")
+        partial = partial_path(final)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            raise ArchiveError(
+                f"cannot record to {final}: {partial.name} exists from an earlier crash (run 'medisync-agent repair')"
+            ) from None
+        except OSError as exc:
+            raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
+        try:
+            _write_all(fd, wav_header(0))
+            os.fsync(fd)
+            fsync_directory(folder)
+        except OSError as exc:
+            os.close(fd)
+            _remove_quietly(partial)
+            raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
+        return cls(final, fd, settings)
+
+    @property
+    def position(self) -> int:
+        """Timeline index one past the last sample written (= samples in the archive)."""
+        return self._data_bytes // BYTES_PER_SAMPLE
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def write_frame(self, frame: Frame) -> None:
+        """Append ``frame``; silence first if it starts after the current position (a gap in the timeline)."""
+        if frame.start < self.position:
+            raise ValueError(f"frame at {frame.start} overlaps the archive, which is at {self.position}")
+        if frame.start > self.position:
+            self.write_silence(frame.start - self.position)
+        self._append(frame.pcm)
+
+    def write_silence(self, samples: int) -> None:
+        """Append ``samples`` of silence (audio the caller lost), keeping archive time equal to timeline time."""
+        remaining = samples * BYTES_PER_SAMPLE
+        while remaining > 0:
+            piece = min(remaining, len(_SILENCE_CHUNK))
+            self._append(_SILENCE_CHUNK[:piece] if piece < len(_SILENCE_CHUNK) else _SILENCE_CHUNK)
+            remaining -= piece
+
+    def finish(self) -> Path:
+        """Write the final header, fsync, rename to the final name atomically, fsync the folder. Returns it."""
+        fd = self._require_open()
+        try:
+            os.pwrite(fd, wav_header(self._data_bytes), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            self._seal_after_error(exc)
+        os.close(fd)
+        self._fd = None
+        self._rename_to_final()
+        return self.final
+
+    def __enter__(self) -> WavArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.finish()
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise ArchiveError(f"archive {self.final} is already finished")
+        return self._fd
+
+    def _append(self, pcm: bytes) -> None:
+        fd = self._require_open()
+        view = memoryview(pcm)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except OSError as exc:
+                self._seal_after_error(exc)
+            self._data_bytes += written
+            view = view[written:]
+        if self._data_bytes >= self._next_header:
+            self._rewrite_header(fd)
+        if self._data_bytes >= self._next_sync:
+            self._sync(fd)
+
+    def _rewrite_header(self, fd: int) -> None:
+        try:
+            os.pwrite(fd, wav_header(self._data_bytes), 0)
+        except OSError as exc:
+            self._seal_after_error(exc)
+        self.header_rewrites += 1
+        self._next_header = (self._data_bytes // self._header_every + 1) * self._header_every
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            self._seal_after_error(exc)
+        self.fsyncs += 1
+        self._next_sync = (self._data_bytes // self._sync_every + 1) * self._sync_every
+
+    def _seal_after_error(self, exc: OSError) -> NoReturn:
+        """Keep what reached the disk as a valid WAV under the final name, then raise ArchiveError. Never returns."""
+        fd = self._fd
+        reason = describe_os_error(exc)
+        self._fd = None
+        if fd is None:  # pragma: no cover - guarded by _require_open
+            raise ArchiveError(f"archive {self.final}: {reason}") from exc
+        whole = self._data_bytes - self._data_bytes % BYTES_PER_SAMPLE
+        try:
+            os.ftruncate(fd, HEADER_BYTES + whole)  # shrinking needs no free space
+            os.pwrite(fd, wav_header(whole), 0)  # overwrites existing bytes: needs no free space either
+            os.fsync(fd)
+        except OSError as seal_exc:
+            os.close(fd)
+            raise ArchiveError(
+                f"archive {self.partial} stopped ({reason}) and could not be sealed "
+                f"({describe_os_error(seal_exc)}): run 'medisync-agent repair' when the disk is fixed"
+            ) from exc
+        os.close(fd)
+        self._data_bytes = whole
+        self._rename_to_final()
+        seconds = whole / BYTES_PER_SAMPLE / SAMPLE_RATE
+        raise ArchiveError(
+            f"{reason} while writing {self.final}: recording stopped, the first {seconds:.2f} s are saved"
+        )
+
+    def _rename_to_final(self) -> None:
+        try:
+            os.replace(self.partial, self.final)
+            fsync_directory(self.final.parent)
+        except OSError as exc:
+            raise ArchiveError(
+                f"could not rename {self.partial.name} to {self.final.name}: {describe_os_error(exc)}"
+            ) from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path.name, describe_os_error(exc))
