@@ -1,0 +1,116 @@
+"""Range rules for settings (types are checked by msgspec; these say which values of the type make sense).
+
+Each rule knows how to describe what it allows, so error messages and ``config example`` say the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+UNIX_SOCKET_PATH_MAX = 107
+"""sockaddr_un.sun_path holds 108 bytes including the terminating NUL."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    accepts: Callable[[Any], bool]
+    allowed: str
+    """What the rule allows, phrased for a person: ``a number greater than 0``."""
+
+
+def positive(upper: float | None = None, unit: str = "") -> Rule:
+    suffix = f" {unit}" if unit else ""
+    if upper is None:
+        return Rule(lambda v: math.isfinite(v) and v > 0, f"a number greater than 0{suffix}")
+    return Rule(lambda v: math.isfinite(v) and 0 < v <= upper, f"greater than 0 and at most {upper:g}{suffix}")
+
+
+def between(lower: float, upper: float, unit: str = "") -> Rule:
+    suffix = f" {unit}" if unit else ""
+    return Rule(lambda v: math.isfinite(v) and lower <= v <= upper, f"{lower:g} to {upper:g}{suffix}")
+
+
+def non_empty(what: str) -> Rule:
+    return Rule(lambda v: bool(v.strip()), what)
+
+
+def url(schemes: tuple[str, ...]) -> Rule:
+    pattern = re.compile(r"^(" + "|".join(schemes) + r")://[^\s/]+(/\S*)?$")
+    return Rule(lambda v: bool(pattern.match(v)), "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+
+
+def _source_ok(value: str) -> bool:
+    if value == "mic":
+        return True
+    kind, sep, rest = value.partition(":")
+    return bool(sep) and kind in ("mic", "file", "synth") and bool(rest.strip())
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` -> (host, port); None when malformed or the port is not 1..65535."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", address)
+    if match is None:
+        return None
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    return (host, port) if 1 <= port <= 65535 else None
+
+
+RULES: Mapping[str, Rule] = {
+    "audio.source": Rule(_source_ok, "mic, mic:<device name part>, file:<path.wav> or synth:<recipe>"),
+    "audio.handoff_seconds": positive(60, "seconds"),
+    "vad.onset_ms": between(0, 1000, "ms"),
+    "vad.preroll_ms": between(0, 5000, "ms"),
+    "vad.hangover_ms": between(0, 10000, "ms"),
+    "archive.directory": non_empty("a folder path"),
+    "archive.header_interval_s": positive(3600, "seconds"),
+    "archive.fsync_interval_s": positive(3600, "seconds"),
+    "api.api_url": url(("https", "http")),
+    "api.speech_url": url(("wss", "ws")),
+    "api.timeout_s": positive(600, "seconds"),
+    "stream.ring_seconds": positive(86400, "seconds"),
+    "stream.ring_bytes": between(65536, 4 * 1024**3, "bytes"),
+    "stream.message_ms": between(20, 1000, "ms"),
+    "stream.replay_message_ms": between(20, 1000, "ms"),
+    "stream.replay_speed": positive(100),
+    "stream.basic_max_chunk_s": positive(300, "seconds"),
+    "stream.basic_chunk_timeout_s": positive(3600, "seconds"),
+    "stream.ack_timeout_s": positive(600, "seconds"),
+    "stream.ping_interval_s": positive(600, "seconds"),
+    "stream.ping_timeout_s": positive(600, "seconds"),
+    "stream.session_init_timeout_s": positive(600, "seconds"),
+    "stream.end_timeout_s": positive(3600, "seconds"),
+    "stream.backoff_first_s": positive(3600, "seconds"),
+    "stream.backoff_cap_s": positive(86400, "seconds"),
+    "stream.connect_timeout_s": positive(600, "seconds"),
+    "upload.queue_dir": non_empty("a folder path"),
+    "upload.retention_hours": between(0, 24 * 365, "hours"),
+    "upload.backoff_first_s": positive(86400, "seconds"),
+    "upload.backoff_cap_s": positive(7 * 86400, "seconds"),
+    "upload.max_bytes": between(1024 * 1024, 500 * 1024 * 1024, "bytes"),
+    "daemon.control_socket": Rule(
+        lambda v: 0 < len(v.encode()) <= UNIX_SOCKET_PATH_MAX, f"a path of 1 to {UNIX_SOCKET_PATH_MAX} bytes"
+    ),
+    "daemon.metrics_address": Rule(
+        lambda v: v == "" or split_host_port(v) is not None, 'empty (off) or host:port, e.g. "127.0.0.1:9510"'
+    ),
+    "daemon.stop_timeout_s": positive(600, "seconds"),
+    "daemon.device_retry_cap_s": positive(3600, "seconds"),
+}
+
+_ORDERED_PAIRS = (
+    ("stream.backoff_first_s", "stream.backoff_cap_s"),
+    ("upload.backoff_first_s", "upload.backoff_cap_s"),
+)
+
+
+def check_cross_field(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(key, problem) for the first violated relation between settings, or None."""
+    for lower, upper in _ORDERED_PAIRS:
+        if values[lower] > values[upper]:
+            return lower, f"must not exceed {upper} = {values[upper]:g}"
+    return None
