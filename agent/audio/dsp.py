@@ -1,0 +1,147 @@
+"""DSP: native-rate blocks -> 16 kHz s16 mono frames on the visit timeline.
+
+Per block: downmix (mean of the channels) -> ``soxr.ResampleStream`` (HQ) to 16 kHz float32 -> int16 (round,
+clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured sample; each frame
+carries its index and the capture time of its first sample (interpolated from the block capture times).
+
+Guarantees:
+
+- The output does not depend on how the input is split into blocks (soxr's stream is chunking-invariant and
+  everything after it works on the concatenated stream); tests check this sample for sample.
+- ``flush()`` at the end of the stream drains the resampler and emits the tail. The last frame is emitted SHORT
+  (fewer samples than a full frame, never padded), so the timeline ends exactly where the audio ends:
+  output length = round(input frames x 16000 / rate) (+- 1 sample).
+- ``Block.missed > 0`` (samples lost at the source) inserts that much silence before the block, so the timeline
+  stays equal to wall time, and records a :class:`Gap` (timeline start, end) in :attr:`Dsp.gaps` for the stream
+  to announce.
+
+The hot path is whole-block numpy; the only per-frame Python is creating the Frame objects.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from agent import SAMPLE_RATE
+from agent.audio.types import Block, Frame
+from agent.settings import AudioSettings
+
+Quality = Literal["HQ", "VHQ"]
+_SILENCE_CHUNK_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Timeline samples (16 kHz) that were filled with silence because the source lost them."""
+
+    start: int
+    """Timeline index of the first missing sample."""
+    end: int
+    """Timeline index one past the last missing sample."""
+
+
+def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+    """Float in [-1, 1] to s16 (scale 32768, round half to even, clip) — exact for audio that came from s16."""
+    scaled = np.rint(x.astype(np.float64) * 32768.0)
+    clipped: npt.NDArray[np.int16] = np.clip(scaled, -32768, 32767).astype("<i2")
+    return clipped
+
+
+def downmix(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """(frames, channels) or (frames,) -> (frames,) float32, mean of the channels."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    if samples.shape[1] == 1:
+        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+    mono: npt.NDArray[np.float32] = samples.mean(axis=1, dtype=np.float32)
+    return mono
+
+
+class Dsp:
+    """Stateful converter for one stream (one visit). Not thread-safe: call from one thread."""
+
+    def __init__(self, in_rate: int, settings: AudioSettings, *, quality: Quality = "HQ") -> None:
+        self.in_rate = in_rate
+        self.frame_samples = SAMPLE_RATE * settings.frame_ms // 1000
+        self.gaps: list[Gap] = []
+        self._resampler: soxr.ResampleStream | None = None
+        if in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
+            self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
+        self._in_pos = 0  # input frames consumed (inserted silence included)
+        self._anchors: deque[tuple[int, float]] = deque()  # (input position, capture time) per block
+        self._pending = np.zeros(0, dtype="<i2")  # resampled samples not yet framed
+        self._out_pos = 0  # timeline index of _pending[0]
+        self._flushed = False
+
+    @property
+    def timeline_position(self) -> int:
+        """Timeline index one past the last emitted sample."""
+        return self._out_pos
+
+    def process(self, block: Block) -> list[Frame]:
+        """Frames completed by ``block`` (may be none: the resampler and the framer buffer a little)."""
+        if self._flushed:
+            raise RuntimeError("Dsp.process after flush")
+        out: list[npt.NDArray[np.int16]] = []
+        if block.missed > 0:
+            out.extend(self._insert_silence(block.missed, block.capture_time))
+        self._anchors.append((self._in_pos, block.capture_time))
+        mono = downmix(block.samples)
+        self._in_pos += len(mono)
+        out.append(self._resample(mono, last=False))
+        return self._frames(out, final=False)
+
+    def flush(self) -> list[Frame]:
+        """End of stream: drain the resampler; the last frame may be short. Further process() is an error."""
+        if self._flushed:
+            return []
+        self._flushed = True
+        return self._frames([self._resample(np.zeros(0, dtype=np.float32), last=True)], final=True)
+
+    def _insert_silence(self, missed: int, capture_time: float) -> list[npt.NDArray[np.int16]]:
+        start = round(self._in_pos * SAMPLE_RATE / self.in_rate)
+        end = round((self._in_pos + missed) * SAMPLE_RATE / self.in_rate)
+        self.gaps.append(Gap(start, end))
+        self._anchors.append((self._in_pos, capture_time - missed / self.in_rate))
+        self._in_pos += missed
+        chunk = max(1, round(self.in_rate * _SILENCE_CHUNK_SECONDS))
+        parts = []
+        for done in range(0, missed, chunk):
+            parts.append(self._resample(np.zeros(min(chunk, missed - done), dtype=np.float32), last=False))
+        return parts
+
+    def _resample(self, mono: npt.NDArray[np.float32], *, last: bool) -> npt.NDArray[np.int16]:
+        if self._resampler is None:
+            return to_int16(mono)
+        return to_int16(self._resampler.resample_chunk(mono, last=last))
+
+    def _frames(self, parts: list[npt.NDArray[np.int16]], *, final: bool) -> list[Frame]:
+        pcm = np.concatenate([self._pending, *parts]) if parts else self._pending
+        n = self.frame_samples
+        full = len(pcm) // n
+        frames = [self._frame(pcm[i * n : (i + 1) * n]) for i in range(full)]
+        self._pending = pcm[full * n :]
+        if final and len(self._pending):
+            frames.append(self._frame(self._pending))
+            self._pending = self._pending[:0]
+        return frames
+
+    def _frame(self, pcm: npt.NDArray[np.int16]) -> Frame:
+        frame = Frame(start=self._out_pos, pcm=pcm.tobytes(), capture_time=self._capture_time(self._out_pos))
+        self._out_pos += len(pcm)
+        return frame
+
+    def _capture_time(self, timeline_index: int) -> float:
+        position = timeline_index * self.in_rate / SAMPLE_RATE
+        while len(self._anchors) > 1 and self._anchors[1][0] <= position:
+            self._anchors.popleft()
+        if not self._anchors:
+            return 0.0
+        anchor_pos, anchor_time = self._anchors[0]
+        return anchor_time + (position - anchor_pos) / self.in_rate

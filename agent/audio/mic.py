@@ -1,0 +1,234 @@
+"""Microphone source through PortAudio (``sounddevice``), the only module that touches it.
+
+``sounddevice`` is imported lazily, so everything else works on machines without the system PortAudio library.
+The device is chosen by NAME (a case-insensitive substring of the PortAudio device name; first match wins,
+exact matches first), never by index, because indices change when USB devices come and go. It is opened at its
+native (default) rate and channel count (at most 2) unless the spec overrides them::
+
+    mic                      the system's default input device
+    mic:<name>               first input device whose name contains <name>
+    mic:<name>@48000x1       ... opened at 48000 Hz, 1 channel (for tests and IT; "@48000" keeps native channels)
+    mic@44100x2              default device, rate and channels overridden
+
+The PortAudio callback only copies the block, stamps its capture time (``time.monotonic`` based: callback time
+minus the block's duration) and hands it to a bounded drop-oldest :class:`~agent.audio.handoff.Handoff`.
+Status flags are counted, never ignored; on an input overflow the samples lost are estimated from the capture
+clock and reported as ``Block.missed`` so the timeline stays equal to wall time.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from agent.audio.handoff import Handoff
+from agent.audio.paced import Clock
+from agent.audio.types import Block
+from agent.errors import DeviceError
+
+PORTAUDIO_MISSING = "PortAudio library not found: install libportaudio2 (apt-get install libportaudio2)"
+MAX_CHANNELS = 2
+STALL_SECONDS = 2.0
+"""Seconds without any block from a stream PortAudio reports inactive before ``read`` gives up (device lost)."""
+
+_OVERRIDE = re.compile(r"@(\d+)(?:x(\d+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class InputDevice:
+    name: str
+    default_rate: int
+    """Hz."""
+    channels: int
+    """Maximum input channels the device offers."""
+
+
+@dataclass(frozen=True, slots=True)
+class MicSpec:
+    name: str | None
+    """Device name substring; None: the default input device."""
+    rate: int | None = None
+    """Override in Hz; None: the device's default rate."""
+    channels: int | None = None
+    """Override; None: the device's channel count capped at 2."""
+
+
+@dataclass
+class MicStats:
+    """Counters of one microphone stream (written by the callback thread; ints, so reads are safe)."""
+
+    blocks: int = 0
+    """Blocks delivered by PortAudio."""
+    status_flags: int = 0
+    """Callbacks that carried any PortAudio status flag."""
+    input_overflows: int = 0
+    """Callbacks flagged input_overflow (the device dropped samples before we saw them)."""
+    estimated_lost: int = 0
+    """Source-rate sample frames estimated lost in input overflows."""
+    flags_seen: set[str] = field(default_factory=set)
+
+
+def parse_mic_spec(spec: str) -> MicSpec:
+    """Parse ``mic[:NAME][@RATE[xCHANNELS]]``."""
+    rest = spec[3:]
+    rate = channels = None
+    m = _OVERRIDE.search(rest)
+    if m:
+        rate, channels = int(m.group(1)), int(m.group(2)) if m.group(2) else None
+        rest = rest[: m.start()]
+    name = rest[1:] if rest.startswith(":") else None
+    if rest and not rest.startswith(":"):
+        raise DeviceError(f"bad microphone spec {spec!r}; use mic, mic:<name> or mic:<name>@<rate>x<channels>")
+    if channels is not None and not 1 <= channels <= MAX_CHANNELS:
+        raise DeviceError(f"bad channel count {channels} in {spec!r}: 1 or 2")
+    return MicSpec(name or None, rate, channels)
+
+
+def import_sounddevice(refresh: bool = False) -> ModuleType:
+    """The sounddevice module; DeviceError if PortAudio is missing. ``refresh`` re-scans devices."""
+    try:
+        import sounddevice
+    except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
+        raise DeviceError(PORTAUDIO_MISSING) from None
+    if refresh:
+        # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
+        # done when no stream of ours is open).
+        sounddevice._terminate()
+        sounddevice._initialize()
+    module: ModuleType = sounddevice
+    return module
+
+
+def list_input_devices(refresh: bool = True) -> list[InputDevice]:
+    """Input devices PortAudio offers: name, default rate (Hz) and channel count."""
+    sd = import_sounddevice(refresh)
+    return [
+        InputDevice(str(d["name"]), round(d["default_samplerate"]), int(d["max_input_channels"]))
+        for d in sd.query_devices()
+        if d["max_input_channels"] > 0
+    ]
+
+
+def find_device(sd: ModuleType, name: str | None) -> tuple[int, dict[str, Any]]:
+    """(PortAudio index, info) of the device ``name`` (substring), or the default input device."""
+    devices = [(i, d) for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+    if name is None:
+        default = sd.default.device[0]
+        for i, d in devices:
+            if i == default:
+                return i, d
+        if devices:
+            return devices[0]
+        raise DeviceError("no input devices found (is a microphone connected?)")
+    wanted = name.casefold()
+    matches = [(i, d) for i, d in devices if d["name"].casefold() == wanted]
+    matches += [(i, d) for i, d in devices if wanted in d["name"].casefold() and (i, d) not in matches]
+    if not matches:
+        names = ", ".join(repr(d["name"]) for _, d in devices) or "none"
+        raise DeviceError(f"no input device matching {name!r}; available input devices: {names}")
+    return matches[0]
+
+
+class MicSource:
+    """A PortAudio input stream behind the Source protocol."""
+
+    def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic) -> None:
+        self._sd = import_sounddevice(refresh=True)
+        index, info = find_device(self._sd, spec.name)
+        self._device_name = str(info["name"])
+        self._rate = spec.rate or round(info["default_samplerate"])
+        self._channels = spec.channels or min(MAX_CHANNELS, int(info["max_input_channels"]))
+        self._index = index
+        self._clock = clock
+        self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))
+        self.stats = MicStats()
+        self._stream: Any = None
+        self._expected_start: float | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def description(self) -> str:
+        return f"mic {self._device_name!r} {self._rate} Hz x{self._channels}"
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def device_name(self) -> str:
+        return self._device_name
+
+    def __enter__(self) -> MicSource:
+        try:
+            self._stream = self._sd.InputStream(
+                samplerate=self._rate,
+                device=self._index,
+                channels=self._channels,
+                dtype="float32",
+                callback=self._callback,
+            )
+            self._stream.start()
+        except (self._sd.PortAudioError, ValueError) as exc:
+            self._close_stream()
+            raise DeviceError(f"cannot open {self.description}: {exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._close_stream()
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close(ignore_errors=True)
+            except self._sd.PortAudioError as err:
+                raise DeviceError(f"cannot close {self.description}: {err}") from None
+
+    def _callback(self, indata: np.ndarray[Any, Any], frames: int, _time: Any, status: Any) -> None:
+        # Runs on PortAudio's thread: copy, stamp, hand off; nothing that can block.
+        start = self._clock() - frames / self._rate
+        missed = 0
+        self.stats.blocks += 1
+        if status:
+            self._count_status(status)
+            if status.input_overflow and self._expected_start is not None:
+                missed = max(0, round((start - self._expected_start) * self._rate))
+                self.stats.estimated_lost += missed
+        self._expected_start = start + frames / self._rate
+        self.handoff.put(indata.copy(), start, missed)
+
+    def _count_status(self, status: Any) -> None:
+        self.stats.status_flags += 1
+        if status.input_overflow:
+            self.stats.input_overflows += 1
+        for flag in ("input_overflow", "input_underflow", "output_overflow", "output_underflow"):
+            if getattr(status, flag, False):
+                self.stats.flags_seen.add(flag)
+
+    def read(self) -> Block | None:
+        idle_since = self._clock()
+        while not self._stopped.is_set():
+            block = self.handoff.get(timeout=0.1)
+            if block is not None:
+                return block
+            stream = self._stream
+            if stream is None:
+                return None
+            if not stream.active and self._clock() - idle_since > STALL_SECONDS:
+                raise DeviceError(f"{self.description} stopped delivering audio (device lost?)")
+        return None
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.handoff.close()

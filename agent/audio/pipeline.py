@@ -1,0 +1,92 @@
+"""The audio path in one synchronous object: native blocks in; timeline frames, gate events and gaps out.
+
+API (pure and synchronous: no threads, no asyncio; drive it from whichever thread reads the source)::
+
+    from agent.audio.pipeline import AudioPipeline
+    from agent.audio.sources import open_source
+
+    with open_source(settings.audio.source, settings.audio) as source:
+        pipeline = AudioPipeline(source.sample_rate, settings.audio, settings.vad)
+        for out in pipeline.run(source):          # or: out = pipeline.process(block) ... pipeline.finish()
+            archive.write(out.frames)             # every frame, ungated, contiguous timeline from 0
+            for event in out.events:              # SegmentStart / SegmentFrame / SegmentEnd (agent.audio.vad)
+                stream.feed(event)
+            for gap in out.gaps:                  # Gap(start, end): silence inserted for samples the source lost
+                stream.announce_gap(gap)
+
+- ``out.frames`` are all frames (``agent.audio.types.Frame``: ``start`` timeline index, ``pcm`` s16le 16 kHz
+  mono, ``capture_time``), each ``settings.audio.frame_ms`` long except possibly the very last one (emitted
+  short by ``finish``).
+- ``out.events`` are the VAD gate's events for the same frames (see :mod:`agent.audio.vad`).
+- ``finish()`` must be called once at the end of the stream (``run`` does it): it drains the resampler, emits the
+  tail frame and closes an open segment.
+- ``stats`` exposes the gate counters (speech share, passed share, segments); ``dsp.gaps`` all gaps so far.
+
+``is_speech`` defaults to webrtcvad at ``settings.vad.aggressiveness``; pass another callable in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from agent.audio.dsp import Dsp, Gap, Quality
+from agent.audio.types import Block, Frame, Source
+from agent.audio.vad import GateEvent, GateStats, IsSpeech, VadGate, WebRtcVad
+from agent.settings import AudioSettings, VadSettings
+
+
+@dataclass
+class PipelineOutput:
+    frames: list[Frame] = field(default_factory=list)
+    """Every new frame (for the archive), in timeline order."""
+    events: list[GateEvent] = field(default_factory=list)
+    """Gate events for those frames (for the stream)."""
+    gaps: list[Gap] = field(default_factory=list)
+    """Gaps the source reported in this block (already filled with silence in ``frames``)."""
+
+
+class AudioPipeline:
+    def __init__(
+        self,
+        sample_rate: int,
+        audio: AudioSettings,
+        vad: VadSettings,
+        *,
+        is_speech: IsSpeech | None = None,
+        quality: Quality = "HQ",
+    ) -> None:
+        self.dsp = Dsp(sample_rate, audio, quality=quality)
+        self.gate = VadGate(vad, audio.frame_ms, is_speech or WebRtcVad(vad.aggressiveness))
+        self._gaps_reported = 0
+        self._finished = False
+
+    @property
+    def stats(self) -> GateStats:
+        return self.gate.stats
+
+    def process(self, block: Block) -> PipelineOutput:
+        return self._gate(self.dsp.process(block))
+
+    def finish(self) -> PipelineOutput:
+        """Flush the tail and close the gate; idempotent (a second call returns an empty output)."""
+        if self._finished:
+            return PipelineOutput()
+        self._finished = True
+        out = self._gate(self.dsp.flush())
+        out.events.extend(self.gate.finish())
+        return out
+
+    def run(self, source: Source) -> Iterator[PipelineOutput]:
+        """Read ``source`` to its end (or until stopped), yielding one output per block, then the final one."""
+        while (block := source.read()) is not None:
+            yield self.process(block)
+        yield self.finish()
+
+    def _gate(self, frames: list[Frame]) -> PipelineOutput:
+        events: list[GateEvent] = []
+        for frame in frames:
+            events.extend(self.gate.push(frame))
+        gaps = self.dsp.gaps[self._gaps_reported :]
+        self._gaps_reported = len(self.dsp.gaps)
+        return PipelineOutput(frames, events, gaps)
