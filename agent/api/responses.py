@@ -1,0 +1,140 @@
+"""Pure interpretation of MediSync HTTP responses: status and envelope to typed errors, JSON to models.
+
+No I/O here: the client hands in status, headers and body bytes, and gets back decoded data or an exception from
+:mod:`agent.errors`. ``endpoint`` is a short label such as ``"POST recordings/add"``; it never contains query
+strings (a patient search term is patient data) or tokens.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from agent.errors import (
+    AlreadyExistsError,
+    ApiError,
+    AuthError,
+    EnvelopeError,
+    NotFoundError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    SubscriptionError,
+    UploadTooLargeError,
+)
+
+T = TypeVar("T")
+
+SERVER_TEXT_LIMIT = 200
+"""Longest server error text (characters) carried into an exception message."""
+
+_ALREADY_EXISTS = re.compile(r"already\s+exist", re.IGNORECASE)
+_json_decoder = msgspec.json.Decoder()
+
+
+def server_text(text: object) -> str:
+    """Server-provided error text made safe for one log line: single-spaced, printable, bounded."""
+    cleaned = " ".join(str(text).split())
+    cleaned = "".join(ch for ch in cleaned if ch.isprintable())
+    if len(cleaned) > SERVER_TEXT_LIMIT:
+        cleaned = cleaned[: SERVER_TEXT_LIMIT - 3] + "..."
+    return cleaned
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable.
+
+    ``now`` is the current Unix time, injected so the HTTP-date form is testable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT; a naive result means the zone was missing
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def envelope_error_text(body: bytes) -> str | None:
+    """The ``error`` text of a ``{"success": false, "error": ...}`` body, if the body is one."""
+    try:
+        doc = _json_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return server_text(doc["error"])
+    return None
+
+
+def error_for_status(
+    status: int, headers: Mapping[str, str], body: bytes, *, endpoint: str, now: float
+) -> ApiError | None:
+    """The exception a non-2xx response stands for; None for 2xx."""
+    if 200 <= status < 300:
+        return None
+    text = envelope_error_text(body)
+    detail = f": {text}" if text else ""
+    if status == 401:
+        return AuthError(f"{endpoint}: not authorised (HTTP 401){detail}", status=status)
+    if status == 403:
+        return SubscriptionError(f"{endpoint}: forbidden, subscription required (HTTP 403){detail}", status=status)
+    if status == 404:
+        return NotFoundError(f"{endpoint}: not found (HTTP 404){detail}", status=status)
+    if status == 409 or (text is not None and _ALREADY_EXISTS.search(text)):
+        return AlreadyExistsError(f"{endpoint}: already exists (HTTP {status}){detail}", status=status)
+    if status == 413:
+        return UploadTooLargeError(f"{endpoint}: upload too large (HTTP 413){detail}", status=status)
+    if status == 429:
+        retry_after = parse_retry_after(headers.get("retry-after"), now)
+        wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+        return RateLimitError(f"{endpoint}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
+    if status >= 500:
+        return ServerError(f"{endpoint}: server error (HTTP {status}){detail}", status=status)
+    if text is not None:
+        return EnvelopeError(f"{endpoint}: refused (HTTP {status}): {text}", status=status)
+    return ApiError(f"{endpoint}: unexpected HTTP status {status}", status=status)
+
+
+def decode_document(body: bytes, *, endpoint: str, status: int | None = None) -> dict[str, Any]:
+    """The JSON object of a 2xx response after checking its ``success`` flag."""
+    try:
+        doc = _json_decoder.decode(body)
+    except msgspec.DecodeError:
+        raise ResponseError(f"{endpoint}: response is not valid JSON", status=status) from None
+    if not isinstance(doc, dict):
+        raise ResponseError(f"{endpoint}: response is not a JSON object", status=status)
+    success = doc.get("success", True)
+    if success is False:
+        text = server_text(doc.get("error", "no error text"))
+        if _ALREADY_EXISTS.search(text):
+            raise AlreadyExistsError(f"{endpoint}: already exists: {text}", status=status)
+        raise EnvelopeError(f"{endpoint}: refused: {text}", status=status)
+    if success is not True:
+        raise ResponseError(f"{endpoint}: response has no boolean 'success'", status=status)
+    return doc
+
+
+def convert(value: Any, into: type[T], *, endpoint: str, what: str) -> T:
+    """``value`` as ``into``; a shape that does not match becomes :class:`ResponseError`."""
+    if value is None:
+        raise ResponseError(f"{endpoint}: response has no {what}")
+    try:
+        return msgspec.convert(value, into)
+    except msgspec.ValidationError as exc:
+        # msgspec names the offending path (e.g. "$.data[0]._id"), never a value.
+        raise ResponseError(f"{endpoint}: {what} not as documented ({exc})") from None
