@@ -1,0 +1,304 @@
+"""The on-disk upload queue: visit recordings waiting for MediSync's recordings endpoint, surviving kill -9 and reboot.
+
+Thin I/O around :mod:`agent.archive.upload_policy`. Layout of ``UploadSettings.queue_dir``::
+
+    <item uuid>.json          one item (msgspec JSON), written atomically: temp file, fsync, rename, directory fsync
+    dead/<uuid>.json          dead-lettered item, its audio moved next to it (never deleted) ...
+    dead/<uuid>.reason.txt    ... with the reason in one line, for a person
+    .lock                     flock held while a process uploads, so a CLI retry and the daemon never race
+
+File names carry a random uuid only: no patient data. The appointment id (an opaque MediSync id) lives inside.
+The audio itself stays where the archive wrote it until it is uploaded and retention expires, or is dead-lettered.
+
+Use: ``queue.enqueue(appointment_id, wav_path)`` when a visit ends (blocking: may hash and MP3-encode a large
+visit, call it in a worker thread), then :mod:`agent.archive.upload_runner` uploads (``drain`` for one pass, ``run``
+until cancelled) with the MediSync client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from agent.archive import encode
+from agent.archive.upload_policy import (
+    ErrorKind,
+    Failure,
+    ItemState,
+    is_due,
+    retention_expired,
+)
+from agent.errors import ArchiveError, InputError, UploadTooLargeError
+from agent.settings import UploadSettings
+
+log = logging.getLogger(__name__)
+
+
+class UploadItem(msgspec.Struct, kw_only=True):
+    item_id: str
+    """Random uuid (hex); also the item's file name."""
+    appointment_id: str
+    audio_path: str
+    """The file that is uploaded (the visit WAV, or its MP3 encoding when the WAV is over the limit)."""
+    source_path: str = ""
+    """The original WAV when ``audio_path`` is its MP3 encoding, else empty; deleted together with it."""
+    sha256: str
+    """Hex SHA-256 of ``audio_path``."""
+    size: int
+    """Bytes of ``audio_path``."""
+    created_at: float
+    """Enqueue time, seconds since the epoch."""
+    state: ItemState = ItemState.PENDING
+    attempts: int = 0
+    """Failed attempts so far."""
+    next_attempt_at: float = 0.0
+    """Seconds since the epoch; pending and blocked items are tried from then on."""
+    last_error: str = ""
+    """Fixed description of the last failure (never server text, never PHI or secrets)."""
+    uploaded_at: float | None = None
+    """When MediSync confirmed the recording, seconds since the epoch."""
+    recording_id: str = ""
+    """MediSync's ``_id`` of the stored recording."""
+    dead_reason: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UploadItem)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that after a crash it holds either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    encode._fsync_dir(path.parent)
+
+
+class UploadQueue:
+    """The queue folder; every method reads or writes the disk directly (no cache), so several processes agree."""
+
+    def __init__(
+        self,
+        settings: UploadSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.directory = Path(settings.queue_dir)
+        self.dead_dir = self.directory / "dead"
+        try:
+            self.dead_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create upload queue folder {self.directory}: {exc.strerror}") from exc
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def items(self) -> list[UploadItem]:
+        """Live items (pending, blocked, done), oldest first. Unreadable files are set aside, not deleted."""
+        found = []
+        for path in self.directory.glob("*.json"):
+            item = self._load(path)
+            if item is None:
+                continue
+            if (self.dead_dir / f"{item.item_id}.reason.txt").exists():
+                self._dead_letter(item, self._reason_on_file(item))  # finish a dead-lettering cut by a crash
+                continue
+            found.append(item)
+        return sorted(found, key=lambda i: (i.created_at, i.item_id))
+
+    def dead_items(self) -> list[UploadItem]:
+        loaded = (self._load(p) for p in self.dead_dir.glob("*.json"))
+        return sorted((i for i in loaded if i is not None), key=lambda i: (i.created_at, i.item_id))
+
+    def find(self, appointment_id: str) -> UploadItem | None:
+        for item in [*self.items(), *self.dead_items()]:
+            if item.appointment_id == appointment_id:
+                return item
+        return None
+
+    def _load(self, path: Path) -> UploadItem | None:
+        try:
+            return _decoder.decode(path.read_bytes())
+        except FileNotFoundError:
+            return None  # removed by another process between listing and reading
+        except (msgspec.DecodeError, msgspec.ValidationError, OSError) as exc:
+            quarantine = path.with_name(path.name + ".unreadable")
+            log.error("upload queue item %s unreadable (%s); set aside as %s", path.name, exc, quarantine.name)
+            with contextlib.suppress(OSError):
+                os.replace(path, quarantine)
+            return None
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def save(self, item: UploadItem) -> None:
+        folder = self.dead_dir if item.state is ItemState.DEAD else self.directory
+        try:
+            write_atomic(folder / f"{item.item_id}.json", _encoder.encode(item))
+        except OSError as exc:
+            raise ArchiveError(f"cannot write upload queue item: {exc.strerror}") from exc
+
+    def enqueue(self, appointment_id: str, wav_path: Path) -> UploadItem:
+        """Queue a finished visit for upload; idempotent per appointment (returns the existing item).
+
+        Blocking: hashes the file and, when it is over ``max_bytes``, encodes it to MP3 (minutes for a long visit).
+        """
+        existing = self.find(appointment_id)
+        if existing is not None:
+            if Path(existing.audio_path) != wav_path and Path(existing.source_path) != wav_path:
+                log.warning(
+                    "appointment %s already queued as item %s; %s not queued",
+                    appointment_id,
+                    existing.item_id,
+                    wav_path.name,
+                )
+            return existing
+        try:
+            size, digest = wav_path.stat().st_size, sha256_of(wav_path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot read visit recording {wav_path.name}: {exc.strerror}") from exc
+        now = self.clock()
+        item = UploadItem(
+            item_id=uuid.uuid4().hex,
+            appointment_id=appointment_id,
+            audio_path=str(wav_path),
+            sha256=digest,
+            size=size,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        self.save(item)  # first, so a crash while encoding still leaves the visit queued
+        log.info("queued item %s (%d bytes) for upload", item.item_id, size)
+        self.make_uploadable(item)
+        return item
+
+    def make_uploadable(self, item: UploadItem) -> Failure | None:
+        """Encode the item's WAV to MP3 if it is over the upload limit and not encoded yet; check the file.
+
+        Updates and saves the item. An unencodable or missing file dead-letters the item (returns the failure);
+        a transient problem (disk full) is returned for the caller to back off.
+        """
+        if item.size > self.settings.max_bytes and not item.source_path:
+            try:
+                mp3 = encode.encode_to_mp3(Path(item.audio_path), self.settings)
+                item.size, item.sha256 = mp3.stat().st_size, sha256_of(mp3)
+            except (UploadTooLargeError, InputError, FileNotFoundError) as exc:
+                log.error("upload item %s cannot be encoded: %s", item.item_id, exc)
+                failure = Failure(ErrorKind.TOO_LARGE)
+                self.dead_letter(item, failure.text())
+                return failure
+            except (ArchiveError, OSError) as exc:
+                log.error("upload item %s: encoding failed: %s", item.item_id, exc)
+                return Failure(ErrorKind.OTHER)
+            item.source_path, item.audio_path = item.audio_path, str(mp3)
+            self.save(item)
+        path = Path(item.audio_path)
+        if not path.is_file() or path.stat().st_size != item.size:
+            failure = Failure(ErrorKind.MISSING_AUDIO)
+            self.dead_letter(item, failure.text())
+            return failure
+        return None
+
+    def dead_letter(self, item: UploadItem, reason: str) -> UploadItem:
+        """Move the item and its audio to ``dead/`` with a reason file. Never deletes audio."""
+        try:
+            write_atomic(self.dead_dir / f"{item.item_id}.reason.txt", (reason + "\n").encode())
+        except OSError as exc:
+            raise ArchiveError(f"cannot write dead-letter reason: {exc.strerror}") from exc
+        return self._dead_letter(item, reason)
+
+    def _dead_letter(self, item: UploadItem, reason: str) -> UploadItem:
+        # Each step is idempotent, so a crash anywhere is finished by items() on the next load.
+        try:
+            item.audio_path = self._move_into_dead(item.item_id, item.audio_path)
+            if item.source_path:
+                item.source_path = self._move_into_dead(item.item_id, item.source_path)
+        except OSError as exc:
+            raise ArchiveError(f"cannot move audio to the dead-letter folder: {exc.strerror}") from exc
+        item.state, item.dead_reason = ItemState.DEAD, reason
+        self.save(item)
+        (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
+        encode._fsync_dir(self.directory)
+        log.error("upload item %s (appointment %s) dead-lettered: %s", item.item_id, item.appointment_id, reason)
+        return item
+
+    def _move_into_dead(self, item_id: str, path_text: str) -> str:
+        source = Path(path_text)
+        if source.parent == self.dead_dir:
+            return path_text
+        target = self.dead_dir / f"{item_id}{source.suffix}"
+        if source.exists():
+            shutil.move(source, target)  # rename on one file system, copy + remove across file systems
+            encode._fsync_dir(self.dead_dir)
+        return str(target)
+
+    def _reason_on_file(self, item: UploadItem) -> str:
+        try:
+            return (self.dead_dir / f"{item.item_id}.reason.txt").read_text().strip()
+        except OSError:
+            return "dead-lettered"
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete audio and record of confirmed uploads whose retention expired; returns how many."""
+        now = self.clock() if now is None else now
+        purged = 0
+        for item in self.items():
+            if not retention_expired(item.state, item.uploaded_at, now, self.settings):
+                continue
+            for path_text in (item.audio_path, item.source_path):
+                if path_text:
+                    Path(path_text).unlink(missing_ok=True)
+            (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
+            purged += 1
+            log.info("upload item %s: retention expired, local audio deleted", item.item_id)
+        return purged
+
+    @contextlib.contextmanager
+    def uploading(self) -> Iterator[bool]:
+        """Hold the queue's upload lock if free (yields True), else yield False at once."""
+        with open(self.directory / ".lock", "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def next_wake(self, now: float) -> float:
+        """Seconds from ``now`` until something is due (an attempt or a retention expiry), at most the cap."""
+        wake = now + self.settings.backoff_cap_s
+        for item in self.items():
+            if item.state is ItemState.DONE and item.uploaded_at is not None:
+                wake = min(wake, item.uploaded_at + self.settings.retention_hours * 3600.0)
+            elif is_due(item.state, item.next_attempt_at, now, self.settings):
+                return 0.0
+            else:
+                wake = min(wake, item.next_attempt_at)
+        return max(wake - now, 0.0)
