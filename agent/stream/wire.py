@@ -1,0 +1,210 @@
+"""Speech-socket wire messages (shared/speech-protocol.md), pure: bytes in, values out.
+
+Text messages are JSON objects tagged by ``type``. Decoding never fails on what a newer server may add: unknown
+fields are ignored and an unknown ``type`` decodes to :class:`Unknown`. Only a message that is not a JSON object
+at all, or a known type with fields of the wrong kind, raises :class:`~agent.errors.ProtocolError`.
+
+Binary audio messages in resume mode carry a 16-byte header: ``seq`` (u64 LE) and ``start`` (u64 LE, timeline
+index of the first sample), then s16le PCM of at most one second.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+import msgspec
+
+from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.errors import ProtocolError
+
+RESUME_SUBPROTOCOL = "medisync.resume.v1"
+HEADER = struct.Struct("<QQ")
+"""Resume-mode binary header: seq, start."""
+MAX_PAYLOAD_BYTES = SAMPLE_RATE * BYTES_PER_SAMPLE
+"""At most one second of audio per binary message."""
+
+
+# --- client to server -------------------------------------------------------------------------------------------
+
+
+class Start(msgspec.Struct, tag="start", tag_field="type", kw_only=True):
+    session_id: str
+    appointment_id: str
+    sample_rate: int = SAMPLE_RATE
+    encoding: str = "pcm_s16le"
+    channels: int = 1
+
+
+class Gap(msgspec.Struct, tag="gap", tag_field="type", kw_only=True):
+    start: int
+    """Timeline index of the first missing sample."""
+    end: int
+    """Timeline index one past the last missing sample."""
+    reason: str = "ring_overflow"
+
+
+class End(msgspec.Struct, tag="end", tag_field="type", kw_only=True):
+    last_seq: int
+    """seq of the last audio frame of the visit; -1 when the visit sent no audio."""
+    final_sample: int
+    """Timeline index one past the visit's last captured sample."""
+
+
+ClientMessage = Start | Gap | End
+
+
+def encode(message: ClientMessage) -> str:
+    return msgspec.json.encode(message).decode()
+
+
+def encode_audio(seq: int, start: int, pcm: bytes) -> bytes:
+    if len(pcm) % 2 or len(pcm) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload of {len(pcm)} bytes is not 0..{MAX_PAYLOAD_BYTES} even bytes")
+    return HEADER.pack(seq, start) + pcm
+
+
+def decode_audio(data: bytes) -> tuple[int, int, bytes]:
+    """(seq, start, pcm) of a resume-mode binary message (used by the local server and tests)."""
+    if len(data) < HEADER.size:
+        raise ProtocolError(f"binary message of {len(data)} bytes is shorter than its header")
+    seq, start = HEADER.unpack_from(data)
+    return seq, start, data[HEADER.size :]
+
+
+# --- server to client -------------------------------------------------------------------------------------------
+
+
+class SessionInit(msgspec.Struct, tag="session_init", tag_field="type", kw_only=True):
+    session_id: str = ""
+
+
+class Ready(msgspec.Struct, tag="ready", tag_field="type", kw_only=True):
+    next_seq: int
+    session_id: str = ""
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="type", kw_only=True):
+    seq: int
+
+
+class Transcription(msgspec.Struct, tag="transcription", tag_field="type", kw_only=True):
+    text: str = ""
+    speaker: str | int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    final: bool | None = None
+    timestamp: float | None = None
+
+
+class ServerWarning(msgspec.Struct, tag="warning", tag_field="type", kw_only=True):
+    message: str = ""
+    code: str | int | None = None
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    code: str | int | None = None
+    message: str = ""
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+class Closed(msgspec.Struct, tag="closed", tag_field="type", kw_only=True):
+    last_seq: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A message of a type this client does not know; ignored by callers."""
+
+    type: str
+
+
+ServerMessage = SessionInit | Ready | Ack | Transcription | ServerWarning | Error | Closed
+_KNOWN = {
+    cls.__struct_config__.tag: cls
+    for cls in (SessionInit, Ready, Ack, Transcription, ServerWarning, Error, Closed)
+}
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_decoders: dict[str, msgspec.json.Decoder[ServerMessage]] = {
+    tag: msgspec.json.Decoder(cls) for tag, cls in _KNOWN.items()  # type: ignore[misc]
+}
+
+
+def decode(text: str | bytes) -> ServerMessage | Unknown:
+    try:
+        tag = _envelope_decoder.decode(text).type
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"server sent a text message that is not a typed JSON object: {exc}") from None
+    decoder = _decoders.get(tag)
+    if decoder is None:
+        return Unknown(tag)
+    try:
+        return decoder.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"server sent a malformed {tag!r} message: {exc}") from None
+
+
+# --- transcripts -------------------------------------------------------------------------------------------------
+
+_TEXT_FORMAT = re.compile(
+    r"^\s*\[\s*(?P<speaker>[^|\]]*?)\s*\|\s*(?P<start>[0-9.]+)\s*-->\s*(?P<end>[0-9.]+)\s*\]\s*:?\s*(?P<words>.*)$",
+    re.DOTALL,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptEvent:
+    """One piece of live transcript, with times on the visit timeline (seconds from the visit's first sample)."""
+
+    words: str
+    speaker: str | None
+    start: float | None
+    end: float | None
+    final: bool
+    chunk: int | None = None
+    """Basic mode: number of the chunk this transcribes (0-based, in visit order); None in resume mode."""
+
+
+def parse_transcription(msg: Transcription, *, offset_s: float = 0.0, chunk: int | None = None) -> TranscriptEvent:
+    """Speaker, times and words from ``[SPEAKER_0 | 0.000 --> 3.450]: words`` or from the separate fields.
+
+    Separate fields win over the text's bracket when both are present. ``offset_s`` is added to the times (basic
+    mode: the server times a chunk from its own start; the chunk's place on the timeline is known here).
+    """
+    speaker: str | None = None
+    start = end = None
+    words = msg.text.strip()
+    match = _TEXT_FORMAT.match(msg.text)
+    if match is not None:
+        speaker = match["speaker"] or None
+        start, end = _float_or_none(match["start"]), _float_or_none(match["end"])
+        words = match["words"].strip()
+    if msg.speaker is not None:
+        speaker = str(msg.speaker)
+    if msg.start_time is not None:
+        start = msg.start_time
+    if msg.end_time is not None:
+        end = msg.end_time
+    return TranscriptEvent(
+        words=words,
+        speaker=speaker,
+        start=None if start is None else start + offset_s,
+        end=None if end is None else end + offset_s,
+        final=True if msg.final is None else msg.final,
+        chunk=chunk,
+    )
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
