@@ -50,14 +50,17 @@ def _source_ok(value: str) -> bool:
     return bool(sep) and kind in ("mic", "file", "synth") and bool(rest.strip())
 
 
-def split_host_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` or ``[v6]:port`` -> (host, port); None when malformed or the port is not 1..65535."""
+def split_host_port(address: str, *, allow_any_port: bool = False) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` -> (host, port); None when malformed or the port is not 1..65535.
+
+    ``allow_any_port`` also accepts port 0 (the OS picks a free port; for tests).
+    """
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", address)
     if match is None:
         return None
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4))
-    return (host, port) if 1 <= port <= 65535 else None
+    return (host, port) if (0 if allow_any_port else 1) <= port <= 65535 else None
 
 
 RULES: Mapping[str, Rule] = {

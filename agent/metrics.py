@@ -1,0 +1,142 @@
+"""Prometheus metrics: the daemon hands a :class:`AgentStats` snapshot to :meth:`Metrics.update`; a scrape reads it.
+
+The registry is our own (not prometheus_client's global one), so nothing else leaks into the exposition.
+No metric carries a label that could identify an appointment, a patient or a user: the only label is the
+agent's version (see :data:`ALLOWED_LABELS`). Counters in the snapshot are totals since the daemon started.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+import msgspec
+from prometheus_client import CollectorRegistry, generate_latest, start_wsgi_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent import __version__
+from agent.config_rules import split_host_port
+from agent.errors import ConfigError
+
+PREFIX = "medisync_agent_"
+ALLOWED_LABELS = frozenset({"version"})
+"""Every label name a metric may carry. Identifiers of visits, patients or users never become labels."""
+
+
+class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One snapshot of the daemon's figures. Counters (``*_total`` below) never decrease while the daemon runs."""
+
+    frames_captured: int = 0
+    """Frames captured since start (counter)."""
+    frames_dropped: int = 0
+    """Frames lost before the DSP (hand-off overflow or device gaps) since start (counter)."""
+    vad_speech_ratio: float = 0.0
+    """Share of the current (or last) visit's frames the VAD passed, 0 to 1."""
+    ring_fill_seconds: float = 0.0
+    """Seconds of audio waiting in the send ring, unacknowledged."""
+    reconnects: int = 0
+    """Speech socket reconnects since start (counter)."""
+    ack_lag_seconds: float = 0.0
+    """Seconds between the newest audio sent and the newest audio acknowledged."""
+    bytes_sent: int = 0
+    """Audio payload bytes sent on the speech socket since start (counter)."""
+    stream_connected: bool = False
+    """Whether the speech socket is connected now."""
+    visit_active: bool = False
+    """Whether a visit is being recorded now."""
+    upload_queue_length: int = 0
+    """Visits waiting in the upload queue."""
+    uploads_completed: int = 0
+    """Visits whose upload was confirmed since start (counter)."""
+    upload_failures: int = 0
+    """Failed upload attempts since start (counter)."""
+
+
+_COUNTERS = {
+    "frames_captured": "Audio frames captured.",
+    "frames_dropped": "Audio frames lost before processing.",
+    "reconnects": "Speech socket reconnects.",
+    "bytes_sent": "Audio bytes sent on the speech socket.",
+    "uploads_completed": "Visit uploads confirmed by the server.",
+    "upload_failures": "Failed visit upload attempts.",
+}
+_GAUGES = {
+    "vad_speech_ratio": "Share of the visit's frames passed by the voice activity detector (0 to 1).",
+    "ring_fill_seconds": "Seconds of audio in the send ring awaiting acknowledgement.",
+    "ack_lag_seconds": "Seconds between the newest audio sent and the newest acknowledged.",
+    "stream_connected": "1 while the speech socket is connected.",
+    "visit_active": "1 while a visit is being recorded.",
+    "upload_queue_length": "Visits waiting to be uploaded.",
+}
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.stats = AgentStats()
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats  # one reference read: a concurrent update() never mixes two snapshots
+        info = GaugeMetricFamily(PREFIX + "info", "Agent version.", labels=["version"])
+        info.add_metric([self.version], 1.0)
+        yield info
+        for name, doc in _COUNTERS.items():
+            yield CounterMetricFamily(PREFIX + name, doc, value=float(getattr(stats, name)))
+        for name, doc in _GAUGES.items():
+            yield GaugeMetricFamily(PREFIX + name, doc, value=float(getattr(stats, name)))
+
+
+class Metrics:
+    """The agent's metrics registry. Thread-safe: update from the event loop, scrape from the HTTP thread."""
+
+    def __init__(self, version: str = __version__) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._collector = _SnapshotCollector(version)
+        self.registry.register(self._collector)
+
+    def update(self, stats: AgentStats) -> None:
+        self._collector.stats = stats
+
+    @property
+    def stats(self) -> AgentStats:
+        return self._collector.stats
+
+    def render(self) -> str:
+        """The exposition text a scrape would return."""
+        return generate_latest(self.registry).decode()
+
+
+class MetricsServer:
+    """The HTTP endpoint serving ``/metrics`` in a background thread."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve_metrics(metrics: Metrics, address: str) -> MetricsServer:
+    """Listen on ``host:port`` (``DaemonSettings.metrics_address``; port 0 picks a free one, for tests)."""
+    parsed = split_host_port(address, allow_any_port=True)
+    if parsed is None:
+        raise ConfigError(f"daemon.metrics_address {address!r}: expected host:port, e.g. 127.0.0.1:9510")
+    host, port = parsed
+    try:
+        server, thread = start_wsgi_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        raise ConfigError(f"daemon.metrics_address {address}: cannot listen: {exc.strerror or exc}") from None
+    return MetricsServer(server, thread)
