@@ -31,9 +31,7 @@ def test_one_chunk_per_segment_split_at_max_length() -> None:
     out = []
     for event in seg(0, 12) + seg(100_000, 2):
         out += chunker.push(event)
-    assert [(start, len(pcm) // 2) for start, pcm in out] == [
-        (0, 1600), (1600, 1600), (3200, 640), (100_000, 640)
-    ]
+    assert [(start, len(pcm) // 2) for start, pcm in out] == [(0, 1600), (1600, 1600), (3200, 640), (100_000, 640)]
 
 
 def outbox(**kw: object) -> BasicOutbox:

@@ -17,10 +17,15 @@ def test_client_messages_are_tagged_json() -> None:
         "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
     }  # fmt: skip
     assert json.loads(wire.encode(wire.Gap(start=10, end=20))) == {
-        "type": "gap", "start": 10, "end": 20, "reason": "ring_overflow"
+        "type": "gap",
+        "start": 10,
+        "end": 20,
+        "reason": "ring_overflow",
     }
     assert json.loads(wire.encode(wire.End(last_seq=7, final_sample=999))) == {
-        "type": "end", "last_seq": 7, "final_sample": 999
+        "type": "end",
+        "last_seq": 7,
+        "final_sample": 999,
     }
 
 
@@ -63,7 +68,11 @@ def test_transcription_text_format_is_parsed() -> None:
     assert isinstance(msg, wire.Transcription)
     event = wire.parse_transcription(msg)
     assert (event.speaker, event.start, event.end, event.words, event.final) == (
-        "SPEAKER_1", 1.25, 3.45, "hello there", True
+        "SPEAKER_1",
+        1.25,
+        3.45,
+        "hello there",
+        True,
     )
 
 
@@ -71,7 +80,12 @@ def test_transcription_separate_fields_win_and_offset_applies() -> None:
     msg = wire.Transcription(text="plain words", speaker="SPEAKER_0", start_time=0.5, end_time=1.0, final=False)
     event = wire.parse_transcription(msg, offset_s=10.0, chunk=3)
     assert (event.speaker, event.start, event.end, event.words, event.final, event.chunk) == (
-        "SPEAKER_0", 10.5, 11.0, "plain words", False, 3
+        "SPEAKER_0",
+        10.5,
+        11.0,
+        "plain words",
+        False,
+        3,
     )
 
 

@@ -133,9 +133,7 @@ class SendRing:
                 # Not written on this connection, so the server does not hold this seq or any later one: the
                 # remaining messages move down a number instead of leaving a hole the server would refuse.
                 self._gaps.append(_GapEntry(msg.start, msg.end, None))
-                self._formed = deque(
-                    OutMessage(m.seq - 1, m.start, m.pcm, m.capture_time) for m in self._formed
-                )
+                self._formed = deque(OutMessage(m.seq - 1, m.start, m.pcm, m.capture_time) for m in self._formed)
             else:
                 self._gaps.append(_GapEntry(msg.start, msg.end, msg.seq))
                 self._base_seq += 1

@@ -123,8 +123,7 @@ class Unknown:
 
 ServerMessage = SessionInit | Ready | Ack | Transcription | ServerWarning | Error | Closed
 _KNOWN = {
-    cls.__struct_config__.tag: cls
-    for cls in (SessionInit, Ready, Ack, Transcription, ServerWarning, Error, Closed)
+    cls.__struct_config__.tag: cls for cls in (SessionInit, Ready, Ack, Transcription, ServerWarning, Error, Closed)
 }
 
 
@@ -134,7 +133,8 @@ class _Envelope(msgspec.Struct):
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _decoders: dict[str, msgspec.json.Decoder[ServerMessage]] = {
-    tag: msgspec.json.Decoder(cls) for tag, cls in _KNOWN.items()  # type: ignore[misc]
+    tag: msgspec.json.Decoder(cls)  # type: ignore[misc]
+    for tag, cls in _KNOWN.items()
 }
 
 
