@@ -1,0 +1,142 @@
+"""Fault and behaviour knobs for tests, demo and benchmarks (thread-safe: tests set them from another thread).
+
+Each knob is a plain method here; the HTTP admin endpoint (``--test-hooks``) maps JSON onto the same methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+RestFaultKind = Literal["status", "malformed", "envelope"]
+SEARCH_FAULTS = ("error_out_of_tokens", "error_internal", "error_llm", "error_not_enough_articles",
+                 "http_429", "http_500")
+
+
+@dataclass
+class RestFault:
+    path_prefix: str
+    remaining: int
+    kind: RestFaultKind = "status"
+    status: int | None = None
+    """HTTP status; default 500 for ``status`` faults and 200 for ``malformed`` / ``envelope``."""
+    retry_after: float | None = None
+
+
+@dataclass
+class Refusal:
+    status: int
+    retry_after: float | None
+    remaining: int
+    """Handshakes still to refuse; -1 refuses until cleared."""
+
+
+@dataclass
+class Knobs:
+    rest_faults: list[RestFault] = field(default_factory=list)
+    refusal: Refusal | None = None
+    drop_after_frames: int | None = None
+    """Abort a connection right after storing its N-th binary frame (before acking it)."""
+    drop_connections: int = 0
+    """How many further connections the drop knob applies to (-1: all)."""
+    ack_delay_s: float = 0.0
+    """Seconds to wait before sending each ack (the audio is stored at once)."""
+    withhold_acks: bool = False
+    """Store audio but send no acks at all (a silent connection)."""
+    force_basic: bool = False
+    """Never select ``medisync.resume.v1``: every connection runs MediSync's documented basic mode."""
+    search_faults: list[str] = field(default_factory=list)
+    """Next MediSearch requests fail with these codes, one per request, oldest first."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # --- REST ---------------------------------------------------------------------------------------------------
+    def fail_next(self, path_prefix: str, count: int = 1, *, kind: RestFaultKind = "status", status: int | None = None,
+                  retry_after: float | None = None) -> None:
+        """The next ``count`` requests whose path starts with ``path_prefix`` (e.g. ``/api/recordings/add``)
+        answer ``status`` with an error envelope (kind ``status``), 200 with a body that is not JSON
+        (``malformed``) or 200 with ``{"success": false, ...}`` (``envelope``)."""
+        with self._lock:
+            self.rest_faults.append(RestFault(path_prefix, count, kind, status, retry_after))
+
+    def take_rest_fault(self, path: str) -> RestFault | None:
+        with self._lock:
+            for fault in self.rest_faults:
+                if path.startswith(fault.path_prefix) and fault.remaining > 0:
+                    fault.remaining -= 1
+                    return fault
+            self.rest_faults = [f for f in self.rest_faults if f.remaining > 0]
+        return None
+
+    # --- speech socket ------------------------------------------------------------------------------------------
+    def refuse_handshake(self, status: int, *, retry_after: float | None = None, count: int = 1) -> None:
+        """Refuse the next ``count`` WebSocket handshakes (-1: until cleared) with HTTP ``status``."""
+        with self._lock:
+            self.refusal = Refusal(status, retry_after, count) if count else None
+
+    def take_refusal(self) -> Refusal | None:
+        with self._lock:
+            refusal = self.refusal
+            if refusal is None:
+                return None
+            if refusal.remaining > 0:
+                refusal.remaining -= 1
+                if refusal.remaining == 0:
+                    self.refusal = None
+            return refusal
+
+    def drop_after(self, frames: int, *, connections: int = 1) -> None:
+        """Abort the next ``connections`` connections (-1: all) right after their ``frames``-th binary frame."""
+        with self._lock:
+            self.drop_after_frames, self.drop_connections = frames, connections
+
+    def take_drop(self) -> int | None:
+        with self._lock:
+            if self.drop_after_frames is None or self.drop_connections == 0:
+                return None
+            if self.drop_connections > 0:
+                self.drop_connections -= 1
+            return self.drop_after_frames
+
+    # --- MediSearch ---------------------------------------------------------------------------------------------
+    def fail_search(self, *codes: str) -> None:
+        """Make the next MediSearch requests fail, one code per request (see ``SEARCH_FAULTS``)."""
+        unknown = [c for c in codes if c not in SEARCH_FAULTS]
+        if unknown:
+            raise ValueError(f"unknown MediSearch fault {unknown}; known: {SEARCH_FAULTS}")
+        with self._lock:
+            self.search_faults.extend(codes)
+
+    def take_search_fault(self) -> str | None:
+        with self._lock:
+            return self.search_faults.pop(0) if self.search_faults else None
+
+    # --- all ----------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.rest_faults, self.refusal, self.search_faults = [], None, []
+            self.drop_after_frames, self.drop_connections = None, 0
+            self.ack_delay_s, self.withhold_acks, self.force_basic = 0.0, False, False
+
+    def apply(self, spec: dict[str, Any]) -> None:
+        """Apply a JSON knob spec (the admin endpoint's body); keys mirror the methods' names and arguments."""
+        if spec.get("reset"):
+            self.reset()
+        for fault in spec.get("fail_next", []):
+            self.fail_next(fault["path"], int(fault.get("count", 1)), kind=fault.get("kind", "status"),
+                           status=fault.get("status"), retry_after=fault.get("retry_after"))
+        if "refuse_handshake" in spec:
+            ref = spec["refuse_handshake"]
+            self.refuse_handshake(int(ref["status"]), retry_after=ref.get("retry_after"),
+                                  count=int(ref.get("count", 1)))
+        if "drop_after" in spec:
+            drop = spec["drop_after"]
+            self.drop_after(int(drop["frames"]), connections=int(drop.get("connections", 1)))
+        if "ack_delay_s" in spec:
+            self.ack_delay_s = float(spec["ack_delay_s"])
+        if "withhold_acks" in spec:
+            self.withhold_acks = bool(spec["withhold_acks"])
+        if "force_basic" in spec:
+            self.force_basic = bool(spec["force_basic"])
+        if "fail_search" in spec:
+            self.fail_search(*spec["fail_search"])

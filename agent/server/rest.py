@@ -1,0 +1,329 @@
+"""MediSync REST endpoints under ``/api`` with the documented request and response shapes.
+
+Envelope ``{"success": true, "data": ...}``, errors ``{"success": false, "error": "..."}``. Where the quickstart
+shows another shape it wins, and ``data`` carries the same object too: login puts its fields at the top level;
+``appointments/add`` answers ``{"success": true, "appointment": {...}, "data": {...}}``; ``GET transcriptions``
+answers ``{"success": true, "transcription": [...], "data": [...]}``. Another user's ids answer 404, like unknown ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import wave
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from aiohttp import BodyPartReader, web
+
+from agent import SAMPLE_RATE
+from agent.server.app import json_error
+from agent.server.store import Recording, Segment, iso, new_object_id
+from agent.server.transcriber import SpanDetector, Transcriber
+
+if TYPE_CHECKING:
+    from agent.server.app import MediSyncServer
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes of multipart framing allowed on top of the file limit when judging Content-Length up front."""
+READ_CHUNK = 256 * 1024
+AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a"}
+
+
+def ok(data: Any, **extra: Any) -> web.Response:
+    return web.json_response({"success": True, "data": data, **extra})
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise json_error(400, "Request body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise json_error(400, "Request body must be a JSON object")
+    return body
+
+
+def segment_json(seg: Segment) -> dict[str, Any]:
+    return {"speaker": seg.speaker, "text": seg.text, "start_time": round(seg.start_s, 3),
+            "end_time": round(seg.end_s, 3), "source": seg.source}
+
+
+def transcribe_wav(path: Path, transcriber: Transcriber) -> list[Segment]:
+    """Placeholder segments for an uploaded 16 kHz mono s16 WAV, read block by block (never whole in memory)."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (SAMPLE_RATE, 1, 2):
+                return []
+            detector, spans, pos = SpanDetector(), [], 0
+            while block := wav.readframes(SAMPLE_RATE):
+                spans += detector.feed(pos, block)
+                pos += len(block) // 2
+            spans += detector.flush()
+    except (wave.Error, EOFError):
+        return []
+    segments = [seg for span in spans for seg in transcriber.transcribe(span)]
+    return [Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "recording") for s in segments]
+
+
+def _sync_file(out: IO[bytes]) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+class RestApi:
+    def __init__(self, server: MediSyncServer) -> None:
+        self.server = server
+        self.store = server.store
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/api/login", self.login)
+        r.add_get("/api/settings/subscription", self.subscription)
+        r.add_post("/api/patients/add", self.add_patient)
+        r.add_get("/api/patients/search", self.search_patients)
+        r.add_put("/api/patients/{patient_id}", self.update_patient)
+        r.add_post("/api/appointments/add", self.add_appointment)
+        r.add_get("/api/appointments/doctors", self.list_appointments)
+        r.add_get("/api/appointments/get/{appointment_id}", self.get_appointment)
+        r.add_post("/api/recordings/add/{appointment_id}", self.add_recording)
+        r.add_get("/api/recordings/get/{appointment_id}", self.get_recording)
+        r.add_delete("/api/recordings/{appointment_id}", self.delete_recording)
+        r.add_get("/api/transcriptions/{appointment_id}", self.get_transcription)
+        r.add_post("/api/transcriptions/add/{appointment_id}", self.add_transcription)
+        r.add_post("/api/notes/add/{appointment_id}", self.add_notes)
+        r.add_get("/api/notes/{appointment_id}", self.get_notes)
+        r.add_post("/api/notes/diagnosis/{appointment_id}", self.diagnosis)
+
+    @web.middleware
+    async def fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        fault = self.server.knobs.take_rest_fault(request.path)
+        if fault is not None:
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+            if fault.kind == "malformed":
+                return web.Response(status=fault.status or 200, text='{"success": tru', headers=headers,
+                                    content_type="application/json")
+            body = {"success": False, "error": "Injected failure (test knob)"}
+            return web.json_response(body, status=fault.status or (500 if fault.kind == "status" else 200),
+                                     headers=headers)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:  # the envelope is the contract even for our own bugs; the traceback goes to the log
+            log.exception("internal error serving %s %s", request.method, request.path)
+            return web.json_response({"success": False, "error": "Internal server error"}, status=500)
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def _appointment(self, uid: str, appointment_id: str) -> dict[str, Any]:
+        doc = self.store.get_doc("appointment", uid, appointment_id)
+        if doc is None:
+            raise json_error(404, "Appointment not found")
+        return doc
+
+    # --- login & settings ---------------------------------------------------------------------------------------
+    async def login(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise json_error(400, "email and password are required")
+        user = self.store.check_password(email, password)
+        if user is None:
+            raise json_error(401, "Invalid email or password")
+        return web.json_response({"success": True, "token": self.server.issue_token(user.uid), "uid": user.uid,
+                                  "userTitle": user.title, "firstName": user.first_name,
+                                  "lastName": user.last_name})
+
+    async def subscription(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request, need_subscription=False)
+        return ok({"uid": user.uid, "active": user.subscription,
+                   "status": "active" if user.subscription else "inactive", "plan": "local-demo"})
+
+    # --- patients -----------------------------------------------------------------------------------------------
+    async def add_patient(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        return ok(self.store.put_doc("patient", user.uid, await json_body(request)))
+
+    async def search_patients(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        query = request.query.get("query", "").strip().lower()
+        hits = [p for p in self.store.list_docs("patient", user.uid)
+                if query in f"{p.get('firstName', '')} {p.get('lastName', '')}".lower()]
+        return ok(hits)
+
+    async def update_patient(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        patient_id = request.match_info["patient_id"]
+        old = self.store.get_doc("patient", user.uid, patient_id)
+        if old is None:
+            raise json_error(404, "Patient not found")
+        return ok(self.store.put_doc("patient", user.uid, {**old, **await json_body(request)}, doc_id=patient_id))
+
+    # --- appointments -------------------------------------------------------------------------------------------
+    async def add_appointment(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        body = await json_body(request)
+        patient_id = body.get("patient_id")
+        if patient_id is not None and self.store.get_doc("patient", user.uid, str(patient_id)) is None:
+            raise json_error(404, "Patient not found")
+        body.setdefault("status", "planned")
+        doc = self.store.put_doc("appointment", user.uid, body)
+        return web.json_response({"success": True, "appointment": doc, "data": doc})
+
+    async def list_appointments(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        return ok(self.store.list_docs("appointment", user.uid))
+
+    async def get_appointment(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        return ok(self._appointment(user.uid, request.match_info["appointment_id"]))
+
+    # --- recordings ---------------------------------------------------------------------------------------------
+    def _recording_json(self, rec: Recording) -> dict[str, Any]:
+        base = self.server.urls.api_url if self.server.urls else ""
+        suffix = Path(rec.file_name).suffix
+        return {"_id": rec.id, "appointment_id": rec.appointment_id,
+                "recording_url": f"{base}/recordings/get/{rec.appointment_id}",
+                "recording_key": f"recordings/{rec.id}{suffix}", "createdAt": iso(rec.created),
+                "updatedAt": iso(rec.created), "size": rec.size, "sha256": rec.sha256}
+
+    async def add_recording(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        if self.store.recording(appointment_id) is not None:
+            raise json_error(409, "Recording already exists for this appointment")
+        limit = self.server.settings.max_upload_bytes
+        if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+            raise json_error(413, f"File too large (max {limit} bytes)")
+        if not request.content_type.startswith("multipart/"):
+            raise json_error(400, "Expected multipart/form-data with field 'audio'")
+        rec_id = new_object_id()
+        tmp = self.store.recordings_dir / f"{rec_id}.upload"
+        try:
+            stored = await self._receive_audio(request, tmp, limit)
+            if stored is None:
+                raise json_error(400, "Missing multipart field 'audio'")
+            size, digest, suffix, content_type = stored
+            final = tmp.with_suffix(suffix)
+            os.replace(tmp, final)
+            rec = Recording(rec_id, appointment_id, user.uid, final.name, size, digest, content_type,
+                            self.server.clock())
+            if not self.store.add_recording(rec):
+                final.unlink()
+                raise json_error(409, "Recording already exists for this appointment")
+        finally:
+            tmp.unlink(missing_ok=True)
+        segments = await asyncio.to_thread(transcribe_wav, final, self.server.transcriber)
+        self.store.add_segments(appointment_id, segments)
+        return ok(self._recording_json(rec))
+
+    async def _receive_audio(self, request: web.Request, tmp: Path, limit: int) -> tuple[int, str, str, str] | None:
+        """Stream the ``audio`` part to ``tmp``; (size, sha256, suffix, content type) or None if absent."""
+        reader = await request.multipart()
+        result = None
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name != "audio" or result is not None:
+                await part.release()
+                continue
+            digest, size = hashlib.sha256(), 0
+            out = await asyncio.to_thread(open, tmp, "wb")
+            try:
+                while chunk := await part.read_chunk(READ_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise json_error(413, f"File too large (max {limit} bytes)")
+                    digest.update(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(_sync_file, out)
+            finally:
+                out.close()
+            suffix = Path(part.filename or "").suffix.lower()
+            content_type = part.headers.get("Content-Type", "application/octet-stream")
+            result = (size, digest.hexdigest(), suffix if suffix in AUDIO_SUFFIXES else ".wav", content_type)
+        return result
+
+    def _owned_recording(self, request: web.Request) -> Recording:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        rec = self.store.recording(appointment_id)
+        if rec is None or rec.uid != user.uid:
+            raise json_error(404, "Recording not found")
+        return rec
+
+    async def get_recording(self, request: web.Request) -> web.StreamResponse:
+        rec = self._owned_recording(request)
+        return web.FileResponse(self.store.recordings_dir / rec.file_name,
+                                headers={"Content-Type": rec.content_type})
+
+    async def delete_recording(self, request: web.Request) -> web.Response:
+        rec = self._owned_recording(request)
+        self.store.delete_recording(rec.appointment_id)
+        (self.store.recordings_dir / rec.file_name).unlink(missing_ok=True)
+        return ok(self._recording_json(rec))
+
+    # --- transcriptions, notes, diagnosis -----------------------------------------------------------------------
+    async def get_transcription(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        segments = [segment_json(s) for s in self.store.segments(appointment_id)]
+        return web.json_response({"success": True, "transcription": segments, "data": segments})
+
+    async def add_transcription(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        text = (await json_body(request)).get("transcription")
+        if not isinstance(text, str):
+            raise json_error(400, "transcription (text) is required")
+        if self.store.list_docs("transcription", user.uid, appointment_id):
+            raise json_error(409, "Transcription already exists for this appointment")
+        doc = self.store.put_doc("transcription", user.uid, {"appointment_id": appointment_id,
+                                                              "transcription": text}, appointment_id)
+        self.store.add_segments(appointment_id, [Segment("SPEAKER_0", 0.0, 0.0, text, "manual")])
+        self._generate_notes(user.uid, appointment_id)
+        return ok(doc)
+
+    def _generate_notes(self, uid: str, appointment_id: str) -> dict[str, Any]:
+        segments = self.store.segments(appointment_id)
+        speech_s = sum(s.end_s - s.start_s for s in segments)
+        notes = (f"[placeholder: AI clinical notes would be generated here from {len(segments)} transcript "
+                 f"segment(s), {speech_s:.1f} s of speech; the local server has no language model]")
+        return self.store.put_doc("note", uid, {"appointment_id": appointment_id, "notes": notes,
+                                                "summary": "[placeholder: AI summary]"}, appointment_id)
+
+    async def add_notes(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        body = await json_body(request)
+        fields: dict[str, Any] = {k: body[k] for k in ("notes", "summary", "feedback_score") if k in body}
+        return ok(self.store.put_doc("note", user.uid, {"appointment_id": appointment_id, **fields},
+                                     appointment_id))
+
+    async def get_notes(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        return ok(self.store.list_docs("note", user.uid, appointment_id))
+
+    async def diagnosis(self, request: web.Request) -> web.Response:
+        user = self.server.authenticate(request)
+        appointment_id = request.match_info["appointment_id"]
+        self._appointment(user.uid, appointment_id)
+        notes = self.store.list_docs("note", user.uid, appointment_id)
+        note = notes[-1] if notes else self._generate_notes(user.uid, appointment_id)
+        note["diagnosis_prediction"] = {
+            "status": "placeholder", "main_diagnosis": "[placeholder: AI diagnosis would appear here]",
+            "icd_code": "R69", "reason": "ICD-10 R69 (illness, unspecified): the local server has no AI model",
+        }
+        return ok(self.store.put_doc("note", user.uid, note, appointment_id, doc_id=note["_id"]))
