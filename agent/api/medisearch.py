@@ -28,6 +28,7 @@ from agent.api.medisearch_models import (
     FollowupsEvent,
     SearchRequest,
     TextDelta,
+    validate_request,
 )
 from agent.api.responses import envelope_error_text, parse_retry_after
 from agent.api.secret import Secret
@@ -99,6 +100,7 @@ class MediSearchClient:
 
     async def stream(self, request: SearchRequest) -> AsyncIterator[AnswerEvent]:
         """Send ``request``; yield new answer text, then the articles, then the follow-up questions."""
+        validate_request(request)  # also when the request was built by hand, not by build_request
         assembler = AnswerAssembler(request.id)
         body = msgspec.json.encode({**msgspec.to_builtins(request), "key": self._key.reveal()})
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store", "Content-Type": "application/json"}

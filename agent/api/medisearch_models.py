@@ -133,6 +133,18 @@ def validate_filters(filters: Filters) -> None:
         raise SearchInputError(f"year start {filters.year_start} is after year end {filters.year_end}")
 
 
+def validate_request(request: SearchRequest) -> None:
+    """Check a request against the documented rules (see :func:`build_request`)."""
+    validate_conversation(request.conversation)
+    if not request.id:
+        raise SearchInputError("conversation id must not be empty")
+    count = request.settings.followup_count
+    if count is not None and not 0 <= count <= MAX_FOLLOWUPS:
+        raise SearchInputError(f"follow-up count must be 0 to {MAX_FOLLOWUPS}, not {count}")
+    if request.settings.filters is not None:
+        validate_filters(request.settings.filters)
+
+
 def build_request(
     conversation: list[str],
     *,
