@@ -1,0 +1,185 @@
+"""A real TCP proxy for fault injection (owner: H-stream).
+
+``tcp_proxy(host, port)`` (fixture factory) -> :class:`TcpProxy` listening on 127.0.0.1 port 0 in its own thread
+and event loop, forwarding to ``host:port``. Control methods are thread-safe and take effect before they return:
+
+    proxy.port / proxy.url(scheme="ws")      where clients connect
+    proxy.connections                        connections accepted so far; proxy.active: currently open
+    proxy.cut()                              close every open connection (FIN both ways)
+    proxy.reset()                            abort every open connection with RST (SO_LINGER 0)
+    proxy.stall()                            stop forwarding on open connections without closing them (half-open);
+                                             new connections work normally; proxy.unstall() resumes
+    proxy.delay_s = 0.2                      delay every forwarded chunk (both ways)
+    proxy.cut_after_client_bytes(n)          cut each *new* connection once n bytes came from the client (None: off)
+    proxy.client_bytes                       total bytes forwarded client -> server
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+
+@dataclass(eq=False)
+class _Link:
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    cut_after: int | None = None
+    client_bytes: int = 0
+    closed: bool = False
+
+    def writers(self) -> tuple[asyncio.StreamWriter, asyncio.StreamWriter]:
+        return self.client, self.upstream
+
+
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.connections = 0
+        self.client_bytes = 0
+        self.delay_s = 0.0
+        self._cut_after: int | None = None
+        self._links: set[_Link] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------------
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.reset()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def url(self, scheme: str = "ws") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def active(self) -> int:
+        return len(self._links)
+
+    # --- faults ----------------------------------------------------------------------------------------------------
+
+    def cut(self) -> None:
+        self._run_sync(lambda: [self._close(link, rst=False) for link in list(self._links)])
+
+    def reset(self) -> None:
+        self._run_sync(lambda: [self._close(link, rst=True) for link in list(self._links)])
+
+    def stall(self) -> None:
+        self._run_sync(lambda: [link.running.clear() for link in self._links])
+
+    def unstall(self) -> None:
+        self._run_sync(lambda: [link.running.set() for link in self._links])
+
+    def cut_after_client_bytes(self, count: int | None) -> None:
+        self._cut_after = count
+
+    # --- internals -------------------------------------------------------------------------------------------------
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def _run_sync(self, fn: Callable[[], object]) -> None:
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as exc:  # handed to the calling thread
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        done.result(10)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        link = _Link(writer, up_writer, cut_after=self._cut_after)
+        link.running.set()
+        self._links.add(link)
+        try:
+            await asyncio.gather(self._pump(link, reader, up_writer, True), self._pump(link, up_reader, writer, False))
+        finally:
+            self._close(link, rst=False)
+
+    async def _pump(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    from_client: bool) -> None:  # fmt: skip
+        try:
+            while data := await reader.read(65536):
+                await link.running.wait()
+                if link.closed:
+                    return
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                if from_client and link.cut_after is not None:
+                    room = link.cut_after - link.client_bytes
+                    if len(data) >= room:
+                        writer.write(data[:room])
+                        await writer.drain()
+                        self._close(link, rst=True)
+                        return
+                writer.write(data)
+                await writer.drain()
+                if from_client:
+                    link.client_bytes += len(data)
+                    self.client_bytes += len(data)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._close(link, rst=False)
+
+    def _close(self, link: _Link, *, rst: bool) -> None:
+        if link not in self._links:
+            return
+        self._links.discard(link)
+        link.closed = True
+        link.running.set()  # a stalled pump wakes up, sees the link closed and ends
+        for w in link.writers():
+            if rst:
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    except OSError:
+                        pass  # already closed by the peer: nothing left to reset
+                w.transport.abort()
+            else:
+                w.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxy = TcpProxy(host, port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
