@@ -128,7 +128,7 @@ def make_medisync_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
     def make(**overrides: Any) -> RunningServer:
         data_dir = Path(overrides.pop("data_dir", None) or tmp_path_factory.mktemp("medisync-server"))
-        settings = ServerSettings(data_dir=str(data_dir), test_hooks=True, **overrides)
+        settings = ServerSettings(data_dir=str(data_dir), **{"test_hooks": True, **overrides})
         thread = ServerThread(settings)
         thread.server.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         started.append(thread)
