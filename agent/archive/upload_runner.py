@@ -114,7 +114,8 @@ async def drain(
             report.busy = True
             return report
         # Longest-waiting first, so one item that keeps failing cannot starve the others.
-        for item in sorted(queue.items(), key=lambda i: (i.next_attempt_at, i.created_at)):
+        # Disk work goes to a thread: fsync on an SD card can take long enough to stall the live stream.
+        for item in sorted(await asyncio.to_thread(queue.items), key=lambda i: (i.next_attempt_at, i.created_at)):
             eligible = item.state in (ItemState.PENDING, ItemState.BLOCKED)
             if not (eligible and (force or is_due(item.state, item.next_attempt_at, queue.clock(), queue.settings))):
                 continue
@@ -146,7 +147,7 @@ async def _attempt(
     if failure is not None:
         if item.state is not ItemState.DEAD:
             decision = _decide(queue, item, failure, relogged_in=True)
-            _apply_failure(queue, item, failure, decision)
+            await asyncio.to_thread(_apply_failure, queue, item, failure, decision)
         return failure
     path = Path(item.audio_path)
     relogged_in = relogin is None  # no way to log in again: a 401 is an ordinary failure
@@ -163,7 +164,7 @@ async def _attempt(
             item.state, item.uploaded_at = ItemState.DONE, done.uploaded_at
             item.recording_id = outcome.recording.id if outcome.recording is not None else item.recording_id
             item.last_error = ""
-            queue.save(item)
+            await asyncio.to_thread(queue.save, item)
             how = "already on MediSync (same bytes)" if outcome.already_present else "uploaded"
             log.info("upload item %s: %s (%d bytes)", item.item_id, how, item.size)
             return None
@@ -177,7 +178,7 @@ async def _attempt(
                 decision = _decide(queue, item, failure, relogged_in=True)
             else:
                 continue
-        _apply_failure(queue, item, failure, decision)
+        await asyncio.to_thread(_apply_failure, queue, item, failure, decision)
         return failure
 
 
@@ -233,11 +234,11 @@ async def run(
     """
     while True:
         report = await drain(queue, uploader, relogin=relogin, progress_for=progress_for)
-        queue.purge_expired()
+        await asyncio.to_thread(queue.purge_expired)
         if until is not None and until():
             return
         now = queue.clock()
-        delay = queue.next_wake(now)
+        delay = await asyncio.to_thread(queue.next_wake, now)
         if report.resume_at is not None:
             delay = max(delay, report.resume_at - now)  # the server said no: do not try the next item at once
         if report.busy:

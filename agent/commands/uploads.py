@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retry = actions.add_parser(
         "retry",
         help="upload the items that are due now",
-        description="Upload due items now, showing progress; exit 75 if some remain.",
+        description="Upload due items now, showing progress; exit 75 while items remain pending or blocked.",
     )
     retry.add_argument(
         "--now", action="store_true", help="try every pending and blocked item now, ignoring backoff and blocked timers"
@@ -192,9 +192,9 @@ async def retry_queue(
 def cmd_retry(args: argparse.Namespace) -> int:
     settings, queue = open_queue(args)
     report = asyncio.run(retry_queue(queue, settings, force=args.now, factory=uploader_factory, out=sys.stderr))
-    print(summarize(report))
-    left = report.busy or report.failed or report.blocked or report.stopped_early
-    return EX_TEMPFAIL if left else 0
+    waiting = [i for i in queue.items() if i.state in (ItemState.PENDING, ItemState.BLOCKED)]
+    print(summarize(report) + (f"; {len(waiting)} still waiting" if waiting else ""))
+    return EX_TEMPFAIL if report.busy or waiting else 0
 
 
 def cmd_add(args: argparse.Namespace) -> int:
