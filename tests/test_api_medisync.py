@@ -8,6 +8,7 @@ answer reaches the client. Only the wrong-shape JSON case uses httpx's MockTrans
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import tracemalloc
 from pathlib import Path
@@ -82,8 +83,9 @@ def test_quickstart_flow_end_to_end(api_server: ServerThread, tmp_path: Path) ->
             segments = await api.wait_for_transcription(appointment.id, timeout_s=30)
             assert segments and all(s.end_time >= s.start_time for s in segments)
 
-            note = await api.add_note(appointment.id, NewNote(notes="Patient presents with chest pain...",
-                                                               summary="Brief summary"))
+            note = await api.add_note(
+                appointment.id, NewNote(notes="Patient presents with chest pain...", summary="Brief summary")
+            )
             assert note.appointment_id == appointment.id
             notes = await api.get_notes(appointment.id)
             assert any(n.notes == "Patient presents with chest pain..." for n in notes)
@@ -396,3 +398,27 @@ def test_streamed_upload_memory_stays_flat(api_server: ServerThread, tmp_path: P
     assert progress[-1] == size
     stored = api_server.server.store.recording(appointment_id)
     assert stored is not None and stored.size == size
+
+
+def test_password_and_token_never_logged(api_server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("", "httpx", "httpcore", "agent"):
+        caplog.set_level(logging.DEBUG, logger=name)  # everything, third-party wire logs included
+
+    async def scenario() -> list[str]:
+        async with make_client(api_server.urls.api_url) as api:  # type: ignore[union-attr]
+            first = await api.login()
+            api_server.server.expire_tokens()
+            await api.list_appointments()  # refused, re-login, retried
+            second = api.http.session
+            assert second is not None and second.token != first.token
+            api_server.server.knobs.fail_next("/api/appointments/doctors", status=500)
+            with pytest.raises(ServerError) as info:
+                await api.list_appointments()
+            shown = [repr(api.http.session), str(info.value), repr(info.value)]
+            return [first.token.reveal(), second.token.reveal(), *shown]
+
+    first_token, second_token, *shown = run(scenario)
+    assert caplog.records  # the capture really saw the wire logs
+    for text in [caplog.text, *shown]:
+        for secret in (PASSWORD, first_token, second_token):
+            assert secret not in text
