@@ -123,9 +123,7 @@ def validate_filters(filters: Filters) -> None:
     ):
         unknown = sorted(set(values or ()) - vocabulary)
         if unknown:
-            raise SearchInputError(
-                f"unknown {name} {', '.join(unknown)}; choose from {', '.join(sorted(vocabulary))}"
-            )
+            raise SearchInputError(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(sorted(vocabulary))}")
     for label, year in (("start", filters.year_start), ("end", filters.year_end)):
         if year is not None and not YEAR_MIN <= year <= YEAR_MAX:
             raise SearchInputError(f"year {label} {year} is not a plausible publication year")

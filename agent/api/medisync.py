@@ -204,7 +204,10 @@ class MediSyncClient:
     async def add_transcription(self, appointment_id: str, text: str) -> TranscriptionRecord:
         """``POST /transcriptions/add/{appointment_id}?uid=`` with ``{"transcription": text}``."""
         call = Call(
-            "POST", f"transcriptions/add/{_id(appointment_id)}", "POST transcriptions/add", uid=True,
+            "POST",
+            f"transcriptions/add/{_id(appointment_id)}",
+            "POST transcriptions/add",
+            uid=True,
             json={"transcription": text},
         )
         return _data(await self.http.request(call), TranscriptionRecord, call.label)

@@ -62,9 +62,7 @@ def local_size(path: Path, limit: int) -> int:
     if not path.is_file():
         raise InputError(f"recording {path} is not a regular file")
     if size > limit:
-        raise UploadTooLargeError(
-            f"recording {path} is {size} bytes, over MediSync's limit of {limit} bytes; not sent"
-        )
+        raise UploadTooLargeError(f"recording {path} is {size} bytes, over MediSync's limit of {limit} bytes; not sent")
     return size
 
 

@@ -41,18 +41,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=f"The API key comes from --api-key-file, ${KEY_FILE_ENV} or ${KEY_ENV} (in that order).",
     )
     parser.add_argument("question", help="the question, in quotes")
-    parser.add_argument("--followups", type=int, default=None, metavar="N",
-                        help="suggest N follow-up questions (0-6; more than 6 gives 6)")
-    parser.add_argument("--source", action="append", choices=sorted(SOURCES), metavar="SOURCE",
-                        help=f"search only this source type (repeatable): {', '.join(sorted(SOURCES))}")
-    parser.add_argument("--article-type", action="append", choices=sorted(ARTICLE_TYPES), metavar="TYPE",
-                        help=f"search only this article type (repeatable): {', '.join(sorted(ARTICLE_TYPES))}")
+    parser.add_argument(
+        "--followups",
+        type=int,
+        default=None,
+        metavar="N",
+        help="suggest N follow-up questions (0-6; more than 6 gives 6)",
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        choices=sorted(SOURCES),
+        metavar="SOURCE",
+        help=f"search only this source type (repeatable): {', '.join(sorted(SOURCES))}",
+    )
+    parser.add_argument(
+        "--article-type",
+        action="append",
+        choices=sorted(ARTICLE_TYPES),
+        metavar="TYPE",
+        help=f"search only this article type (repeatable): {', '.join(sorted(ARTICLE_TYPES))}",
+    )
     parser.add_argument("--year-start", type=int, metavar="YEAR", help="earliest publication year")
     parser.add_argument("--year-end", type=int, metavar="YEAR", help="latest publication year")
     parser.add_argument("--pro", action="store_true", help="use MediSearch's pro model (default: standard)")
     parser.add_argument("--language", default=None, help="answer language (default: English)")
-    parser.add_argument("--api-key-file", metavar="PATH",
-                        help="file holding the MediSearch API key (must not be readable by group or others)")
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="file holding the MediSearch API key (must not be readable by group or others)",
+    )
     parser.add_argument("--url", default=None, help=f"MediSearch SSE endpoint (default: ${URL_ENV} or {DEFAULT_URL})")
     parser.set_defaults(func=run)
 
@@ -70,8 +88,9 @@ def api_key(args: argparse.Namespace) -> Secret:
 def request_from(args: argparse.Namespace) -> SearchRequest:
     filters = None
     if args.source or args.article_type or args.year_start is not None or args.year_end is not None:
-        filters = Filters(sources=args.source, article_types=args.article_type,
-                          year_start=args.year_start, year_end=args.year_end)
+        filters = Filters(
+            sources=args.source, article_types=args.article_type, year_start=args.year_start, year_end=args.year_end
+        )
     return build_request(
         [args.question],
         conversation_id=str(uuid.uuid4()),
