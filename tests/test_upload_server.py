@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain, run, settled
 from agent.cli import main
-from agent.server.app import ServerSettings, ServerThread
 from agent.settings import ApiSettings, UploadSettings
+from tests.plugins.server import RunningServer
 from tests.test_upload_queue import Clock, make_wav
 from tests.test_upload_runner import FakeSleep
 
@@ -36,15 +35,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(ServerSettings(data_dir=str(tmp_path / "server"))) as running:
-        running.server.add_user(EMAIL, PASSWORD)
-        yield running
+def server(medisync_server: RunningServer) -> RunningServer:
+    """H-server's in-process server (tests/plugins/server.py) with this module's own login."""
+    medisync_server.server.add_user(EMAIL, PASSWORD)
+    return medisync_server
 
 
-def api_url(server: ServerThread) -> str:
-    assert server.urls is not None
-    return server.urls.api_url
+def api_url(server: RunningServer) -> str:
+    return server.api_url
 
 
 def client(url: str, max_upload_bytes: int = UploadSettings().max_bytes) -> MediSyncClient:
@@ -70,7 +68,7 @@ def file_exists(path: str) -> bool:
     return Path(path).exists()
 
 
-def stored_bytes(server: ServerThread, appointment_id: str) -> bytes:
+def stored_bytes(server: RunningServer, appointment_id: str) -> bytes:
     rec = server.server.store.recording(appointment_id)
     assert rec is not None, "the server holds no recording for the appointment"
     return (server.server.store.recordings_dir / rec.file_name).read_bytes()
@@ -92,7 +90,7 @@ def visit(tmp_path: Path, seconds: float = 2.0, seed: int = 1) -> Path:
     return make_wav(tmp_path / "archive" / f"visit-{seed}.wav", seconds, seed=seed)
 
 
-async def test_upload_stores_identical_bytes(server: ServerThread, queue: UploadQueue, tmp_path: Path) -> None:
+async def test_upload_stores_identical_bytes(server: RunningServer, queue: UploadQueue, tmp_path: Path) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path)
     queue.enqueue(appointment_id, wav)
@@ -108,7 +106,7 @@ async def test_upload_stores_identical_bytes(server: ServerThread, queue: Upload
 
 
 async def test_server_error_then_success_after_backoff(
-    server: ServerThread, queue: UploadQueue, clock: Clock, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path)
@@ -123,7 +121,7 @@ async def test_server_error_then_success_after_backoff(
 
 
 async def test_rate_limit_retry_after_is_honoured(
-    server: ServerThread, queue: UploadQueue, clock: Clock, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     queue.enqueue(appointment_id, visit(tmp_path))
@@ -136,7 +134,7 @@ async def test_rate_limit_retry_after_is_honoured(
 
 
 async def test_no_subscription_keeps_the_item_blocked(
-    server: ServerThread, queue: UploadQueue, clock: Clock, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path)
@@ -157,7 +155,7 @@ async def test_no_subscription_keeps_the_item_blocked(
 
 
 async def test_unknown_appointment_is_dead_lettered_with_audio(
-    server: ServerThread, queue: UploadQueue, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, tmp_path: Path
 ) -> None:
     wav = visit(tmp_path)
     original = wav.read_bytes()
@@ -170,7 +168,7 @@ async def test_unknown_appointment_is_dead_lettered_with_audio(
     assert file_bytes(dead.audio_path) == original
 
 
-async def test_expired_token_costs_one_relogin(server: ServerThread, queue: UploadQueue, tmp_path: Path) -> None:
+async def test_expired_token_costs_one_relogin(server: RunningServer, queue: UploadQueue, tmp_path: Path) -> None:
     appointment_id = await new_appointment(api_url(server))
     queue.enqueue(appointment_id, visit(tmp_path))
     async with client(api_url(server)) as api:
@@ -223,7 +221,7 @@ class ResponseCuttingProxy:
 
 
 async def test_lost_response_then_already_exists_is_success_once(
-    server: ServerThread, queue: UploadQueue, clock: Clock, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path)
@@ -243,7 +241,7 @@ async def test_lost_response_then_already_exists_is_success_once(
 
 
 async def test_different_recording_on_server_is_dead_lettered_not_overwritten(
-    server: ServerThread, queue: UploadQueue, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, tmp_path: Path
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     other = visit(tmp_path, seed=2)
@@ -259,7 +257,7 @@ async def test_different_recording_on_server_is_dead_lettered_not_overwritten(
     assert stored_bytes(server, appointment_id) == other.read_bytes()
 
 
-async def test_over_limit_visit_is_uploaded_as_mp3(server: ServerThread, clock: Clock, tmp_path: Path) -> None:
+async def test_over_limit_visit_is_uploaded_as_mp3(server: RunningServer, clock: Clock, tmp_path: Path) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path, seconds=4.0)  # 128 kB of PCM
     settings = UploadSettings(queue_dir=str(tmp_path / "queue"), max_bytes=80_000)
@@ -277,7 +275,7 @@ async def test_over_limit_visit_is_uploaded_as_mp3(server: ServerThread, clock: 
 
 
 def test_cli_retry_uploads_with_progress_lines(
-    server: ServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     appointment_id = asyncio.run(new_appointment(api_url(server)))
     wav = visit(tmp_path, seconds=3.0)
