@@ -149,6 +149,7 @@ def test_show_reports_layers_and_origins(tmp_path: Path) -> None:
 def test_example_is_a_valid_config_with_every_key(tmp_path: Path) -> None:
     result = run_cli("config", "example")
     assert result.returncode == 0
+    assert '#email = ""' in result.stdout.splitlines()  # systemd/install.sh --email rewrites this line
     commented = write(tmp_path, result.stdout, "example.toml")
     assert run_cli("config", "show", "--config", str(commented)).returncode == 0
     # Uncommenting every key must load too, and give exactly the defaults.
