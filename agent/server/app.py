@@ -210,9 +210,17 @@ class ServerThread:
         """Run a coroutine on the server's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    async def _shutdown(self) -> None:
+        await self.server.stop()
+        # idle keep-alive connections leave handler tasks behind; end them so the loop closes cleanly
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def stop(self) -> None:
         if self._thread.is_alive():
-            self.call(self.server.stop())
+            self.call(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()

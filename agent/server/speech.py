@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 RESUME_PROTOCOL = "medisync.resume.v1"
 FRAME_HEADER = struct.Struct("<QQ")
 MAX_FRAME_PAYLOAD = 32_000
+CLOSE_TIMEOUT_S = 2.0
+"""Seconds to wait for the client's close frame after the server closes."""
 CLOSE_TAKEN_OVER, CLOSE_FUTURE_SEQ, CLOSE_PROTOCOL, CLOSE_FORBIDDEN = 4001, 4409, 4400, 4403
 
 
@@ -59,7 +61,7 @@ class SpeechHub:
             raise json_error(refusal.status, "Handshake refused (test knob)", headers)
         user = self.server.authenticate(request)
         protocols = () if self.server.knobs.force_basic else (RESUME_PROTOCOL,)
-        ws = web.WebSocketResponse(protocols=protocols, max_msg_size=4 * 1024 * 1024)
+        ws = web.WebSocketResponse(protocols=protocols, max_msg_size=4 * 1024 * 1024, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         self.sockets.add(ws)
         connection_id = str(uuid.uuid4())
@@ -98,7 +100,8 @@ class BasicConnection:
         self.hub, self.request, self.ws = hub, request, ws
         self.connection_id = connection_id
         self.drop_after = drop_after
-        self.sample_rate = int(request.query.get("sample_rate", SAMPLE_RATE) or SAMPLE_RATE)
+        rate = request.query.get("sample_rate", "")
+        self.sample_rate = int(rate) if rate.isdigit() else SAMPLE_RATE
         self.chunks = 0
 
     async def run(self) -> None:
