@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import struct
 import uuid
@@ -268,3 +269,22 @@ def test_next_seq_survives_a_kill_9_restart(server_process: Any) -> None:
     stored = proc.inspect_session("s-restart")
     assert [(r["start"], r["samples"]) for r in stored["runs"]] == [(0, 6400)]
     assert base64.b64decode(stored["runs"][0]["pcm_b64"]) == b"".join(pcms)
+
+
+def test_frames_still_arriving_on_a_taken_over_connection_are_ignored(medisync_server: RunningServer) -> None:
+    token, _ = medisync_server.login()
+    stale, fresh = tone(320, seed=1), tone(320, seed=2)
+
+    async def scenario() -> None:
+        old, _ = await open_resume(medisync_server.speech_url, token, "s-stale")
+        new, ready = await open_resume(medisync_server.speech_url, token, "s-stale")
+        assert ready["next_seq"] == 0
+        with contextlib.suppress(ConnectionClosed):  # if the close arrived first, nothing can be stored either
+            await old.send(frame(0, 0, stale))
+        await new.send(frame(0, 0, fresh))
+        await wait_ack(new, 0)
+        await new.close()
+
+    asyncio.run(scenario())
+    audio = medisync_server.session_audio("s-stale")
+    assert audio.runs == [(0, fresh)] and audio.duplicates_ignored == 0
