@@ -119,3 +119,20 @@ def test_repair_all_on_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError) as info:
         repair_all(tmp_path / "nope")
     assert str(info.value) == f"cannot look for unfinished recordings: folder {tmp_path}/nope does not exist"
+
+
+def test_a_partial_still_being_recorded_is_left_alone(tmp_path: Path) -> None:
+    from agent.archive.wav import WavArchiveWriter
+    from agent.audio.types import Frame
+    from agent.settings import ArchiveSettings
+
+    writer = WavArchiveWriter.create(tmp_path / "live.wav", ArchiveSettings(header_interval_s=0.01))
+    writer.write_frame(Frame(start=0, pcm=pcm(320)))
+    with pytest.raises(ArchiveError) as info:
+        repair_partial(writer.partial)
+    assert str(info.value) == f"cannot repair {writer.partial}: it is being recorded right now by a running process"
+    assert repair_all(tmp_path) == []
+    assert writer.partial.exists()
+    writer.write_frame(Frame(start=320, pcm=pcm(320, 1)))
+    writer.finish()
+    check_valid(tmp_path / "live.wav", pcm(320) + pcm(320, 1))

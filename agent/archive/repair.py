@@ -4,11 +4,13 @@ The header of a ``.partial`` is only as fresh as the writer's last periodic rewr
 crash hit mid-update), so repair never trusts its sizes: it finds the ``data`` chunk, takes every whole sample
 frame actually on disk after it, truncates a torn trailing sample, writes the sizes into the header, fsyncs and
 renames atomically to the name without ``.partial``. The format fields (rate, channels, bits) must be sane PCM,
-otherwise the file is not ours and is left untouched.
+otherwise the file is not ours and is left untouched. A file whose writer is alive (it holds the writer's
+``flock``) is refused: repair is only for files whose process is gone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -105,17 +107,41 @@ def repair_partial(partial: Path | str) -> RepairResult:
     except OSError as exc:
         raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
     try:
-        result = _repair_open_file(fd, partial, final)
-    except OSError as exc:
-        raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
+        _lock_or_raise(fd, partial)
+        try:
+            result = _repair_open_file(fd, partial, final)
+        except OSError as exc:
+            raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
+        try:
+            os.replace(partial, final)
+            fsync_directory(final.parent)
+        except OSError as exc:
+            raise ArchiveError(f"cannot rename {partial.name} to {final.name}: {describe_os_error(exc)}") from exc
+    finally:
+        os.close(fd)  # releases the lock, after the rename
+    return result
+
+
+def _lock_or_raise(fd: int, partial: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ArchiveError(f"cannot repair {partial}: it is being recorded right now by a running process") from None
+
+
+def is_being_recorded(partial: Path) -> bool:
+    """True if a live writer holds the ``.partial`` (its lock); a crashed writer's lock is gone with its process."""
+    try:
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)
-    try:
-        os.replace(partial, final)
-        fsync_directory(final.parent)
-    except OSError as exc:
-        raise ArchiveError(f"cannot rename {partial.name} to {final.name}: {describe_os_error(exc)}") from exc
-    return result
+    return False
 
 
 def _repair_open_file(fd: int, partial: Path, final: Path) -> RepairResult:
@@ -154,10 +180,14 @@ def find_partials(directory: Path | str) -> list[Path]:
 def repair_all(directory: Path | str) -> list[RepairResult | RepairFailure]:
     """Repair every ``.partial`` in ``directory`` (on the next start after a crash); one bad file never stops the rest.
 
-    Returns one outcome per file, in name order. Raises ArchiveError only if the folder cannot be listed.
+    Files still being recorded by a live process (they hold the writer's lock) are skipped. Returns one outcome
+    per repaired or failed file, in name order. Raises ArchiveError only if the folder cannot be listed.
     """
     outcomes: list[RepairResult | RepairFailure] = []
     for partial in find_partials(directory):
+        if is_being_recorded(partial):
+            log.info("%s is being recorded by a running process: left alone", partial.name)
+            continue
         try:
             result = repair_partial(partial)
         except ArchiveError as exc:

@@ -19,6 +19,10 @@ Durability policy (what a crash can cost):
   :class:`~agent.errors.ArchiveError` naming the file and how much audio it holds. Nothing already written is lost
   and the result is a complete, valid WAV that the upload can take.
 
+While recording, the writer holds an exclusive ``flock`` on the ``.partial`` (released by the kernel when the
+process dies, even by kill -9), so a repair running at the same time (another ``record`` starting in the same
+folder) skips a file that is still being written.
+
 Timeline: the archive holds every frame, ungated. A frame whose ``start`` lies beyond the current position (the
 caller lost audio: overflow, device loss) is preceded by silence, so archive time always equals timeline time.
 """
@@ -26,6 +30,7 @@ caller lost audio: overflow, device loss) is preceded by silence, so archive tim
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import struct
@@ -131,6 +136,7 @@ class WavArchiveWriter:
         except OSError as exc:
             raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # marks it as being recorded: repair leaves it alone (see repair.py)
             _write_all(fd, wav_header(0))
             os.fsync(fd)
             fsync_directory(folder)
