@@ -56,7 +56,7 @@ def test_401_logs_in_again_and_continues(medisync_server: RunningServer) -> None
     asyncio.run(tokens(False))
     medisync_server.server.expire_tokens()
     visit = gated_visit(3.0, seed=3)
-    ok, stream = asyncio.run(stream_visit(medisync_server.speech_url, tokens, visit))
+    ok, _ = asyncio.run(stream_visit(medisync_server.speech_url, tokens, visit))
     assert ok and tokens.calls[-2:] == [False, True]
     assert medisync_server.session_audio("visit-1").runs == expected_runs(visit.frames)
 

@@ -73,6 +73,9 @@ class StreamStats:
     """Samples announced to the server as lost (resume mode)."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
     last_error: str = ""
+    """Why the last connection ended (one line, no patient data)."""
+    end_reasons: list[str] = field(default_factory=list)
+    """Why each connection ended, the last 100."""
     retry_delays: list[float] = field(default_factory=list)
     """Reconnect delays chosen, in seconds (the last 100)."""
 
@@ -183,8 +186,14 @@ class SpeechStream:
     async def _supervise(self) -> None:
         force_login = False
         while True:
-            ended = await self._connect_once(force_login)
-            self._set(last_error=ended.reason)
+            try:
+                ended = await self._connect_once(force_login)
+            except Exception as exc:  # a bug must not end streaming for the rest of the visit: log it, go on
+                log.exception("speech connection failed unexpectedly")
+                ended = Ended(Failure.TRANSIENT, f"unexpected {type(exc).__name__}")
+            with self._lock:
+                self._stats.last_error = ended.reason
+                self._stats.end_reasons = [*self._stats.end_reasons[-99:], ended.reason]
             if ended.failure is None:
                 self._set(state=State.DONE)
                 self._done.set()

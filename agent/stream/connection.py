@@ -126,6 +126,8 @@ class Connection:
                     async with asyncio.timeout(2.0):
                         await self.ws.close()
                 return exc.ended
+            if isinstance(exc, ConnectionClosed | OSError | TimeoutError | ProtocolError):
+                return Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}")
             if exc is not None:
                 raise exc
             return Ended(Failure.TRANSIENT, "connection task ended")

@@ -17,6 +17,7 @@ and event loop, forwarding to ``host:port``. Control methods are thread-safe and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -162,10 +163,8 @@ class TcpProxy:
             if rst:
                 sock = w.get_extra_info("socket")
                 if sock is not None:
-                    try:
+                    with contextlib.suppress(OSError):  # already closed by the peer: nothing left to reset
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass  # already closed by the peer: nothing left to reset
                 w.transport.abort()
             else:
                 w.close()

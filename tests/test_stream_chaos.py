@@ -1,0 +1,146 @@
+"""Faults on real sockets: connections cut and reset through a TCP proxy, half-open stalls, ring overflow."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pytest
+
+from agent.stream.client import SpeechStream, State
+from tests.plugins.proxy import TcpProxy
+from tests.plugins.server import RunningServer
+from tests.plugins.stream import LoginTokens, Visit, expected_runs, fast_settings, gated_visit
+
+
+def proxied(tcp_proxy: Callable[[str, int], TcpProxy], server: RunningServer) -> TcpProxy:
+    target = urlsplit(server.speech_url)
+    assert target.hostname is not None and target.port is not None
+    return tcp_proxy(target.hostname, target.port)
+
+
+async def feed_paced(stream: SpeechStream, visit: Visit, speed: float, batch: int = 25) -> None:
+    """Feed from a thread, as the audio thread does, at ``speed`` x real time."""
+    for i in range(0, len(visit.events), batch):
+        stream.feed(visit.events[i : i + batch])
+        await asyncio.sleep(batch * 0.02 / speed)
+
+
+async def wait_until(predicate: Callable[[], bool], deadline_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not predicate():
+        assert loop.time() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_resume_survives_many_random_cuts_exactly_once(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = proxied(tcp_proxy, medisync_server)
+    visit = gated_visit(240.0, seed=11)
+    rng = random.Random(7)
+    cuts = 0
+
+    async def run() -> SpeechStream:
+        nonlocal cuts
+        stream = SpeechStream(fast_settings(), speech_url=proxy.url(), appointment_id="a", session_id="chaos",
+                              token=LoginTokens(medisync_server.login))  # fmt: skip
+        await stream.start()
+        feeder = asyncio.create_task(feed_paced(stream, visit, speed=20.0))
+        while not feeder.done() or cuts < 20:
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            await asyncio.to_thread(proxy.reset if rng.random() < 0.5 else proxy.cut)
+            cuts += 1
+        await feeder
+        assert await stream.finish(final_sample=visit.end, wait_s=60)
+        return stream
+
+    stream = asyncio.run(run())
+    audio = medisync_server.session_audio("chaos")
+    assert cuts >= 20 and proxy.connections > 20 and stream.stats.reconnects >= 20
+    print(
+        f"chaos: {cuts} cuts, {stream.stats.connections} connections, {stream.stats.resent_messages} messages resent,"
+        f" {audio.duplicates_ignored} duplicates ignored by the server, {len(audio.runs)} runs stored"
+    )
+    assert audio.runs == expected_runs(visit.frames)  # 0 lost, 0 duplicated, same timeline indices
+    assert audio.gaps == [] and stream.stats.dropped_samples == 0
+    assert stream.stats.state is State.DONE
+
+
+@pytest.mark.slow
+def test_half_open_connection_is_replaced(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = proxied(tcp_proxy, medisync_server)
+    visit = gated_visit(20.0, seed=12)
+    half = len(visit.events) // 2
+
+    async def run() -> SpeechStream:
+        stream = SpeechStream(
+            fast_settings(ack_timeout_s=1.0, ping_interval_s=30.0),
+            speech_url=proxy.url(),
+            appointment_id="a",
+            session_id="stall",
+            token=LoginTokens(medisync_server.login),
+        )
+        await stream.start()
+        stream.feed(visit.events[:half])
+        await wait_until(lambda: stream.stats.acked_messages > 0)
+        proxy.stall()  # TCP stays open, nothing gets through: only the ack watchdog can notice
+        stream.feed(visit.events[half:])
+        await wait_until(lambda: proxy.connections >= 2)
+        assert await stream.finish(final_sample=visit.end, wait_s=30)
+        return stream
+
+    stream = asyncio.run(run())
+    assert any("no ack progress" in reason for reason in stream.stats.end_reasons)
+    assert medisync_server.session_audio("stall").runs == expected_runs(visit.frames)
+
+
+def test_outage_longer_than_the_ring_announces_the_gap(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    proxy = proxied(tcp_proxy, medisync_server)
+    visit = gated_visit(12.0, seed=13)
+    first = visit.events[: len(visit.events) // 4]
+    rest = visit.events[len(visit.events) // 4 :]
+    ring_s = 2.0
+
+    async def run() -> SpeechStream:
+        settings = fast_settings(ring_seconds=ring_s, backoff_first_s=0.05)
+        stream = SpeechStream(settings, speech_url=proxy.url(), appointment_id="a", session_id="outage",
+                              token=LoginTokens(medisync_server.login))  # fmt: skip
+        await stream.start()
+        stream.feed(first)
+        await wait_until(lambda: stream.stats.sent_messages > 0 and stream.stats.acked_messages > 0)
+        await wait_until(lambda: not stream._ring.outstanding and not stream._ring.has_unsent)
+        proxy.stall()  # the outage: nothing gets through
+        medisync_server.knobs.refuse_handshake(503, count=-1)
+        stream.feed(rest)
+        await wait_until(lambda: stream.stats.dropped_samples > 0)
+        medisync_server.knobs.refuse_handshake(503, count=0)
+        proxy.cut()
+        assert await stream.finish(final_sample=visit.end, wait_s=30)
+        return stream
+
+    stream = asyncio.run(run())
+    audio = medisync_server.session_audio("outage")
+    fed = {f.start: f.pcm for f in visit.frames}
+    stored = {start for start, _ in _frames_of(audio.runs)}
+    lost = sorted(set(fed) - stored)
+    assert lost, "the outage was meant to overflow the ring"
+    gaps = [(g.start, g.end) for g in audio.gaps]
+    assert gaps == stream.stats.gaps
+    assert all(any(s <= start < e for s, e in gaps) for start in lost)  # every lost frame announced
+    assert not any(s <= start < e for s, e in gaps for start in stored)  # nothing stored is called lost
+    assert all(pcm == fed[start] for start, pcm in _frames_of(audio.runs))
+    # What the server holds is exactly the newest ring_seconds of audio plus what it had before the outage.
+    assert stream.stats.gap_samples == sum(len(fed[s]) // 2 for s in lost)
+
+
+def _frames_of(runs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    return [(start + i // 2, pcm[i : i + 640]) for start, pcm in runs for i in range(0, len(pcm), 640)]
