@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import random
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
 
+from agent.stream import wire
+from agent.stream.basic import wav_bytes
 from agent.stream.client import SpeechStream, State
 from tests.plugins.proxy import TcpProxy
-from tests.plugins.server import RunningServer
+from tests.plugins.server import RunningServer, ServerProcess
 from tests.plugins.stream import LoginTokens, Visit, expected_runs, fast_settings, gated_visit
 
 
@@ -144,3 +148,74 @@ def test_outage_longer_than_the_ring_announces_the_gap(
 
 def _frames_of(runs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return [(start + i // 2, pcm[i : i + 640]) for start, pcm in runs for i in range(0, len(pcm), 640)]
+
+
+@pytest.mark.slow
+def test_server_killed_and_restarted_resumes_at_next_seq(server_process: Callable[..., ServerProcess]) -> None:
+    proc = server_process()
+    assert proc.urls is not None
+    visit = gated_visit(40.0, seed=14)
+
+    async def run() -> SpeechStream:
+        assert proc.urls is not None
+        stream = SpeechStream(fast_settings(backoff_cap_s=0.5), speech_url=proc.urls.speech_url, appointment_id="a",
+                              session_id="killed", token=LoginTokens(proc.login))  # fmt: skip
+        await stream.start()
+        feeder = asyncio.create_task(feed_paced(stream, visit, speed=10.0))
+        await wait_until(lambda: stream.stats.acked_messages > 50)
+        await asyncio.to_thread(proc.restart, kill=True)  # kill -9 while audio flows; same port, same data
+        assert not feeder.done()
+        await feeder
+        assert await stream.finish(final_sample=visit.end, wait_s=60)
+        return stream
+
+    stream = asyncio.run(run())
+    session = proc.inspect_session("killed")
+    runs = [(r["start"], base64.b64decode(r["pcm_b64"])) for r in session["runs"]]
+    assert runs == expected_runs(visit.frames)
+    assert session["gaps"] == [] and stream.stats.connections >= 2
+
+
+@pytest.mark.slow
+def test_basic_mode_through_cuts_loses_and_doubles_nothing(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    medisync_server.knobs.force_basic = True
+    proxy = proxied(tcp_proxy, medisync_server)
+    proxy.delay_s = 0.1  # results take a while: cuts catch chunks outstanding
+    visit = gated_visit(90.0, seed=15)
+    rng = random.Random(8)
+    transcripts: list[wire.TranscriptEvent] = []
+    cuts = 0
+
+    async def run() -> SpeechStream:
+        nonlocal cuts
+        stream = SpeechStream(
+            fast_settings(),
+            speech_url=proxy.url(),
+            appointment_id="a",
+            token=LoginTokens(medisync_server.login),
+            on_transcript=transcripts.append,
+        )
+        await stream.start()
+        feeder = asyncio.create_task(feed_paced(stream, visit, speed=15.0))
+        while not feeder.done() or cuts < 10:
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+            await asyncio.to_thread(proxy.reset if rng.random() < 0.5 else proxy.cut)
+            cuts += 1
+        await feeder
+        assert await stream.finish(final_sample=visit.end, wait_s=60)
+        return stream
+
+    stream = asyncio.run(run())
+    utterances = [pcm for _, pcm in expected_runs(visit.frames)]
+    counts = medisync_server.basic_chunk_counts()
+    expected = [hashlib.sha256(wav_bytes(pcm)).hexdigest() for pcm in utterances]
+    assert set(counts) == set(expected)  # every chunk arrived, and every chunk is one whole utterance
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= stream.stats.chunks_resent and stream.stats.chunks_resent > 0
+    assert [t.chunk for t in transcripts] == list(range(len(utterances)))  # one each, in order, none doubled
+    assert stream.stats.chunks_timed_out == 0
+    print(
+        f"basic chaos: {cuts} cuts, {stream.stats.chunks_resent} chunks resent, {duplicates} seen twice by the server"
+    )

@@ -72,6 +72,8 @@ class StreamStats:
     gap_samples: int = 0
     """Samples announced to the server as lost (resume mode)."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    rejected_frames: int = 0
+    """Frames refused because their timeline index went backwards (a caller bug, logged)."""
     last_error: str = ""
     """Why the last connection ended (one line, no patient data)."""
     end_reasons: list[str] = field(default_factory=list)
@@ -177,10 +179,15 @@ class SpeechStream:
         while self._inbox:
             event = self._inbox.popleft()
             frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
-            if frame is not None and self._mode != "basic":
-                self._ring.push(frame)
-            if self._mode != "resume":
-                self._basic.push(event)
+            try:
+                if frame is not None and self._mode != "basic":
+                    self._ring.push(frame)
+                if self._mode != "resume":
+                    self._basic.push(event)
+            except ValueError:  # a frame going back in time: a caller bug; the rest of the batch still counts
+                log.exception("speech stream refused a frame")
+                with self._lock:
+                    self._stats.rejected_frames += 1
         self._wake.set()
 
     async def _supervise(self) -> None:

@@ -178,12 +178,6 @@ class SendRing:
         return self._formed_bytes + self._pending_bytes
 
     @property
-    def backlog_seconds(self) -> float:
-        """Audio held and not yet written on this connection, in seconds."""
-        unsent = sum(len(m.pcm) for m in list(self._formed)[max(0, self._send_next - self._base_seq) :])
-        return (unsent + self._pending_bytes) / (SAMPLE_RATE * BYTES_PER_SAMPLE)
-
-    @property
     def drained(self) -> bool:
         """Everything pushed is stored by the server (or announced lost)."""
         return not self._formed and not self._pending
