@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(python3-venv libportaudio2 pulseaudio pulseaudio-utils sox systemd)
+SYSTEM_PACKAGES=(python3-venv libportaudio2 pulseaudio pulseaudio-utils sox systemd libasound2-plugins)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${SYSTEM_PACKAGES[@]}"; do

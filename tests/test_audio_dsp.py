@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -88,7 +90,7 @@ def test_output_length_matches_input_duration(rate: int) -> None:
 def test_frames_are_contiguous_fixed_size_and_the_tail_is_short() -> None:
     frames, _ = run_dsp(tone(440, 48000, 1.01, 0.5), 48000, settings=AudioSettings(frame_ms=30))
     assert frames[0].start == 0
-    assert all(a.end == b.start for a, b in zip(frames, frames[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(frames))
     assert all(f.samples == 480 for f in frames[:-1])
     assert 0 < frames[-1].samples < 480  # 16160 samples = 33 frames of 480 + 320
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import wave
 
@@ -16,7 +17,7 @@ def long_pauses() -> list[tuple[int, int]]:
     utterances = json.loads(DIALOGUE_JSON.read_text())["utterances"]
     return [
         (round(a["end"] * SAMPLE_RATE), round(b["start"] * SAMPLE_RATE))
-        for a, b in zip(utterances, utterances[1:], strict=False)
+        for a, b in itertools.pairwise(utterances)
         if b["start"] - a["end"] >= 3.0
     ]
 
