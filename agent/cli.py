@@ -19,6 +19,9 @@ from agent.errors import AgentError
 
 PROG = "medisync-agent"
 
+QUIET_LOGGERS = ("websockets", "httpx", "httpcore")
+"""Third-party loggers never allowed below WARNING: their INFO/DEBUG output carries URLs and Authorization headers."""
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -48,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # These libraries log request URLs (search terms, ids) and, at DEBUG, headers with the bearer token.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

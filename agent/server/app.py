@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from agent.server import tokens
 from agent.server.knobs import Knobs
@@ -60,6 +61,13 @@ class ServerUrls:
     """Speech socket base, ``ws://host:port`` (``/ws/transcribe`` is appended by clients)."""
     search_url: str
     """Full MediSearch SSE endpoint URL (POST)."""
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access log without query strings: they carry search terms (patient names), uids and appointment ids."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status, time * 1000)
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
@@ -173,7 +181,8 @@ class MediSyncServer:
         return app
 
     async def start(self) -> ServerUrls:
-        self._runner = web.AppRunner(self.build_app(), handle_signals=False, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(self.build_app(), handle_signals=False, shutdown_timeout=1.0,
+                                     access_log_class=PathOnlyAccessLogger)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()

@@ -1,0 +1,123 @@
+"""``medisync-agent run``: one visit in the foreground, with the live transcript on the terminal.
+
+Until Ctrl-C / SIGTERM or ``--duration``: capture, archive and stream; then end the stream, finish the WAV,
+queue it and upload it at once with a progress bar. If the upload cannot finish now it stays queued (exit 75)
+and the daemon or ``medisync-agent uploads retry`` delivers it later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from agent.account import prepare_visit, token_provider
+from agent.api.medisync import MediSyncClient
+from agent.api.secret import load_credentials
+from agent.archive.upload_policy import ItemState
+from agent.archive.upload_queue import UploadQueue
+from agent.archive.upload_runner import drain
+from agent.audio.pipeline import PipelineOutput
+from agent.audio.sources import open_source
+from agent.commands.uploads import EX_TEMPFAIL, ProgressView
+from agent.config import add_config_arguments, load_from_args
+from agent.settings import AgentSettings
+from agent.terminal import TranscriptPrinter, format_summary
+from agent.visit import Visit, VisitSummary, recover_visits
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="record one visit: live transcript, archive, upload",
+        description=(
+            "Record one visit: capture the source, show MediSync's live transcript, archive the whole visit as a "
+            "WAV file and upload it when the visit ends (Ctrl-C or --duration). Audio is never lost: if MediSync "
+            "cannot be reached the recording stays queued for upload."
+        ),
+    )
+    add_config_arguments(parser)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--appointment", metavar="ID", help="MediSync appointment id the recording belongs to")
+    which.add_argument("--new-appointment-for", metavar="PATIENT_ID",
+                       help="create a new appointment for this patient id and record it")  # fmt: skip
+    parser.add_argument("--source", help="mic, mic:<name>, file:<path.wav> or synth:<recipe> (default: config)")
+    parser.add_argument("--pace", choices=["realtime", "fast"], help="file/synth sources: pacing (default realtime)")
+    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of audio")
+    parser.add_argument("--api-url", help="MediSync REST base URL, e.g. https://app.medisync.me/api")
+    parser.add_argument("--speech-url", help="speech socket base URL, e.g. wss://speech.medisync.me")
+    parser.add_argument("--archive-dir", help="folder for the visit WAV files")
+    parser.add_argument("--queue-dir", help="folder of the upload queue")
+    parser.add_argument("--no-stream", action="store_true", help="record and upload without a live transcript")
+    parser.set_defaults(func=cmd_run)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    pairs = {
+        "audio.source": args.source,
+        "audio.pace": args.pace,
+        "api.api_url": args.api_url,
+        "api.speech_url": args.speech_url,
+        "archive.directory": args.archive_dir,
+        "upload.queue_dir": args.queue_dir,
+        "stream.enabled": False if args.no_stream else None,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_from_args(args, _flags(args)).settings
+    credentials = load_credentials(settings.api)
+
+    async def main() -> int:
+        async with MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes) as client:
+            access = await prepare_visit(client, args.appointment, patient_id=args.new_appointment_for)
+            print(f"recording appointment {access.appointment_id}; Ctrl-C ends the visit", file=sys.stderr)
+            summary, state = await record_and_upload(
+                settings, client, access.appointment_id, stream=access.stream_allowed,
+                duration_s=args.duration, out=sys.stdout, err=sys.stderr,
+            )  # fmt: skip
+            print(format_summary(summary, state), file=sys.stderr)
+            return 0 if state is ItemState.DONE else EX_TEMPFAIL
+
+    return asyncio.run(main())
+
+
+async def record_and_upload(
+    settings: AgentSettings,
+    client: MediSyncClient,
+    appointment_id: str,
+    *,
+    stream: bool,
+    duration_s: float | None,
+    out: TextIO,
+    err: TextIO,
+    on_output: Callable[[PipelineOutput], None] | None = None,
+    on_visit: Callable[[Visit], None] | None = None,
+) -> tuple[VisitSummary, ItemState]:
+    """Run one visit (stopping on SIGINT/SIGTERM), then upload its recording once; returns the item's state."""
+    queue = UploadQueue(settings.upload)
+    for item in await asyncio.to_thread(recover_visits, Path(settings.archive.directory), queue):
+        print(f"queued an interrupted earlier visit for upload ({item.item_id[:8]})", file=err)
+    source = open_source(settings.audio.source, settings.audio)
+    visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
+                  token=token_provider(client) if stream else None, on_transcript=TranscriptPrinter(out),
+                  on_output=on_output, duration_s=duration_s)  # fmt: skip
+    if on_visit is not None:
+        on_visit(visit)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, visit.stop)
+    try:
+        summary = await visit.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    view = ProgressView(err)
+    await drain(queue, client, progress_for=view.for_item)
+    final = queue.find(appointment_id)
+    return summary, final.state if final is not None else summary.upload.state

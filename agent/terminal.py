@@ -1,0 +1,63 @@
+"""What a person sees in the terminal during a visit: the live transcript and the end-of-visit summary."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from agent.archive.upload_policy import ItemState
+from agent.stream.wire import TranscriptEvent
+from agent.visit import VisitSummary
+
+
+def format_transcript(event: TranscriptEvent) -> str:
+    """``[SPEAKER_0 | 12.340 --> 15.020]: words`` on the visit timeline (the documented MediSync format)."""
+    if event.start is None or event.end is None:
+        return f"[{event.speaker or 'SPEAKER_?'}]: {event.words}"
+    return f"[{event.speaker or 'SPEAKER_?'} | {event.start:.3f} --> {event.end:.3f}]: {event.words}"
+
+
+class TranscriptPrinter:
+    """Prints transcript lines as they arrive (called on the event loop)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lines = 0
+
+    def __call__(self, event: TranscriptEvent) -> None:
+        self.lines += 1
+        print(format_transcript(event), file=self.out, flush=True)
+
+
+def upload_outcome(summary: VisitSummary, state: ItemState) -> str:
+    if state is ItemState.DONE:
+        return "uploaded and confirmed"
+    if state is ItemState.BLOCKED:
+        return "queued: MediSync says the subscription is inactive; it will be retried"
+    if state is ItemState.DEAD:
+        return "NOT uploaded: moved to the dead-letter folder (audio kept); see `medisync-agent uploads list`"
+    return "queued: will be retried by the daemon or `medisync-agent uploads retry`"
+
+
+def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[str, str] | None = None) -> str:
+    stream = summary.stream
+    rows: list[tuple[str, str]] = [
+        ("recording", summary.record.path.name),
+        ("seconds captured", f"{summary.seconds_captured:.1f}"),
+        ("seconds gated (speech passed)", f"{summary.seconds_gated:.1f}"),
+        ("VAD segments", str(len(summary.record.segments))),
+    ]
+    if stream is None:
+        rows.append(("live stream", "off"))
+    else:
+        rows += [
+            ("live stream", f"{stream.mode or 'never connected'}, {stream.state.value}"),
+            ("messages sent / acknowledged", f"{stream.sent_messages} / {stream.acked_messages}"),
+            ("messages resent after reconnects", str(stream.resent_messages)),
+            ("reconnects", str(stream.reconnects)),
+            ("gap announced (samples)", str(stream.gap_samples)),
+            ("stream confirmed by server", "yes" if summary.stream_confirmed else "no"),
+        ]
+    rows += list((extra or {}).items())
+    rows.append(("upload", upload_outcome(summary, upload_state)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
