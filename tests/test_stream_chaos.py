@@ -219,3 +219,37 @@ def test_basic_mode_through_cuts_loses_and_doubles_nothing(
     print(
         f"basic chaos: {cuts} cuts, {stream.stats.chunks_resent} chunks resent, {duplicates} seen twice by the server"
     )
+
+
+@pytest.mark.slow
+def test_basic_mode_half_open_is_caught_by_keepalive(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    medisync_server.knobs.force_basic = True
+    proxy = proxied(tcp_proxy, medisync_server)
+    visit = gated_visit(10.0, seed=16)
+    half = len(visit.events) // 2
+    transcripts: list[wire.TranscriptEvent] = []
+
+    async def run() -> SpeechStream:
+        settings = fast_settings(ping_interval_s=0.5, ping_timeout_s=0.5)
+        stream = SpeechStream(
+            settings,
+            speech_url=proxy.url(),
+            appointment_id="a",
+            token=LoginTokens(medisync_server.login),
+            on_transcript=transcripts.append,
+        )
+        await stream.start()
+        stream.feed(visit.events[:half])
+        await wait_until(lambda: stream.stats.chunks_transcribed > 0)
+        proxy.stall()  # no acks exist in basic mode: only the missing pongs reveal the dead connection
+        stream.feed(visit.events[half:])
+        await wait_until(lambda: proxy.connections >= 2)
+        assert await stream.finish(final_sample=visit.end, wait_s=30)
+        return stream
+
+    stream = asyncio.run(run())
+    utterances = len(expected_runs(visit.frames))
+    assert [t.chunk for t in transcripts] == list(range(utterances))
+    assert stream.stats.connections >= 2

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from agent.audio.types import Frame
 from agent.audio.vad import GateEvent, SegmentFrame
+from agent.errors import SubscriptionError
 from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.basic import BasicOutbox
@@ -225,6 +226,8 @@ class SpeechStream:
                 self._stats.reconnects += 1
         try:
             token = await self._token(force_login)
+        except SubscriptionError:
+            return Ended(Failure.FORBIDDEN, "login refused: no active subscription")
         except Exception as exc:  # the login path reports its own errors; the stream keeps trying
             return Ended(Failure.TRANSIENT, f"login failed: {type(exc).__name__}")
         dialled = await dial(self._url, token, self._settings)
