@@ -1,0 +1,73 @@
+"""Turning an agent's probe records (frames, sends, acks) into latencies, ack lags and catch-up times. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent import SAMPLE_RATE
+
+
+def sample_latencies(result: dict[str, Any], until: float | None = None) -> npt.NDArray[np.float64]:
+    """Capture-to-wire latency in seconds of every sample in every first send of a message.
+
+    A sample's capture time is its frame's ``capture_time`` (first sample) plus its offset in the frame; its wire
+    time is the moment the message holding it was encoded for ``ws.send``. Resends are not counted.
+    """
+    frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
+    if not len(frames) or not result["sends"]:
+        return np.zeros(0)
+    order = np.argsort(frames[:, 0])
+    starts, cts = frames[order, 0], frames[order, 2]
+    seen: set[int] = set()
+    chunks = []
+    for t, seq, start, n in result["sends"]:
+        if seq in seen or (until is not None and t > until):
+            continue
+        seen.add(seq)
+        idx = np.arange(start, start + n, dtype=np.float64)
+        j = np.clip(np.searchsorted(starts, idx, side="right") - 1, 0, len(starts) - 1)
+        chunks.append(t - (cts[j] + (idx - starts[j]) / SAMPLE_RATE))
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def ack_lags(result: dict[str, Any]) -> list[float]:
+    """Seconds from the first send of a message to the first ack covering it (acks are cumulative)."""
+    first_send: dict[int, float] = {}
+    for t, seq, _start, _n in result["sends"]:
+        first_send.setdefault(seq, t)
+    lags: list[float] = []
+    pending = sorted(first_send.items())
+    i = 0
+    for t, acked in sorted(result["acks"]):
+        while i < len(pending) and pending[i][0] <= acked:
+            lags.append(t - pending[i][1])
+            i += 1
+    return lags
+
+
+def catch_up(result: dict[str, Any], up_at: float) -> dict[str, float]:
+    """After the link came back at ``up_at``: when the first ``ready`` came, and when the ack covered all audio
+    captured before ``up_at`` (the backlog), plus the backlog's gated seconds."""
+    frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
+    captured_before = frames[frames[:, 2] + frames[:, 1] / SAMPLE_RATE <= up_at]
+    boundary = float((captured_before[:, 0] + captured_before[:, 1]).max()) if len(captured_before) else 0.0
+    readies = [t for t, _ in result["readies"] if t >= up_at]
+    ready_at = min(readies) if readies else float("nan")
+    seq_end: dict[int, float] = {}
+    seq_samples: dict[int, int] = {}
+    for _t, seq, start, n in result["sends"]:
+        seq_end[seq] = start + n
+        seq_samples[seq] = n
+    done_at = float("nan")
+    for t, acked in sorted(result["acks"]):
+        if t >= up_at and seq_end.get(acked, -1) >= boundary:
+            done_at = t
+            break
+    # Gated audio that was still unacknowledged when the link came back = the backlog.
+    acked_before = max((s for t, s in result["acks"] if t < up_at), default=-1)
+    backlog_samples = sum(n for seq, n in seq_samples.items() if seq > acked_before and seq_end[seq] <= boundary)
+    return {"ready_at": ready_at, "done_at": done_at, "backlog_s": backlog_samples / SAMPLE_RATE}
+

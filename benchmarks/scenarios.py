@@ -1,0 +1,308 @@
+"""The six scenarios of issue 6. Each takes a :class:`Sizes` and a scratch folder and returns a ScenarioResult.
+
+Every agent runs as its own process (:mod:`benchmarks.agent_proc`) against the local server running as another
+process with ``--no-fsync``; CPU figures are the kernel's per-process accounting.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.analysis import ack_lags, catch_up, sample_latencies
+from benchmarks.env import (DIALOGUE, OutageProxy, agent_config, proc_cpu_s, server_process,
+                            spawn_agent, virtual_mic)  # fmt: skip
+from benchmarks.results import ScenarioResult, percentiles
+
+UNPACED = 1e6
+"""``replay_speed`` that makes the pacer irrelevant."""
+PROFILES: dict[str, dict[str, Any]] = {
+    "low-latency": {"message_ms": 20},
+    "efficient": {"message_ms": 250},
+}
+"""Live profiles: StreamSettings overrides."""
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int = 3
+    throughput_audio_s: float = 600.0
+    live_s: float = 150.0
+    live_repeats: int = 2
+    warmup_s: float = 10.0
+    outage_s: float = 60.0
+    after_outage_s: float = 30.0
+    memory_audio_s: float = 3900.0
+    fleet_agents: int = 50
+    fleet_s: float = 60.0
+
+
+FULL = Sizes()
+QUICK = Sizes(repeats=1, throughput_audio_s=48.0, live_s=4.0, live_repeats=1, warmup_s=2.0, outage_s=3.0,
+              after_outage_s=3.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0)  # fmt: skip
+
+
+def looped_dialogue(cache: Path, seconds: float) -> Path:
+    """The bundled dialogue repeated to at least ``seconds`` (made once with sox, kept in ``cache``)."""
+    repeats = max(1, int(np.ceil(seconds / 48.18)))
+    path = cache / f"dialogue-x{repeats}.wav"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.wav")
+        subprocess.run(["sox", str(DIALOGUE), str(tmp), "repeat", str(repeats - 1)], check=True)
+        tmp.rename(path)
+    return path
+
+
+def per_hour(cpu_s: float, audio_s: float) -> float:
+    return cpu_s / audio_s * HOUR if audio_s else float("nan")
+
+
+# --- 1 throughput ---------------------------------------------------------------------------------------------------
+
+
+def throughput(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    res = ScenarioResult("throughput", "whole pipeline as fast as possible (file source, DSP, VAD, archive, socket, "
+                         "acks)", "python -m benchmarks --only throughput", repeats=sizes.repeats)  # fmt: skip
+    wav = looped_dialogue(cache, sizes.throughput_audio_s)
+    configs = {"unpaced (replay_speed=1e6)": {"replay_speed": UNPACED},
+               "default pacing (replay_speed=4)": {}}  # fmt: skip
+    with server_process(work / "server") as srv:
+        for label, stream in configs.items():
+            # The default-paced run streams at the pacer's speed: the short dialogue is enough to show it.
+            source = wav if stream else DIALOGUE
+            rtf, cpu, srv_cpu, audio_rtf = [], [], [], []
+            for i in range(sizes.repeats if stream else 1):
+                cfg = agent_config(srv, work / f"tp-{len(stream)}-{i}", f"file:{source}", pace="fast", stream=stream)
+                s0 = srv.cpu_s()
+                agent = spawn_agent(cfg, work / f"tp-{len(stream)}-{i}")
+                r = agent.result(timeout=900)
+                srv_cpu.append(per_hour(srv.cpu_s() - s0, r["audio_s"]))
+                rtf.append(r["audio_s"] / r["wall_s"])
+                audio_rtf.append(r["audio_s"] / r["audio_done_s"])
+                cpu.append(per_hour(r["cpu_s"], r["audio_s"]))
+                _check(res, r)
+            target = ">= 500" if stream else ""
+            res.add(f"{label}: real-time factor to last ack", rtf, "x", target)
+            res.add(f"{label}: real-time factor, audio path only", audio_rtf, "x")
+            res.add(f"{label}: agent CPU per audio-hour", cpu, "CPU-s")
+            res.add(f"{label}: server CPU per audio-hour", srv_cpu, "CPU-s")
+    res.notes.append(f"source: the bundled dialogue looped to {sizes.throughput_audio_s:.0f} s (22.05 kHz mono), "
+                     "20 ms blocks, paced 'fast'")  # fmt: skip
+    return res
+
+
+def _check(res: ScenarioResult, r: dict[str, Any]) -> None:
+    if not r["confirmed"]:
+        res.notes.append("WARNING: a visit was not confirmed by the server")
+
+
+# --- 2 live + 6 floor -------------------------------------------------------------------------------------------------
+
+
+def live(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    res = ScenarioResult("live", "PulseAudio virtual mic in real time: both profiles and the ffmpeg floor side by "
+                         "side", "python -m benchmarks --only live", repeats=sizes.live_repeats)  # fmt: skip
+    have_ffmpeg = shutil.which("ffmpeg") is not None
+    per: dict[str, dict[str, list[float]]] = {p: {"cpu": [], "p50": [], "p95": [], "p99": [], "wake": []}
+                                              for p in PROFILES}  # fmt: skip
+    ffmpeg_cpu: list[float] = []
+    latencies: dict[str, list[float]] = {p: [] for p in PROFILES}
+    with server_process(work / "server") as srv, virtual_mic(48000, 1) as mic:
+        mic.feed_loop(looped_dialogue(cache, 600))
+        for rep in range(sizes.live_repeats):
+            agents = {}
+            for name, stream in PROFILES.items():
+                cfg = agent_config(srv, work / f"live-{name}-{rep}", "mic:pulse", duration_s=sizes.live_s,
+                                   stream=stream, trace=True)  # fmt: skip
+                agents[name] = spawn_agent(cfg, work / f"live-{name}-{rep}", env=mic.env)
+            ff = _start_ffmpeg(mic.monitor) if have_ffmpeg else None
+            for agent in agents.values():
+                agent.wait_started()
+            f0, t0 = (proc_cpu_s(ff.pid) if ff else 0.0), time.monotonic()
+            results = {name: agent.result(timeout=sizes.live_s + 120) for name, agent in agents.items()}
+            if ff is not None:
+                ffmpeg_cpu.append(per_hour(proc_cpu_s(ff.pid) - f0, time.monotonic() - t0))
+                ff.terminate()
+                ff.wait()
+            for name, r in results.items():
+                _check(res, r)
+                lat = sample_latencies(r) * 1000
+                p50, p95, p99 = percentiles(lat)
+                d = per[name]
+                d["cpu"].append(per_hour(r["cpu_s"], r["audio_s"]))
+                d["p50"].append(p50)
+                d["p95"].append(p95)
+                d["p99"].append(p99)
+                d["wake"].append(r["voluntary_switches"] / r["wall_s"])
+                latencies[name].extend(lat[:: max(1, len(lat) // 20000)].tolist())
+    targets = {"low-latency": ("<= 60", "<= 60"), "efficient": ("<= 30", "<= 150")}
+    for name, d in per.items():
+        cpu_target, p95_target = targets[name]
+        res.add(f"{name}: agent process CPU per audio-hour", d["cpu"], "CPU-s", cpu_target)
+        res.add(f"{name}: capture-to-wire p50", d["p50"], "ms")
+        res.add(f"{name}: capture-to-wire p95", d["p95"], "ms", p95_target)
+        res.add(f"{name}: capture-to-wire p99", d["p99"], "ms")
+        res.add(f"{name}: voluntary context switches per second", d["wake"], "1/s")
+    if ffmpeg_cpu:
+        res.add("floor: ffmpeg (pulse -> 16 kHz mono s16) CPU per audio-hour", ffmpeg_cpu, "CPU-s")
+        for name, d in per.items():
+            ratios = [a / f for a, f in zip(d["cpu"], ffmpeg_cpu, strict=True) if f > 0]
+            res.add(f"agent/ffmpeg CPU ratio, {name}", ratios, "", "< 2" if name == "efficient" else "")
+    else:
+        res.notes.append("ffmpeg not installed: floor (scenario 6) skipped")
+    res.notes.append("profiles: " + "; ".join(f"{n}: {s}" for n, s in PROFILES.items()) + "; both agents and ffmpeg "
+                     "capture the same null-sink monitor at 48 kHz mono at the same time")  # fmt: skip
+    res.plot["latencies"] = latencies
+    res.plot["cpu"] = {n: d["cpu"] for n, d in per.items()} | ({"ffmpeg": ffmpeg_cpu} if ffmpeg_cpu else {})
+    return res
+
+
+def _start_ffmpeg(monitor: str) -> subprocess.Popen[bytes]:
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "pulse", "-i", monitor, "-ac", "1", "-ar", "16000",
+           "-f", "s16le", "-y", "/dev/null"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# --- 3 replay -----------------------------------------------------------------------------------------------------------
+
+
+def replay(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    res = ScenarioResult("replay", f"{sizes.outage_s:.0f} s outage during a live visit (file source in real time, "
+                         "link cut by a TCP proxy)", "python -m benchmarks --only replay",
+                         repeats=sizes.repeats)  # fmt: skip
+    total = sizes.warmup_s + sizes.outage_s + sizes.after_outage_s
+    wav = looped_dialogue(cache, total + 5)
+    configs = {"default 4x pacing": {}, "unpaced": {"replay_speed": UNPACED}}
+    figs: dict[str, dict[str, list[float]]] = {c: {"ready": [], "delay": [], "link": [], "backlog": [], "speed": []}
+                                               for c in configs}  # fmt: skip
+    curves: dict[str, list[tuple[float, float]]] = {}
+    with server_process(work / "server") as srv:
+        for rep in range(min(sizes.repeats, 2)):
+            runs = {}
+            for label, stream in configs.items():
+                proxy = OutageProxy(srv.port)
+                cfg = agent_config(srv, work / f"rp-{len(stream)}-{rep}", f"file:{wav}", duration_s=total,
+                                   stream=stream, trace=True, speech_url=f"ws://127.0.0.1:{proxy.port}")  # fmt: skip
+                runs[label] = (proxy, spawn_agent(cfg, work / f"rp-{len(stream)}-{rep}"))
+            for _proxy, agent in runs.values():
+                agent.wait_started()
+            time.sleep(sizes.warmup_s)
+            for proxy, _agent in runs.values():
+                proxy.down()
+            time.sleep(sizes.outage_s)
+            for proxy, _agent in runs.values():
+                proxy.up()
+            for label, (proxy, agent) in runs.items():
+                r = agent.result(timeout=total + 120)
+                proxy.close()
+                _check(res, r)
+                c = catch_up(r, proxy.up_at)
+                f = figs[label]
+                f["ready"].append(c["done_at"] - c["ready_at"])
+                f["link"].append(c["done_at"] - proxy.up_at)
+                f["delay"].append(c["ready_at"] - proxy.up_at)
+                f["backlog"].append(c["backlog_s"])
+                f["speed"].append(c["backlog_s"] / (c["done_at"] - c["ready_at"]))
+                if rep == 0:
+                    curves[label] = _ack_curve(r, proxy.up_at)
+    for label, f in figs.items():
+        res.add(f"{label}: backlog (gated audio unacknowledged at link-up)", f["backlog"], "s")
+        res.add(f"{label}: reconnect delay after link-up (backoff)", f["delay"], "s")
+        res.add(f"{label}: reconnected -> backlog acknowledged", f["ready"], "s",
+                "<= 16" if label.startswith("default") else "")  # fmt: skip
+        res.add(f"{label}: link-up -> backlog acknowledged", f["link"], "s")
+        res.add(f"{label}: replay speed (backlog / catch-up time)", f["speed"], "x",
+                ">= 100" if label == "unpaced" else "")  # fmt: skip
+    res.notes.append("the 16 s target is for a 60 s backlog; the dialogue is ~84% speech, so the gated backlog of a "
+                     "60 s outage is shorter; compare the replay speed")  # fmt: skip
+    res.plot["curves"] = curves
+    return res
+
+
+def _ack_curve(r: dict[str, Any], up_at: float) -> list[tuple[float, float]]:
+    """(seconds since link-up, acked timeline position in seconds of audio) for every ack from 5 s before."""
+    seq_end = {seq: start + n for _t, seq, start, n in r["sends"]}
+    return [(t - up_at, seq_end.get(s, 0) / 16000) for t, s in sorted(r["acks"]) if t >= up_at - 5]
+
+
+# --- 4 memory -----------------------------------------------------------------------------------------------------------
+
+
+def memory(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    res = ScenarioResult("memory", f"RSS across {sizes.memory_audio_s / 60:.0f} min of audio, file source paced "
+                         "'fast', unpaced stream", "python -m benchmarks --only memory")  # fmt: skip
+    wav = looped_dialogue(cache, sizes.memory_audio_s)
+    with server_process(work / "server") as srv:
+        cfg = agent_config(srv, work / "mem", f"file:{wav}", pace="fast", duration_s=sizes.memory_audio_s,
+                           stream={"replay_speed": UNPACED}, rss_interval_s=0.1)  # fmt: skip
+        r = spawn_agent(cfg, work / "mem").result(timeout=1800)
+    _check(res, r)
+    t0, wall, audio_h = r["t0"], r["wall_s"], r["audio_s"] / HOUR
+    # Audio position is proportional to elapsed time in a 'fast' run (the source never waits).
+    series = [((t - t0) / wall * audio_h, rss / 2**20) for t, rss in r["rss"]]
+    xs, ys = np.array([p[0] for p in series]), np.array([p[1] for p in series])
+    tail = xs >= 0.2 * audio_h
+    slope = float(np.polyfit(xs[tail], ys[tail], 1)[0]) if tail.sum() >= 3 else float("nan")
+    res.add("RSS at visit start", [ys[0]], "MB")
+    res.add("peak RSS", [ys.max()], "MB", "<= 80")
+    res.add("RSS at visit end", [ys[-1]], "MB")
+    res.add("growth (linear fit after the first 20%)", [slope], "MB per audio-hour", "< 1")
+    res.add("audio", [r["audio_s"] / 60], "min")
+    res.add("real-time factor", [r["audio_s"] / wall], "x")
+    res.plot["rss"] = series
+    return res
+
+
+# --- 5 fleet ------------------------------------------------------------------------------------------------------------
+
+
+def fleet(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    n = sizes.fleet_agents
+    res = ScenarioResult("fleet", f"{n} agent processes streaming in real time to one server",
+                         "python -m benchmarks --only fleet")  # fmt: skip
+    wav = looped_dialogue(cache, sizes.fleet_s + 5)
+    with server_process(work / "server") as srv:
+        agents = []
+        for i in range(n):
+            cfg = agent_config(srv, work / f"fleet-{i}", f"file:{wav}", duration_s=sizes.fleet_s, wait_go=True,
+                               trace=True)  # fmt: skip
+            agents.append(spawn_agent(cfg, work / f"fleet-{i}"))
+        for agent in agents:
+            agent.wait_event("ready")
+        s0, t0 = srv.cpu_s(), time.monotonic()
+        for agent in agents:
+            agent.go()
+        results = [agent.result(timeout=sizes.fleet_s + 300) for agent in agents]
+        server_cpu, wall = srv.cpu_s() - s0, time.monotonic() - t0
+    for r in results:
+        _check(res, r)
+    _record_fleet(res, results, server_cpu, wall)
+    return res
+
+
+def _record_fleet(res: ScenarioResult, results: list[dict[str, Any]], server_cpu: float, wall: float) -> None:
+    audio = sum(r["audio_s"] for r in results)
+    lags = [lag * 1000 for r in results for lag in ack_lags(r)]
+    p50, p95, p99 = percentiles(lags)
+    res.add("agent CPU per audio-hour (one value per agent)", [per_hour(r["cpu_s"], r["audio_s"]) for r in results],
+            "CPU-s")  # fmt: skip
+    res.add("server CPU per agent audio-hour", [per_hour(server_cpu, audio)], "CPU-s")
+    res.add("server CPU load while the fleet streamed", [server_cpu / wall * 100], "% of one core")
+    res.add("ack lag p50 (first send -> ack)", [p50], "ms")
+    res.add("ack lag p95", [p95], "ms")
+    res.add("ack lag p99", [p99], "ms")
+    res.add("visits confirmed", [sum(bool(r["confirmed"]) for r in results)], f"of {len(results)}")
+    res.notes.append("each agent is its own OS process (the real agent code, default StreamSettings: 100 ms "
+                     "messages); all start streaming at the same moment")  # fmt: skip
+    res.plot["fleet_cpu"] = [per_hour(r["cpu_s"], r["audio_s"]) for r in results]
+
+
+SCENARIOS = {"throughput": throughput, "live": live, "replay": replay, "memory": memory, "fleet": fleet}
