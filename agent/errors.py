@@ -118,3 +118,9 @@ class StreamError(AgentError):
 
 class ProtocolError(StreamError):
     pass
+
+
+class ControlError(AgentError):
+    """The daemon's control socket: the daemon is not running, refused a request, or cannot create its socket."""
+
+    exit_code = EX_UNAVAILABLE

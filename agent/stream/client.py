@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from agent.audio.dsp import Gap as SourceGap
 from agent.audio.types import Frame
 from agent.audio.vad import GateEvent, SegmentFrame
 from agent.errors import SubscriptionError
@@ -73,6 +74,8 @@ class StreamStats:
     gap_samples: int = 0
     """Samples announced to the server as lost (resume mode)."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    held_samples: int = 0
+    """Resume mode: samples in the send ring not yet confirmed by the server (ring fill)."""
     rejected_frames: int = 0
     """Frames refused because their timeline index went backwards (a caller bug, logged)."""
     last_error: str = ""
@@ -100,7 +103,7 @@ class SpeechStream:
         self._ring = SendRing(settings)
         self._basic = BasicOutbox(settings)
         self._mode: str | None = None
-        self._inbox: deque[GateEvent | Frame] = deque()
+        self._inbox: deque[GateEvent | Frame | SourceGap] = deque()
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -114,8 +117,11 @@ class SpeechStream:
 
     # --- producer side (any thread) -----------------------------------------------------------------------------
 
-    def feed(self, events: Iterable[GateEvent | Frame]) -> None:
-        """Queue gate events (or bare frames, resume mode only) for sending. Never blocks; call in batches."""
+    def feed(self, events: Iterable[GateEvent | Frame | SourceGap]) -> None:
+        """Queue gate events (or bare frames, resume mode only) for sending. Never blocks; call in batches.
+
+        An ``agent.audio.dsp.Gap`` (audio the source lost, e.g. device loss) is announced with ``gap`` in resume
+        mode; basic mode has no way to say it."""
         self._inbox.extend(events)
         if self._wake_scheduled or self._loop is None:
             return
@@ -179,6 +185,10 @@ class SpeechStream:
         self._wake_scheduled = False
         while self._inbox:
             event = self._inbox.popleft()
+            if isinstance(event, SourceGap):
+                if self._mode != "basic":
+                    self._ring.add_gap(event.start, event.end)
+                continue
             frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
             try:
                 if frame is not None and self._mode != "basic":
@@ -291,3 +301,4 @@ class SpeechStream:
         s.chunks_transcribed, s.chunks_timed_out = b.transcribed, b.timed_out
         s.dropped_samples = r.dropped_samples + b.dropped_samples
         s.gap_samples, s.gaps = r.gap_samples_announced, list(r.gaps)
+        s.held_samples = self._ring.held_bytes // 2

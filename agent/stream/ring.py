@@ -119,6 +119,11 @@ class SendRing:
         while self._formed_bytes + self._pending_bytes > self._capacity:
             self._drop_oldest()
 
+    def add_gap(self, start: int, end: int) -> None:
+        """Timeline samples the source itself lost (device loss): announced with ``gap`` like an overflow."""
+        if end > start:
+            self._gaps.append(_GapEntry(start, end, None))
+
     @property
     def timeline_end(self) -> int:
         """Timeline index one past the last pushed sample."""

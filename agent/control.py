@@ -1,0 +1,171 @@
+"""The daemon's control protocol: newline-delimited JSON over a local Unix stream socket. Pure, no I/O.
+
+One request per line, one response line per request::
+
+    {"cmd": "visit_start", "appointment_id": "a1b2"}   -> {"ok": true, "status": {...}}
+    {"cmd": "visit_stop"}                               -> {"ok": true, "status": {...}, "message": "..."}
+    {"cmd": "status"}                                   -> {"ok": true, "status": {...}}
+    anything wrong                                      -> {"ok": false, "error": "one line for a person"}
+
+Who may talk is decided by the socket file's permissions (mode 0660: the service user and its group), not by
+the protocol. Requests are size-limited and validated here; the daemon only sees typed requests.
+Appointment ids are opaque MediSync ids, never patient names, and are never logged by the daemon.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+MAX_LINE_BYTES = 4096
+"""Longest request or response line accepted, in bytes (newline included)."""
+MAX_APPOINTMENT_ID = 128
+"""Longest appointment id accepted, in characters."""
+_APPOINTMENT_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+class StartVisit(msgspec.Struct, tag="visit_start", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    appointment_id: str
+
+
+class StopVisit(msgspec.Struct, tag="visit_stop", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class GetStatus(msgspec.Struct, tag="status", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+Request = StartVisit | StopVisit | GetStatus
+
+
+class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``medisync-agent status`` shows. Figures refer to the current visit, or the last one when idle."""
+
+    state: str = "idle"
+    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle``."""
+    device: str = ""
+    """Description of the capture source (e.g. "mic 'USB Audio' 48000 Hz x1")."""
+    device_state: str = "opening"
+    """``open`` (delivering audio), ``lost`` (being reopened) or ``opening``."""
+    input_level_dbfs: float | None = None
+    """Recent input level, dBFS RMS (-inf shown as None)."""
+    vad_share: float | None = None
+    """Share of this visit's audio the voice gate passed, 0 to 1; None outside a visit."""
+    connection: str = "-"
+    """Speech socket state (``connecting``, ``streaming``, ``backoff``, ...) or ``-`` when not streaming."""
+    stream_mode: str = ""
+    """``resume`` or ``basic`` once the server picked a mode."""
+    ring_fill_s: float = 0.0
+    """Seconds of audio in the send ring, not yet confirmed by the server."""
+    reconnects: int = 0
+    """Speech socket reconnects in this visit."""
+    upload_queue: int = 0
+    """Visits waiting in the upload queue."""
+    visit_seconds: float = 0.0
+    """Seconds of audio captured in this visit."""
+    gap_seconds: float = 0.0
+    """Seconds of this visit the source lost (device loss), archived as silence."""
+    blocks_captured: int = 0
+    """Audio blocks captured since the daemon started (between visits too); stops growing when capture stalls."""
+    appointment_id: str = ""
+    """The current visit's appointment id (local socket only; never logged)."""
+    pending_reload: bool = False
+    """A SIGHUP arrived during the visit; the new configuration applies when it ends."""
+
+
+class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    ok: bool
+    status: DaemonStatus | None = None
+    message: str = ""
+    """For a person: what happened (ok) or what went wrong (not ok)."""
+    error: str = ""
+
+
+class ProtocolViolation(ValueError):
+    """A request line that cannot be served; ``str()`` is the one-line answer."""
+
+
+_request_decoder = msgspec.json.Decoder(Request)
+_response_decoder = msgspec.json.Decoder(Response)
+_encoder = msgspec.json.Encoder()
+
+
+def validate_appointment_id(value: str) -> str:
+    """The id, stripped; ProtocolViolation when it is empty, too long or has characters an id cannot have."""
+    value = value.strip()
+    if not value:
+        raise ProtocolViolation("an appointment id is needed")
+    if len(value) > MAX_APPOINTMENT_ID:
+        raise ProtocolViolation(f"appointment id longer than {MAX_APPOINTMENT_ID} characters")
+    if not _APPOINTMENT_ID.match(value):
+        raise ProtocolViolation("appointment id may only contain letters, digits and . _ : -")
+    return value
+
+
+def parse_request(line: bytes) -> Request:
+    """One request line (with or without its newline) -> typed request; ProtocolViolation otherwise."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolViolation(f"request longer than {MAX_LINE_BYTES} bytes")
+    text = line.strip()
+    if not text:
+        raise ProtocolViolation("empty request")
+    try:
+        request: Request = _request_decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        raise ProtocolViolation(f"bad request: {exc}") from None
+    except msgspec.DecodeError:
+        raise ProtocolViolation("bad request: not a JSON object") from None
+    if isinstance(request, StartVisit):
+        return StartVisit(appointment_id=validate_appointment_id(request.appointment_id))
+    return request
+
+
+def encode_request(request: Request) -> bytes:
+    return _encoder.encode(request) + b"\n"
+
+
+def encode_response(response: Response) -> bytes:
+    return _encoder.encode(response) + b"\n"
+
+
+def parse_response(line: bytes) -> Response:
+    """A response line -> Response; ProtocolViolation when it is not one (e.g. something else owns the socket)."""
+    try:
+        response: Response = _response_decoder.decode(line.strip())
+        return response
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolViolation(f"unexpected answer from the daemon: {exc}") from None
+
+
+def ok(status: DaemonStatus, message: str = "") -> Response:
+    return Response(ok=True, status=status, message=message)
+
+
+def failure(error: str) -> Response:
+    return Response(ok=False, error=" ".join(error.splitlines()))
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} dBFS"
+
+
+def format_status(status: DaemonStatus) -> str:
+    """Clear text for ``medisync-agent status``: one ``name: value`` per line."""
+    rows = [
+        ("state", status.state + (" (configuration reload waits for the visit to end)" if status.pending_reload
+                                  else "")),
+        ("device", f"{status.device or '-'} ({status.device_state})"),
+        ("input level", _db(status.input_level_dbfs)),
+        ("voice share", "-" if status.vad_share is None else f"{status.vad_share:.0%}"),
+        ("connection", status.connection + (f" ({status.stream_mode} mode)" if status.stream_mode else "")),
+        ("ring fill", f"{status.ring_fill_s:.1f} s"),
+        ("reconnects", str(status.reconnects)),
+        ("upload queue", f"{status.upload_queue} visit(s) waiting"),
+    ]
+    if status.state != "idle":
+        rows.insert(1, ("visit", f"appointment {status.appointment_id}, {status.visit_seconds:.1f} s recorded"
+                                 + (f", {status.gap_seconds:.1f} s lost to device gaps" if status.gap_seconds else "")))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows)

@@ -1,0 +1,457 @@
+"""The long-running service: continuous capture, one visit at a time through the control socket, uploads.
+
+:class:`Daemon` wires the parts (each documented in its own module):
+
+- :class:`~agent.device_watch.Capture` keeps the configured source open for the daemon's lifetime and reopens a
+  lost device; ``READY=1`` goes out when it delivers its first block, ``WATCHDOG=1`` only while its block counter
+  keeps advancing (:class:`~agent.sdnotify.WatchdogPolicy`), so a stalled or unplugged microphone gets the
+  service restarted by systemd.
+- The control socket (:mod:`agent.control`) starts and stops a :class:`~agent.visit.Visit` that reads a
+  :class:`~agent.device_watch.CaptureTap`; device gaps in a visit are fed to its stream as ``gap`` announcements.
+- :func:`agent.archive.upload_runner.run` drains the upload queue between visits, woken when a visit is queued;
+  :func:`~agent.visit.recover_visits` queues visits a crash cut short, at start.
+- SIGTERM/SIGINT: stop the visit (archive finished, upload queued), exit within ``stop_timeout_s``.
+  SIGHUP: reload the configuration now when idle, after the visit otherwise.
+
+Logs carry no appointment ids, patient data or tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import SAMPLE_RATE
+from agent.account import prepare_visit, token_provider
+from agent.api.medisync import MediSyncClient
+from agent.api.secret import load_credentials
+from agent.archive import upload_runner
+from agent.archive.upload_policy import ItemState
+from agent.archive.upload_queue import UploadQueue
+from agent.audio.mic import MicSource, parse_mic_spec
+from agent.audio.pipeline import PipelineOutput
+from agent.audio.sources import open_source
+from agent.audio.types import Source
+from agent.control import (
+    MAX_LINE_BYTES,
+    DaemonStatus,
+    GetStatus,
+    ProtocolViolation,
+    Request,
+    Response,
+    StartVisit,
+    StopVisit,
+    encode_response,
+    failure,
+    ok,
+    parse_request,
+)
+from agent.device_watch import Capture
+from agent.errors import AgentError, ControlError
+from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.sdnotify import Notifier, WatchdogPolicy
+from agent.settings import AgentSettings, AudioSettings
+from agent.visit import Visit, VisitSummary, recover_visits
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+"""Seconds between looks at the capture counter (watchdog, READY, STATUS, metrics)."""
+QUEUE_POLL_S = 2.0
+"""Seconds between counts of the upload queue (a directory listing)."""
+FIRST_OPEN_WAIT_S = 10.0
+"""Seconds the start waits for the first open of the source before going on (it keeps retrying)."""
+
+
+def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], Source]:
+    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
+
+    def open_(rate: int | None, channels: int | None) -> Source:
+        spec = audio.source
+        if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
+            name = parse_mic_spec(spec).name
+            return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
+                             handoff_seconds=audio.handoff_seconds)  # fmt: skip
+        return open_source(spec, audio)
+
+    return open_
+
+
+def bind_control_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0660, parent created; refuses if another daemon answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a daemon that died
+        else:
+            raise ControlError(f"another medisync-agent daemon is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)  # the socket is never reachable with wider permissions than 0660
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ControlError(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(self, settings: AgentSettings, *, reload: Callable[[], AgentSettings],
+                 notifier: Notifier, watchdog_s: float | None) -> None:  # fmt: skip
+        self.settings = settings
+        self._reload = reload
+        self._notifier = notifier
+        self._watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
+        self._capture: Capture | None = None
+        self._client: MediSyncClient | None = None
+        self._queue = UploadQueue(settings.upload)
+        self._upload_wake = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._visit: Visit | None = None
+        self._visit_task: asyncio.Task[VisitSummary | None] | None = None
+        self._state = "idle"
+        self._gap_samples = 0
+        self._reload_pending = False
+        self._queue_length = 0
+        self._ready = False
+        self._stalled_logged = False
+        self._status_text = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._uploads_done = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        credentials = load_credentials(self.settings.api)  # a missing credential is a config error: exit 78
+        sock = bind_control_socket(Path(self.settings.daemon.control_socket))
+        server: asyncio.Server | None = None
+        try:
+            for item in await asyncio.to_thread(recover_visits, Path(self.settings.archive.directory), self._queue):
+                log.warning("queued the upload of an interrupted earlier visit (%s)", item.item_id[:8])
+            self._client = MediSyncClient(self.settings.api, credentials,
+                                          max_upload_bytes=self.settings.upload.max_bytes)  # fmt: skip
+            self._capture = await self._start_capture(self.settings.audio)
+            self._start_metrics()
+            server = await asyncio.start_unix_server(self._serve_client, sock=sock, limit=MAX_LINE_BYTES)
+            log.info("control socket ready at %s", self.settings.daemon.control_socket)
+            for sig, handler in ((signal.SIGTERM, self._shutdown.set), (signal.SIGINT, self._shutdown.set),
+                                 (signal.SIGHUP, self._on_sighup)):  # fmt: skip
+                loop.add_signal_handler(sig, handler)
+            self._tasks = [asyncio.create_task(self._tick(), name="tick"),
+                           asyncio.create_task(self._uploads(), name="uploads"),
+                           asyncio.create_task(self._count_queue(), name="queue-count")]  # fmt: skip
+            await self._shutdown.wait()
+            await self._stop(server)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            if server is not None:
+                server.close()
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.daemon.control_socket)
+            await self._close_parts()
+        return 0
+
+    async def _start_capture(self, audio: AudioSettings) -> Capture:
+        capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
+        try:
+            await asyncio.to_thread(capture.start, FIRST_OPEN_WAIT_S)
+        except AgentError as exc:
+            # Keep running and retrying: the watchdog gets no pings, so systemd restarts us if it stays away.
+            log.error("cannot open the audio source (%s); retrying", exc)
+        return capture
+
+    def _start_metrics(self) -> None:
+        address = self.settings.daemon.metrics_address
+        if address and self._metrics_server is None:
+            self._metrics = Metrics()
+            self._metrics_server = serve_metrics(self._metrics, address)
+            log.info("metrics on http://%s:%d/metrics", self._metrics_server.host, self._metrics_server.port)
+
+    async def _stop(self, server: asyncio.Server) -> None:
+        started = time.monotonic()
+        budget = self.settings.daemon.stop_timeout_s
+        self._notifier.stopping("stopping: finishing the visit" if self._visit else "stopping")
+        server.close()
+        task, visit = self._visit_task, self._visit
+        if task is not None and visit is not None:
+            log.info("stopping: ending the visit, finishing its archive and queueing its upload")
+            visit.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), max(0.5, budget - 2.0))
+            except TimeoutError:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                log.error("the visit did not end in time; its recording is queued at the next start")
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped in %.1f s", time.monotonic() - started)
+
+    async def _close_parts(self) -> None:
+        if self._capture is not None:
+            await asyncio.to_thread(self._capture.stop, 2.0)
+        if self._client is not None:
+            await self._client.aclose()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._notifier.close()
+
+    # --- control socket ---------------------------------------------------------------------------------------
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    break
+                except asyncio.LimitOverrunError:
+                    writer.write(encode_response(failure(f"request longer than {MAX_LINE_BYTES} bytes")))
+                    break
+                writer.write(encode_response(await self._answer(line)))
+                await writer.drain()
+        except ConnectionError:
+            log.info("control client went away")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, line: bytes) -> Response:
+        try:
+            request = parse_request(line)
+        except ProtocolViolation as exc:
+            return failure(str(exc))
+        return await self.handle(request)
+
+    async def handle(self, request: Request) -> Response:
+        if isinstance(request, StartVisit):
+            return await self._start_visit(request.appointment_id)
+        if isinstance(request, StopVisit):
+            return await self._stop_visit()
+        assert isinstance(request, GetStatus)
+        return ok(self.status())
+
+    async def _start_visit(self, appointment_id: str) -> Response:
+        if self._shutdown.is_set():
+            return failure("the daemon is shutting down")
+        if self._state != "idle":
+            return failure(f"a visit is already {self._state}; stop it first (medisync-agent visit stop)")
+        capture, client = self._capture, self._client
+        assert capture is not None and client is not None
+        self._state = "starting"
+        try:
+            access = await prepare_visit(client, appointment_id)
+            tap = capture.tap(self.settings.audio.handoff_seconds)
+        except AgentError as exc:
+            self._state = "idle"
+            log.warning("visit not started: %s", type(exc).__name__)
+            return failure(str(exc))
+        except BaseException:
+            self._state = "idle"
+            raise
+        self._gap_samples = 0
+        visit = Visit(self.settings, appointment_id=appointment_id, source=tap, queue=self._queue,
+                      token=token_provider(client) if access.stream_allowed else None,
+                      on_output=self._on_visit_output)  # fmt: skip
+        self._visit = visit
+        self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
+        self._state = "recording"
+        log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
+        return ok(self.status(), "recording" + ("" if access.online else " (MediSync unreachable: upload waits)"))
+
+    def _on_visit_output(self, out: PipelineOutput) -> None:
+        """On the audio thread: announce device gaps on the stream (the DSP already archived them as silence)."""
+        if not out.gaps:
+            return
+        self._gap_samples += sum(g.end - g.start for g in out.gaps)
+        visit = self._visit
+        if visit is not None and visit.stream is not None:
+            visit.stream.feed(out.gaps)
+
+    async def _run_visit(self, visit: Visit) -> VisitSummary | None:
+        try:
+            summary = await visit.run()
+        except AgentError as exc:
+            log.error("visit failed: %s", exc)
+            return None
+        finally:
+            self._state = "idle"
+            self._upload_wake.set()
+        if self._gap_samples:
+            log.warning("the visit lost %.1f s of audio to the device (archived as silence)",
+                        self._gap_samples / SAMPLE_RATE)  # fmt: skip
+        if self._reload_pending:
+            await self._apply_reload()
+        return summary
+
+    async def _stop_visit(self) -> Response:
+        task = self._visit_task
+        if self._state not in ("recording", "stopping") or task is None or self._visit is None:
+            return failure("no visit is running")
+        self._state = "stopping"
+        self._visit.stop()
+        summary = await asyncio.shield(task)
+        if summary is None:
+            return failure("the visit ended with an error; see the daemon's log")
+        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued")
+
+    # --- status, watchdog, metrics ----------------------------------------------------------------------------
+
+    def status(self) -> DaemonStatus:
+        capture, visit = self._capture, self._visit
+        active = visit is not None and self._state != "idle"
+        stream = visit.stream.stats if active and visit is not None and visit.stream is not None else None
+        captured = visit.samples_captured if active and visit is not None else 0
+        return DaemonStatus(
+            state=self._state,
+            device=capture.description if capture else "",
+            device_state=capture.state if capture else "opening",
+            input_level_dbfs=capture.level_dbfs if capture else None,
+            vad_share=(visit.gated_samples / captured) if active and visit is not None and captured else None,
+            connection=stream.state.value if stream else "-",
+            stream_mode=(stream.mode or "") if stream else "",
+            ring_fill_s=stream.held_samples / SAMPLE_RATE if stream else 0.0,
+            reconnects=stream.reconnects if stream else 0,
+            upload_queue=self._queue_length,
+            visit_seconds=captured / SAMPLE_RATE,
+            gap_seconds=self._gap_samples / SAMPLE_RATE if active else 0.0,
+            blocks_captured=capture.blocks if capture else 0,
+            appointment_id=visit.appointment_id if active and visit is not None else "",
+            pending_reload=self._reload_pending,
+        )
+
+    async def _tick(self) -> None:
+        while True:
+            self._observe_capture(time.monotonic())
+            await asyncio.sleep(TICK_S)
+
+    def _observe_capture(self, now: float) -> None:
+        capture = self._capture
+        if capture is None:
+            return
+        if not self._ready and capture.blocks > 0:
+            self._ready = True
+            self._notifier.ready(f"ready: capturing from {capture.description}")
+            log.info("ready: %s delivers audio", capture.description)
+        if self._ready and self._watchdog is not None:
+            if self._watchdog.observe(now, capture.blocks, expect_frames=True):
+                self._notifier.watchdog()
+                self._stalled_logged = False
+            elif self._watchdog.stalled_for(now) > self._watchdog.interval_s and not self._stalled_logged:
+                self._stalled_logged = True
+                log.error("no audio from %s for %.1f s: watchdog pings stopped, systemd will restart the service "
+                          "(check the microphone connection)", capture.description, self._watchdog.stalled_for(now))
+        self._update_status_text()
+        if self._metrics is not None:
+            self._metrics.update(self._agent_stats())
+
+    def _update_status_text(self) -> None:
+        s = self.status()
+        text = f"{s.state}; device {s.device_state}; uploads waiting {s.upload_queue}"
+        if s.state != "idle":
+            text += f"; stream {s.connection}"
+        if text != self._status_text:
+            self._status_text = text
+            self._notifier.status(text)
+
+    def _agent_stats(self) -> AgentStats:
+        s = self.status()
+        capture = self._capture
+        frame_samples = SAMPLE_RATE * self.settings.audio.frame_ms // 1000
+        rate = capture.sample_rate if capture and capture.sample_rate else SAMPLE_RATE
+        return AgentStats(
+            frames_captured=round((capture.samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
+            frames_dropped=round((capture.lost_samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
+            vad_speech_ratio=s.vad_share or 0.0,
+            ring_fill_seconds=s.ring_fill_s,
+            reconnects=s.reconnects,
+            stream_connected=s.connection == "streaming",
+            visit_active=s.state != "idle",
+            upload_queue_length=s.upload_queue,
+            uploads_completed=self._uploads_done,
+        )
+
+    # --- uploads ----------------------------------------------------------------------------------------------
+
+    async def _uploads(self) -> None:
+        while True:
+            client = self._client
+            assert client is not None
+            try:
+                await upload_runner.run(self._queue, client, wake=self._upload_wake)
+            except AgentError as exc:
+                log.error("upload runner stopped (%s); restarting it in 30 s", exc)
+                await asyncio.sleep(30.0)
+
+    async def _count_queue(self) -> None:
+        while True:
+            items = await asyncio.to_thread(self._queue.items)
+            self._queue_length = sum(1 for i in items if i.state is ItemState.PENDING)
+            self._uploads_done = sum(1 for i in items if i.state is ItemState.DONE)
+            await asyncio.sleep(QUEUE_POLL_S)
+
+    # --- configuration reload ---------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        self._reload_pending = True
+        if self._state == "idle":
+            asyncio.get_running_loop().create_task(self._apply_reload())
+        else:
+            log.info("SIGHUP: the configuration will be reloaded when the current visit ends")
+
+    async def _apply_reload(self) -> None:
+        self._reload_pending = False
+        try:
+            new = await asyncio.to_thread(self._reload)
+        except AgentError as exc:
+            log.error("configuration reload failed, keeping the current configuration: %s", exc)
+            return
+        old, self.settings = self.settings, new
+        changed = [name for name in AgentSettings.__struct_fields__ if getattr(old, name) != getattr(new, name)]
+        if old.audio != new.audio and self._capture is not None:
+            await asyncio.to_thread(self._capture.stop, 2.0)
+            self._capture = await self._start_capture(new.audio)
+        if old.api != new.api or old.upload != new.upload:
+            await self._restart_uploads(new)
+        if old.daemon.control_socket != new.daemon.control_socket or (
+                old.daemon.metrics_address != new.daemon.metrics_address):  # fmt: skip
+            log.warning("daemon.control_socket and daemon.metrics_address take effect after a restart")
+        log.info("configuration reloaded (%s)", ", ".join(changed) + " changed" if changed else "no changes")
+
+    async def _restart_uploads(self, settings: AgentSettings) -> None:
+        try:
+            credentials = load_credentials(settings.api)
+        except AgentError as exc:
+            log.error("cannot use the new MediSync settings, uploads keep the old ones: %s", exc)
+            return
+        for t in self._tasks[1:2]:
+            t.cancel()
+        await asyncio.gather(*self._tasks[1:2], return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
+        self._queue = UploadQueue(settings.upload)
+        self._tasks[1] = asyncio.create_task(self._uploads(), name="uploads")

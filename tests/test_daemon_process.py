@@ -1,0 +1,113 @@
+"""The daemon as a real subprocess against the local MediSync server: visits through the control socket, uploads,
+SIGTERM in the middle of a visit, sd_notify on a test-owned NOTIFY_SOCKET, the CLI commands that talk to it."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.archive.upload_policy import ItemState
+from agent.archive.upload_queue import UploadQueue
+from agent.control import GetStatus, StartVisit, StopVisit
+from agent.settings import UploadSettings
+from tests.plugins.daemon import DaemonProcess, poll
+from tests.plugins.server import RunningServer
+
+pytestmark = pytest.mark.slow
+
+
+def stored_bytes(server: RunningServer, appointment_id: str) -> bytes | None:
+    rec = server.server.store.recording(appointment_id)
+    return None if rec is None else (server.server.store.recordings_dir / rec.file_name).read_bytes()
+
+
+def only_wav(directory: Path) -> Path:
+    wavs = sorted(directory.glob("*.wav"))
+    assert len(wavs) == 1, wavs
+    return wavs[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_visit_through_control_socket_is_uploaded_byte_identical(
+    start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
+) -> None:
+    daemon = start_daemon()
+    daemon.wait_ready()
+    mode = stat.S_IMODE(daemon.control.stat().st_mode)
+    assert mode == 0o660
+    appointment = medisync_server.create_appointment()
+
+    started = daemon.ask(StartVisit(appointment_id=appointment))
+    assert started.ok, started.error
+    assert started.status is not None and started.status.state == "recording"
+    poll(lambda: (daemon.ask(GetStatus()).status or started.status).visit_seconds >= 1.5, "1.5 s recorded")
+    again = daemon.ask(StartVisit(appointment_id=appointment))
+    assert not again.ok and "already recording" in again.error
+
+    stopped = daemon.ask(StopVisit())
+    assert stopped.ok, stopped.error
+    assert "upload queued" in stopped.message
+
+    archive = only_wav(daemon.archive_dir)
+    poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")
+    assert stored_bytes(medisync_server, appointment) == archive.read_bytes()
+    with wave.open(str(archive)) as w:
+        assert w.getframerate() == 16000 and w.getnframes() >= 1.5 * 16000
+    status = daemon.ask(GetStatus()).status
+    assert status is not None and status.state == "idle" and status.device_state == "open"
+    assert appointment not in daemon.joined_log()  # ids stay out of the log
+
+    text = cli("status", "--socket", str(daemon.control))
+    assert text.returncode == 0 and "state:" in text.stdout and "idle" in text.stdout
+    rc, _ = daemon.terminate()
+    assert rc == 0
+    assert not daemon.control.exists()
+
+
+def test_sigterm_mid_visit_leaves_valid_wav_and_queued_upload(
+    start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
+) -> None:
+    # The recordings endpoint fails for a while, so the upload can only be queued, not done, before exit.
+    medisync_server.server.knobs.fail_next("/api/recordings/add", 1000, status=500)
+    daemon = start_daemon()
+    daemon.wait_ready()
+    appointment = medisync_server.create_appointment()
+    assert daemon.ask(StartVisit(appointment_id=appointment)).ok
+    poll(lambda: (daemon.ask(GetStatus()).status).visit_seconds >= 2.0, "2 s recorded")  # type: ignore[union-attr]
+
+    rc, seconds = daemon.terminate()
+    print(f"exit after SIGTERM mid-visit: {seconds:.2f} s (stop timeout 10 s)")
+    assert rc == 0
+    assert seconds < 10.0
+    archive = only_wav(daemon.archive_dir)
+    with wave.open(str(archive)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2 and w.getframerate() == 16000
+        assert w.getnframes() >= 2.0 * 16000
+        assert len(w.readframes(w.getnframes())) == 2 * w.getnframes()
+    queue = UploadQueue(UploadSettings(queue_dir=str(daemon.queue_dir)))
+    item = queue.find(appointment)
+    assert item is not None and item.state is ItemState.PENDING
+    assert not list(daemon.archive_dir.glob("*.partial"))
+    assert "STOPPING" not in daemon.joined_log()  # no NOTIFY_SOCKET: notifications are no-ops
+
+
+def test_cli_without_daemon_names_the_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "nope.sock"
+    for args in (["status"], ["visit", "stop"], ["visit", "start", "--appointment", "a1"]):
+        done = cli(*args, "--socket", str(sock))
+        assert done.returncode == 69
+        assert done.stderr.strip() == f"medisync-agent: error: the daemon is not running (no control socket at {sock})"
+
+
+def test_daemon_help() -> None:
+    done = cli("daemon", "--help")
+    assert done.returncode == 0 and "control socket" in done.stdout and "SIGTERM" in done.stdout
