@@ -63,6 +63,8 @@ class StreamStats:
     sent_messages: int = 0
     resent_messages: int = 0
     acked_messages: int = 0
+    paced_messages: int = 0
+    """Messages sent under replay pacing (``replay_speed``): the backlog after an outage."""
     duplicates_dropped: int = 0
     """Basic mode: transcriptions dropped as repeats."""
     chunks_sent: int = 0
@@ -297,6 +299,7 @@ class SpeechStream:
     def _refresh_stats(self) -> None:
         s, r, b = self._stats, self._ring.stats, self._basic.stats
         s.sent_messages, s.resent_messages, s.acked_messages = r.sent_messages, r.resent_messages, r.acked_messages
+        s.paced_messages = r.paced_messages
         s.chunks_sent, s.chunks_resent, s.duplicates_dropped = b.sent, b.resent, b.duplicates_dropped
         s.chunks_transcribed, s.chunks_timed_out = b.transcribed, b.timed_out
         s.dropped_samples = r.dropped_samples + b.dropped_samples

@@ -197,6 +197,9 @@ class Connection:
 
     async def _send_resume(self) -> None:
         pacer = Pacer(self._settings.replay_speed, self._settings.replay_message_ms / 1000, self._clock())
+        # Only the replay is paced: audio that waited in the ring while there was no connection. Fresh audio goes
+        # out as it comes, also when a file source produces it faster than real time.
+        replay_end = self._ring.timeline_end
         while True:
             self._wake.clear()
             for gap in self._ring.gaps_to_send():
@@ -210,13 +213,15 @@ class Connection:
                 await self._wake.wait()
                 continue
             audio_s = len(msg.pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE)
-            delay = pacer.delay(audio_s, self._clock())
+            replay = msg.start < replay_end
+            delay = pacer.delay(audio_s, self._clock()) if replay else 0.0
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue  # the ring may have changed meanwhile (acks, drops)
             await self.ws.send(wire.encode_audio(msg.seq, msg.start, msg.pcm))
-            pacer.spend(audio_s, self._clock())
-            self._ring.mark_sent(msg.seq)
+            if replay:
+                pacer.spend(audio_s, self._clock())
+            self._ring.mark_sent(msg.seq, paced=replay)
             self.watchdog.update(self._ring.outstanding, False, self._clock())
 
     async def _send_basic(self) -> None:

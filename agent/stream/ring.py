@@ -78,6 +78,8 @@ class RingStats:
     sent_messages: int = 0
     resent_messages: int = 0
     acked_messages: int = 0
+    paced_messages: int = 0
+    """Messages sent under replay pacing (audio that waited in the ring while there was no connection)."""
     dropped_frames: int = 0
     dropped_samples: int = 0
     gap_samples_announced: int = 0
@@ -294,9 +296,10 @@ class SendRing:
         self._formed_bytes += size
         return msg
 
-    def mark_sent(self, seq: int) -> None:
+    def mark_sent(self, seq: int, *, paced: bool = False) -> None:
         """The write of message ``seq`` returned (which proves nothing about delivery)."""
         self._send_next = max(self._send_next, seq + 1)
+        self.stats.paced_messages += paced
         if seq > self._highest_sent:
             self._highest_sent = seq
             self.stats.sent_messages += 1
