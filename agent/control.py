@@ -71,6 +71,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Audio blocks captured since the daemon started (between visits too); stops growing when capture stalls."""
     appointment_id: str = ""
     """The current visit's appointment id (local socket only; never logged)."""
+    session_id: str = ""
+    """The current visit's speech session id (resume key; no patient data)."""
     pending_reload: bool = False
     """A SIGHUP arrived during the visit; the new configuration applies when it ends."""
 

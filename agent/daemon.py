@@ -192,10 +192,11 @@ class Daemon:
     async def _stop(self, server: asyncio.Server) -> None:
         started = time.monotonic()
         budget = self.settings.daemon.stop_timeout_s
-        self._notifier.stopping("stopping: finishing the visit" if self._visit else "stopping")
+        in_visit = self._state != "idle"
+        self._notifier.stopping("stopping: finishing the visit" if in_visit else "stopping")
         server.close()
         task, visit = self._visit_task, self._visit
-        if task is not None and visit is not None:
+        if in_visit and task is not None and visit is not None:
             log.info("stopping: ending the visit, finishing its archive and queueing its upload")
             visit.stop()
             try:
@@ -340,6 +341,7 @@ class Daemon:
             gap_seconds=self._gap_samples / SAMPLE_RATE if active else 0.0,
             blocks_captured=capture.blocks if capture else 0,
             appointment_id=visit.appointment_id if active and visit is not None else "",
+            session_id=visit.session_id if active and visit is not None else "",
             pending_reload=self._reload_pending,
         )
 

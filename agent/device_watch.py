@@ -253,13 +253,13 @@ class Capture:
             if block is None:
                 return expected
             missed = missed_samples(expected, block.capture_time, source.sample_rate)
-            expected = block.capture_time + len(block.samples) / source.sample_rate
+            expected = None
             if missed:
                 self.lost_samples += missed
                 log.warning("microphone delivered again after %.1f s without audio", missed / source.sample_rate)
                 block = Block(block.samples, block.capture_time, block.missed + missed)
             self._count(block)
-            self._last_end = expected
+            self._last_end = block.capture_time + len(block.samples) / source.sample_rate
         return expected
 
     def _count(self, block: Block) -> None:

@@ -217,7 +217,10 @@ def notify_socket() -> Iterator[NotifyListener]:
 class PrivatePulse:
     server: str
     """``unix:/path``: PULSE_SERVER for processes that should use this server."""
+    tone: Path
+    """A long 440 Hz WAV (-10 dBFS) played into the sink while plugged."""
     source_module: str = ""
+    player: subprocess.Popen[bytes] | None = None
 
     def pactl(self, *args: str) -> str:
         env = {**os.environ, "PULSE_SERVER": self.server}
@@ -225,20 +228,32 @@ class PrivatePulse:
                               timeout=DEADLINE_S).stdout.strip()  # fmt: skip
 
     def plug(self) -> None:
-        """Load the sine-wave source (the "microphone") and make it the default source."""
-        self.source_module = self.pactl("load-module", "module-sine-source", "source_name=test_mic",
-                                        "rate=48000", "frequency=440")  # fmt: skip
-        poll(lambda: "test_mic" in self.pactl("list", "short", "sources"), "the test_mic source")
-        self.pactl("set-default-source", "test_mic")
+        """Load a null sink whose monitor is the "microphone" (the default source) and play a tone into it.
+
+        (module-sine-source would be simpler but delivers in 2 s bursts; a null sink's monitor runs smoothly.)"""
+        self.source_module = self.pactl("load-module", "module-null-sink", "sink_name=test_mic", "rate=48000",
+                                        "channels=1")  # fmt: skip
+        poll(lambda: "test_mic.monitor" in self.pactl("list", "short", "sources"), "the test_mic.monitor source")
+        self.pactl("set-default-source", "test_mic.monitor")
+        env = {**os.environ, "PULSE_SERVER": self.server}
+        self.player = subprocess.Popen(["paplay", "--device=test_mic", str(self.tone)], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def unplug(self) -> None:
         self.pactl("unload-module", self.source_module)
         poll(lambda: "test_mic" not in self.pactl("list", "short", "sources"), "test_mic to disappear")
+        self.stop_player()
+
+    def stop_player(self) -> None:
+        if self.player is not None:
+            self.player.kill()
+            self.player.wait(DEADLINE_S)
+            self.player = None
 
 
 @pytest.fixture
 def private_pulse() -> Iterator[PrivatePulse]:
-    for tool in ("pulseaudio", "pactl"):
+    for tool in ("pulseaudio", "pactl", "paplay", "sox"):
         if shutil.which(tool) is None:
             raise AssertionError(f"{tool} missing: run tests/setup.sh (installs pulseaudio, pulseaudio-utils)")
     work = short_tmp_dir()
@@ -250,7 +265,10 @@ def private_pulse() -> Iterator[PrivatePulse]:
          "-L", f"module-native-protocol-unix socket={sock} auth-anonymous=1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    pulse = PrivatePulse(f"unix:{sock}")
+    tone = work / "tone.wav"
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(tone), "synth", "120", "sine", "440",
+                    "vol", "0.3"], check=True, timeout=DEADLINE_S)  # fmt: skip
+    pulse = PrivatePulse(f"unix:{sock}", tone)
 
     def answers() -> bool:
         if proc.poll() is not None:
@@ -264,6 +282,7 @@ def private_pulse() -> Iterator[PrivatePulse]:
     poll(answers, "the private pulseaudio server")
     pulse.plug()
     yield pulse
+    pulse.stop_player()
     proc.terminate()
     proc.wait(DEADLINE_S)
     shutil.rmtree(work, ignore_errors=True)
