@@ -55,8 +55,8 @@ async def prepare_visit(
             if patient_id is None:
                 raise ValueError("an appointment id or a patient id to create one for is needed")
             appointment_id = await _create_appointment(client, patient_id)
-        else:
-            await client.get_appointment(appointment_id)
+        elif not await _appointment_exists(client, appointment_id):
+            stream_allowed = False
     except AuthError as exc:
         raise AuthError(f"MediSync refused the login: {exc}", status=exc.status) from exc
     except NotFoundError as exc:
@@ -78,6 +78,20 @@ async def _subscription_active(client: MediSyncClient) -> bool:
         return False
     if subscription.active is False:
         log.warning("MediSync subscription inactive: recording without live transcript; the upload waits")
+        return False
+    return True
+
+
+async def _appointment_exists(client: MediSyncClient, appointment_id: str) -> bool:
+    """True when MediSync shows the appointment; False when it cannot say because the subscription is inactive.
+
+    MediSync answers 403 to every appointment request without a subscription. That is no reason to lose the visit:
+    it is recorded and queued (the upload is blocked until the subscription is active again).
+    """
+    try:
+        await client.get_appointment(appointment_id)
+    except SubscriptionError:
+        log.warning("appointment not checked: no active MediSync subscription; recording anyway, the upload waits")
         return False
     return True
 

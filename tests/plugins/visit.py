@@ -1,0 +1,234 @@
+"""Helpers for visit-level tests (owner: H-visit): the real ``medisync-agent`` CLI against the local server.
+
+AgentHome(root, api_url=, speech_url=, email=, password=, settings=)   config file + 0600 password file
+    .config / .archive / .queue_dir / .run(*args) / .popen(*args) / .wavs() / .partials() / .journals()
+    .items() -> queue item dicts (state, appointment_id, ...)
+ResponseCuttingProxy(upstream_port).start() (fixture ``response_cutting_proxy``): a real TCP proxy that, with
+    ``armed = True``, forwards an upload request whole and aborts the client side (RST) as the answer comes back
+    (the server stored the recording, the agent never heard so)
+looped_dialogue(path, times)                    the bundled dialogue repeated ``times`` times as one WAV
+sped_up_clock(speed) -> (clock, sleep)          pace a "realtime" source at ``speed`` x real time
+stored_recording(server, appointment_id)        bytes the server holds; recording_files(server)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.plugins.archive import DIALOGUE, REPO
+from tests.plugins.server import RunningServer
+
+FAST_STREAM = {
+    "backoff_first_s": 0.05, "backoff_cap_s": 0.3, "ack_timeout_s": 3.0, "ping_interval_s": 2.0,
+    "ping_timeout_s": 2.0, "replay_speed": 40.0, "end_timeout_s": 30.0,
+}  # fmt: skip
+"""Stream settings for loopback tests: quick reconnects, replay well above 4x so fast visits finish quickly."""
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+class AgentHome:
+    """A folder with an agent configuration (TOML + 0600 password file), archive and queue, and CLI runners."""
+
+    def __init__(self, root: Path, *, api_url: str, speech_url: str, email: str, password: str | None,
+                 settings: dict[str, dict[str, object]] | None = None) -> None:  # fmt: skip
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.archive = root / "archive"
+        self.queue_dir = root / "queue"
+        self.password_file = root / "password"
+        sections: dict[str, dict[str, object]] = {
+            "api": {"api_url": api_url, "speech_url": speech_url, "email": email, "timeout_s": 20.0},
+            "archive": {"directory": str(self.archive)},
+            "upload": {"queue_dir": str(self.queue_dir), "backoff_first_s": 0.2, "backoff_cap_s": 1.0},
+            "stream": dict(FAST_STREAM),
+        }
+        if password is not None:
+            self.password_file.write_text(password + "\n")
+            self.password_file.chmod(0o600)
+            sections["api"]["password_file"] = str(self.password_file)
+        for section, values in (settings or {}).items():
+            sections.setdefault(section, {}).update(values)
+        self.config = root / "agent.toml"
+        self.config.write_text("".join(
+            f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()) + "\n"
+            for section, values in sections.items()
+        ))  # fmt: skip
+
+    def argv(self, *args: str) -> list[str]:
+        command, *rest = args
+        sub = [command]
+        if command == "uploads":  # the config options belong to the action's parser
+            sub, rest = [command, rest[0]], rest[1:]
+        return [sys.executable, "-m", "agent", *sub, "--config", str(self.config), *rest]
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDISYNC_", "CREDENTIALS_DIRECTORY"))}
+        env.update(extra or {})
+        return env
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env=self.env(env))  # fmt: skip
+
+    def popen(self, *args: str, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(self.argv(*args), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=self.env())
+
+    def wavs(self) -> list[Path]:
+        return sorted(self.archive.glob("visit-*.wav")) if self.archive.exists() else []
+
+    def partials(self) -> list[Path]:
+        return sorted(self.archive.glob("*.partial")) if self.archive.exists() else []
+
+    def journals(self) -> list[Path]:
+        return sorted(self.archive.glob("*.visit.json")) if self.archive.exists() else []
+
+    def items(self) -> list[dict[str, Any]]:
+        if not self.queue_dir.exists():
+            return []
+        found = []
+        for path in sorted(self.queue_dir.glob("*.json")):
+            with contextlib.suppress(ValueError):  # a torn temp file; the queue ignores those too
+                found.append(json.loads(path.read_text()))
+        return found
+
+
+def poll(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def stored_recording(server: RunningServer, appointment_id: str) -> bytes:
+    rec = server.server.store.recording(appointment_id)
+    assert rec is not None, "the server holds no recording for the appointment"
+    return (server.server.store.recordings_dir / rec.file_name).read_bytes()
+
+
+def recording_files(server: RunningServer) -> list[Path]:
+    return [p for p in server.server.store.recordings_dir.iterdir() if p.is_file()]
+
+
+def looped_dialogue(path: Path, times: int) -> Path:
+    with wave.open(str(DIALOGUE), "rb") as src:
+        params, frames = src.getparams(), src.readframes(src.getnframes())
+    with wave.open(str(path), "wb") as out:
+        out.setparams(params)
+        for _ in range(times):
+            out.writeframes(frames)
+    return path
+
+
+def sped_up_clock(speed: float) -> tuple[Callable[[], float], Callable[[float], None]]:
+    """A clock running ``speed`` times faster than real time and the matching sleep."""
+    origin = time.monotonic()
+    return (lambda: origin + (time.monotonic() - origin) * speed), (lambda s: time.sleep(max(0.0, s) / speed))
+
+
+def wav_samples(path: Path) -> bytes:
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        return w.readframes(w.getnframes())
+
+
+class ResponseCuttingProxy:
+    """Forwards HTTP whole; when armed, the answer to the next upload request is replaced by a TCP reset."""
+
+    UPLOAD_MARK = b"POST /api/recordings/add"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = False
+        self.cuts = 0
+        self.uploads_seen = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="response-cutter", daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> ResponseCuttingProxy:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop)
+        self._server = future.result(10)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        upload_pending = False
+        tail = b""
+
+        async def forward_requests() -> None:
+            nonlocal upload_pending, tail
+            while data := await client_reader.read(65536):
+                if self.UPLOAD_MARK in tail + data:
+                    upload_pending = True
+                    self.uploads_seen += 1
+                tail = data[-len(self.UPLOAD_MARK) :]
+                up_writer.write(data)
+                await up_writer.drain()
+
+        forward = asyncio.create_task(forward_requests())
+        try:
+            while data := await up_reader.read(65536):
+                if upload_pending and self.armed:
+                    self.armed, self.cuts = False, self.cuts + 1
+                    client_writer.transport.abort()
+                    return
+                upload_pending = False
+                client_writer.write(data)
+                await client_writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            forward.cancel()
+            up_writer.close()
+            client_writer.close()
+
+
+@pytest.fixture
+def response_cutting_proxy() -> Iterator[Callable[[int], ResponseCuttingProxy]]:
+    proxies: list[ResponseCuttingProxy] = []
+
+    def make(upstream_port: int) -> ResponseCuttingProxy:
+        proxy = ResponseCuttingProxy(upstream_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

@@ -1,0 +1,156 @@
+"""``medisync-agent run`` as a real process against the local MediSync server over real sockets.
+
+The speech socket goes through a real TCP proxy; credentials come from a 0600 password file named in the TOML
+configuration (or from the environment). What the run printed, archived and uploaded is checked against
+independent readers (stdlib ``wave``, sox's ``soxi``) and against the bytes the server stored.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.plugins.archive import DIALOGUE, soxi_samples
+from tests.plugins.proxy import TcpProxy
+from tests.plugins.server import RunningServer
+from tests.plugins.visit import AgentHome, recording_files, stored_recording, wav_samples
+
+TRANSCRIPT_LINE = re.compile(r"^\[SPEAKER_\d+ \| (\d+\.\d{3}) --> (\d+\.\d{3})\]: \S")
+
+
+def speech_proxy(tcp_proxy: Callable[[str, int], TcpProxy], server: RunningServer) -> TcpProxy:
+    target = urlsplit(server.speech_url)
+    assert target.hostname is not None and target.port is not None
+    return tcp_proxy(target.hostname, target.port)
+
+
+def home_for(tmp_path: Path, server: RunningServer, speech_url: str | None = None, **kw: object) -> AgentHome:
+    return AgentHome(tmp_path / "agent", api_url=server.api_url, speech_url=speech_url or server.speech_url,
+                     email=server.email, password=server.password, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def run_visit(home: AgentHome, appointment: str, *extra: str, source: Path = DIALOGUE,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return home.run("run", "--appointment", appointment, "--source", f"file:{source}", "--pace", "fast", *extra,
+                    env=env)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_streams_archives_and_uploads_through_a_proxy(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path, dialogue_pcm: bytes
+) -> None:
+    proxy = speech_proxy(tcp_proxy, medisync_server)
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+
+    done = run_visit(home, appointment, "--speech-url", proxy.url(), "--api-url", medisync_server.api_url)
+
+    assert done.returncode == 0, done.stderr
+    transcript = [m for line in done.stdout.splitlines() if (m := TRANSCRIPT_LINE.match(line))]
+    assert len(transcript) >= 5, done.stdout  # the dialogue has several utterances, each answered live
+    times = [(float(m.group(1)), float(m.group(2))) for m in transcript]
+    assert all(0 <= a < b <= len(dialogue_pcm) / 2 / 16000 + 0.01 for a, b in times)  # on the visit timeline
+    assert proxy.connections >= 1  # the stream really went through the proxy
+    assert re.search(r"upload\s+uploaded and confirmed", done.stderr)
+    assert re.search(r"stream confirmed by server\s+yes", done.stderr), done.stderr
+    [wav] = home.wavs()
+    assert home.partials() == [] and home.journals() == []
+    assert wav_samples(wav) == dialogue_pcm  # the whole visit, sample for sample, per the stdlib reader
+    assert soxi_samples(wav) == len(dialogue_pcm) // 2  # and sox accepts it with the same length
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert len(recording_files(medisync_server)) == 1
+    [item] = home.items()
+    assert item["state"] == "done" and item["appointment_id"] == appointment
+
+
+def test_credentials_from_the_environment(medisync_server: RunningServer, tmp_path: Path) -> None:
+    home = AgentHome(tmp_path / "agent", api_url="http://127.0.0.1:9/api", speech_url=medisync_server.speech_url,
+                     email="", password=None)  # fmt: skip
+    appointment = medisync_server.create_appointment()
+    env = {"MEDISYNC_EMAIL": medisync_server.email, "MEDISYNC_PASSWORD": medisync_server.password,
+           "MEDISYNC_AGENT_API_API_URL": medisync_server.api_url}  # fmt: skip
+
+    done = run_visit(home, appointment, "--no-stream", "--duration", "3", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert "live stream" in done.stderr and "uploaded and confirmed" in done.stderr
+    [wav] = home.wavs()
+    assert len(wav_samples(wav)) == 3 * 16000 * 2
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert medisync_server.password not in done.stderr + done.stdout
+
+
+def test_unknown_appointment_is_one_line_and_records_nothing(medisync_server: RunningServer, tmp_path: Path) -> None:
+    home = home_for(tmp_path, medisync_server)
+
+    done = run_visit(home, "000000000000000000000000")
+
+    assert done.returncode not in (0, 75)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medisync-agent: error: "), done.stderr
+    assert "appointment 000000000000000000000000 not found" in lines[0]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert home.wavs() == home.partials() == home.journals() == [] and home.items() == []
+
+
+def test_wrong_password_is_one_clear_line(medisync_server: RunningServer, tmp_path: Path) -> None:
+    home = AgentHome(tmp_path / "agent", api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
+                     email=medisync_server.email, password="not-the-password")  # fmt: skip
+    appointment = medisync_server.create_appointment()
+
+    done = run_visit(home, appointment)
+
+    assert done.returncode not in (0, 75)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medisync-agent: error: "), done.stderr
+    assert "refused the login" in lines[0]
+    assert "not-the-password" not in done.stderr
+    assert home.wavs() == home.partials() == [] and home.items() == []
+
+
+def test_password_file_readable_by_others_is_refused(medisync_server: RunningServer, tmp_path: Path) -> None:
+    home = home_for(tmp_path, medisync_server)
+    home.password_file.chmod(0o644)
+
+    done = run_visit(home, medisync_server.create_appointment())
+
+    assert done.returncode not in (0, 75)
+    assert done.stderr.strip().splitlines() == [
+        f"medisync-agent: error: password file {home.password_file} is accessible by group or others (mode 0644); "
+        f"run: chmod 600 {home.password_file}"
+    ]
+    assert home.wavs() == []
+
+
+@pytest.mark.slow
+def test_inactive_subscription_records_and_queues_then_uploads_after_reactivation(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+    medisync_server.server.set_subscription(medisync_server.email, False)
+
+    done = run_visit(home, appointment, "--duration", "10")
+
+    assert done.returncode == 75, done.stderr  # recorded, but the upload has to wait
+    assert "subscription inactive" in done.stderr
+    assert re.search(r"live stream\s+off", done.stderr)  # never dialled
+    assert "queued: MediSync says the subscription is inactive" in done.stderr
+    [wav] = home.wavs()
+    assert len(wav_samples(wav)) == 10 * 16000 * 2
+    [item] = home.items()
+    assert item["state"] == "blocked"
+    assert medisync_server.server.store.recording(appointment) is None
+
+    medisync_server.server.set_subscription(medisync_server.email, True)
+    retried = home.run("uploads", "retry", "--now")
+
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    [item] = home.items()
+    assert item["state"] == "done"
