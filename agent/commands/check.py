@@ -1,0 +1,192 @@
+"""``medisync-agent check``: for the person installing the device — is everything in place?
+
+Lists the input devices, records a few seconds from the configured source with a live level meter and voice
+share, logs in to MediSync, checks the subscription, opens the speech socket and reports the mode the server
+speaks (``resume`` or ``basic``). Prints a pass/fail table; exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TextIO
+
+from agent.api.medisync import MediSyncClient
+from agent.api.secret import load_credentials
+from agent.audio.mic import list_input_devices, parse_mic_spec
+from agent.audio.pipeline import AudioPipeline
+from agent.audio.sources import open_source
+from agent.audio.types import Source
+from agent.audio.vad import SegmentFrame
+from agent.config import add_config_arguments, load_from_args
+from agent.device_watch import block_power, level_dbfs
+from agent.errors import AgentError, AuthError, SubscriptionError
+from agent.settings import AgentSettings
+from agent.stream import wire
+from agent.stream.connection import Ended, dial, transcribe_url
+
+METER_WIDTH = 30
+"""Characters of the level bar; it spans -60 to 0 dBFS."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRow:
+    name: str
+    ok: bool
+    detail: str
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="installer check: microphone, login, subscription, speech socket",
+        description=(
+            "Check an installation: list input devices, record a few seconds from the configured source "
+            "(live level meter and voice share), log in to MediSync, check the subscription and open the speech "
+            "socket (reporting whether the server speaks the resume or the basic protocol). Prints a pass/fail "
+            "table and exits 1 if anything failed."
+        ),
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--seconds", type=float, default=3.0, metavar="S", help="seconds to record (default 3)")
+    parser.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = load_from_args(args).settings
+    rows = [check_devices(settings), check_audio(settings, args.seconds, sys.stderr)]
+    rows += asyncio.run(check_account(settings))
+    print(format_table(rows))
+    return 0 if all(row.ok for row in rows) else 1
+
+
+def format_table(rows: list[CheckRow]) -> str:
+    width = max(len(row.name) for row in rows)
+    lines = [f"{'PASS' if row.ok else 'FAIL'}  {row.name:<{width}}  {row.detail}" for row in rows]
+    failed = sum(not row.ok for row in rows)
+    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)
+
+
+def _is_mic(spec: str) -> bool:
+    return spec == "mic" or spec.startswith(("mic:", "mic@"))
+
+
+def check_devices(settings: AgentSettings) -> CheckRow:
+    spec = settings.audio.source
+    if not _is_mic(spec):
+        return CheckRow("input devices", True, f"source is {spec.split(':', 1)[0]}, not a microphone")
+    try:
+        devices = list_input_devices()
+        wanted = parse_mic_spec(spec).name
+    except AgentError as exc:
+        return CheckRow("input devices", False, str(exc))
+    names = [d.name for d in devices]
+    if not names:
+        return CheckRow("input devices", False, "no input devices found (is a microphone connected?)")
+    if wanted is not None and not any(wanted.casefold() in n.casefold() for n in names):
+        return CheckRow("input devices", False, f"none matches {wanted!r}; found: {', '.join(names)}")
+    return CheckRow("input devices", True, ", ".join(names))
+
+
+def check_audio(settings: AgentSettings, seconds: float, meter: TextIO) -> CheckRow:
+    """Record ``seconds`` from the configured source, drawing a level meter on ``meter``."""
+    try:
+        source = open_source(settings.audio.source, settings.audio)
+        with source:
+            timer = threading.Timer(seconds + 3.0, source.stop)  # a source that delivers nothing must not hang us
+            timer.start()
+            try:
+                return _record(source, settings, seconds, meter)
+            finally:
+                timer.cancel()
+    except AgentError as exc:
+        return CheckRow("audio", False, str(exc))
+
+
+def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO) -> CheckRow:
+    pipeline = AudioPipeline(src.sample_rate, settings.audio, settings.vad)
+    wanted = round(seconds * src.sample_rate)
+    got = gated = frames = 0
+    power_sum = 0.0
+    drawn = -1
+    while got < wanted and (block := src.read()) is not None:
+        got += len(block.samples)
+        power_sum += block_power(block.samples) * len(block.samples)
+        out = pipeline.process(block)
+        frames += sum(f.samples for f in out.frames)
+        gated += sum(e.frame.samples for e in out.events if isinstance(e, SegmentFrame))
+        if (tenth := got * 10 // src.sample_rate) != drawn:  # redraw ten times a second
+            drawn = tenth
+            _draw(meter, level_dbfs(block_power(block.samples)), gated / frames if frames else 0.0,
+                  got / src.sample_rate)  # fmt: skip
+    meter.write("\n")
+    level = level_dbfs(power_sum / got) if got else None
+    share = gated / frames if frames else 0.0
+    recorded = got / src.sample_rate
+    detail = f"{recorded:.1f} s from {src.description}, level {_db(level)}, voice {share:.0%}"
+    if got < wanted * 0.5:
+        return CheckRow("audio", False, f"only {recorded:.1f} of {seconds:.1f} s arrived ({src.description})")
+    if level is None or level < -90.0:
+        return CheckRow("audio", False, f"only digital silence from {src.description}: muted or disconnected?")
+    return CheckRow("audio", True, detail)
+
+
+def _db(value: float | None) -> str:
+    return "silence" if value is None else f"{value:.1f} dBFS"
+
+
+def _draw(meter: TextIO, level: float | None, share: float, at_s: float) -> None:
+    filled = 0 if level is None else max(0, min(METER_WIDTH, round((level + 60.0) / 60.0 * METER_WIDTH)))
+    bar = "#" * filled + "." * (METER_WIDTH - filled)
+    meter.write(f"\r{at_s:4.1f} s  [{bar}] {_db(level):>12}  voice {share:4.0%}")
+    meter.flush()
+
+
+async def check_account(settings: AgentSettings) -> list[CheckRow]:
+    try:
+        credentials = load_credentials(settings.api)
+    except AgentError as exc:
+        return [CheckRow("login", False, str(exc))]
+    async with MediSyncClient(settings.api, credentials) as client:
+        try:
+            session = await client.login()
+        except AuthError:
+            return [CheckRow("login", False, f"MediSync refused the login for {settings.api.email or 'the account'}: "
+                                             "wrong e-mail or password")]  # fmt: skip
+        except AgentError as exc:
+            return [CheckRow("login", False, str(exc))]
+        rows = [CheckRow("login", True, f"logged in at {settings.api.api_url}")]
+        rows.append(await _subscription(client))
+        rows.append(await _speech_socket(settings, session.token.reveal()))
+    return rows
+
+
+async def _subscription(client: MediSyncClient) -> CheckRow:
+    try:
+        subscription = await client.subscription()
+    except SubscriptionError:
+        return CheckRow("subscription", False, "no active subscription: visits are recorded but not transcribed")
+    except AgentError as exc:
+        return CheckRow("subscription", False, str(exc))
+    if subscription.active is False:
+        return CheckRow("subscription", False, "subscription inactive: visits are recorded but not transcribed")
+    return CheckRow("subscription", True, f"active{f' ({subscription.plan})' if subscription.plan else ''}")
+
+
+async def _speech_socket(settings: AgentSettings, token: str) -> CheckRow:
+    url = transcribe_url(settings.api.speech_url, "installer-check", str(uuid.uuid4()))
+    started = time.monotonic()
+    dialled = await dial(url, token, settings.stream)
+    if isinstance(dialled, Ended):
+        return CheckRow("speech socket", False, f"{settings.api.speech_url}: {dialled.reason}")
+    mode = "resume" if dialled.subprotocol == wire.RESUME_SUBPROTOCOL else "basic"
+    await dialled.close()
+    ms = (time.monotonic() - started) * 1000
+    return CheckRow("speech socket", True, f"connected in {ms:.0f} ms; server speaks the {mode} protocol")
+
