@@ -52,7 +52,7 @@ def test_wire_form_is_documented_json() -> None:
         (b'{"cmd":"visit_start","appointment_id":""}', "an appointment id is needed"),
         (b'{"cmd":"visit_start","appointment_id":"../etc/passwd"}', "appointment id may only contain"),
         (b'{"cmd":"visit_start","appointment_id":"a b"}', "appointment id may only contain"),
-        (b'{"cmd":"visit_start","appointment_id":"' + b"a" * 129 + b'"}', "longer than 128"),
+        (b'{"cmd":"visit_start","appointment_id":"' + b"a" * 129 + b'"}', "appointment id longer than 128"),
         (b'{"cmd":"status","pad":"' + b"x" * MAX_LINE_BYTES + b'"}', "request longer than"),
     ],
 )
