@@ -30,7 +30,7 @@ from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentFrame
-from agent.errors import ArchiveError
+from agent.errors import ArchiveError, InputError
 from agent.recorder import Recorder, RecordSummary
 from agent.settings import AgentSettings
 from agent.stream import wire
@@ -207,3 +207,18 @@ def recover_visits(archive_dir: Path, queue: UploadQueue) -> list[UploadItem]:
             log.warning("queued the upload of interrupted visit %s", wav.name)
         journal_path.unlink()
     return recovered
+
+
+def refuse_second_recording(queue: UploadQueue, appointment_id: str) -> None:
+    """Raise InputError when the queue already holds a visit of ``appointment_id`` (call before recording).
+
+    MediSync keeps one recording per appointment, so a second visit could never be delivered; without this check
+    the queue (idempotent per appointment) keeps the first visit's item, the new recording sits unqueued in the
+    archive, and the first visit's upload would be reported as this one's.
+    """
+    existing = queue.find(appointment_id)
+    if existing is not None:
+        raise InputError(
+            f"appointment {appointment_id} already has a recorded visit (upload {existing.state.value}); MediSync "
+            "keeps one recording per appointment: record into a new one with --new-appointment-for PATIENT_ID"
+        )

@@ -154,3 +154,24 @@ def test_inactive_subscription_records_and_queues_then_uploads_after_reactivatio
     assert stored_recording(medisync_server, appointment) == wav.read_bytes()
     [item] = home.items()
     assert item["state"] == "done"
+
+
+def test_second_visit_for_an_already_recorded_appointment_is_refused(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+    first = run_visit(home, appointment, "--no-stream", "--duration", "2")
+    assert first.returncode == 0, first.stderr
+
+    again = run_visit(home, appointment, "--no-stream", "--duration", "3")
+
+    # MediSync keeps one recording per appointment: a second one could never be delivered, and must not be
+    # reported as "uploaded and confirmed" (that was the first visit's upload).
+    assert again.returncode not in (0, 75)
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medisync-agent: error: "), again.stderr
+    assert f"appointment {appointment} already has a recorded visit" in lines[0]
+    [wav] = home.wavs()
+    assert len(wav_samples(wav)) == 2 * 16000 * 2
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()

@@ -27,7 +27,7 @@ from agent.commands.uploads import EX_TEMPFAIL, ProgressView
 from agent.config import add_config_arguments, load_from_args
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
-from agent.visit import Visit, VisitSummary, recover_visits
+from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes) as client:
             access = await prepare_visit(client, args.appointment, patient_id=args.new_appointment_for)
+            refuse_second_recording(UploadQueue(settings.upload), access.appointment_id)
             print(f"recording appointment {access.appointment_id}; Ctrl-C ends the visit", file=sys.stderr)
             summary, state = await record_and_upload(
                 settings, client, access.appointment_id, stream=access.stream_allowed,
@@ -103,6 +104,7 @@ async def record_and_upload(
     queue = UploadQueue(settings.upload)
     for item in await asyncio.to_thread(recover_visits, Path(settings.archive.directory), queue):
         print(f"queued an interrupted earlier visit for upload ({item.item_id[:8]})", file=err)
+    refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
                   token=token_provider(client) if stream else None, on_transcript=TranscriptPrinter(out),
