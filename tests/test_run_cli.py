@@ -8,6 +8,8 @@ independent readers (stdlib ``wave``, sox's ``soxi``) and against the bytes the 
 from __future__ import annotations
 
 import re
+import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from tests.plugins.archive import DIALOGUE, soxi_samples
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import AgentHome, recording_files, stored_recording, wav_samples
+from tests.plugins.visit import AgentHome, poll, recording_files, stored_recording, wav_samples
 
 TRANSCRIPT_LINE = re.compile(r"^\[SPEAKER_\d+ \| (\d+\.\d{3}) --> (\d+\.\d{3})\]: \S")
 
@@ -175,3 +177,62 @@ def test_second_visit_for_an_already_recorded_appointment_is_refused(
     [wav] = home.wavs()
     assert len(wav_samples(wav)) == 2 * 16000 * 2
     assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_medisync_unreachable_records_anyway_and_the_upload_waits(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    down = closed_port()
+    home = AgentHome(tmp_path / "agent", api_url=f"http://127.0.0.1:{down}/api", speech_url=f"ws://127.0.0.1:{down}",
+                     email=medisync_server.email, password=medisync_server.password,
+                     settings={"stream": {"end_timeout_s": 1.0}})  # fmt: skip
+    appointment = medisync_server.create_appointment()
+
+    done = run_visit(home, appointment, "--duration", "4")
+
+    assert done.returncode == 75, done.stderr
+    assert "recording anyway" in done.stderr and "queued: will be retried" in done.stderr
+    assert re.search(r"stream confirmed by server\s+no", done.stderr)
+    [wav] = home.wavs()
+    assert len(wav_samples(wav)) == 4 * 16000 * 2
+    [item] = home.items()
+    assert item["state"] == "pending"
+
+    retried = home.run("uploads", "retry", "--now", "--set", f"api.api_url={medisync_server.api_url}")
+
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_visit_cleanly_and_uploads_what_was_recorded(
+    medisync_server: RunningServer, tmp_path: Path, dialogue_pcm: bytes
+) -> None:
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+    log = tmp_path / "run.log"
+    proc = home.popen("run", "--appointment", appointment, "--source", f"file:{DIALOGUE}", "--pace", "realtime",
+                      log=log)  # fmt: skip
+    poll(lambda: any(p.stat().st_size > 44 + 2 * 32000 for p in home.partials()) or proc.poll() is not None,
+         "two seconds recorded")  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+
+    assert proc.wait(60) == 0, log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text and re.search(r"upload\s+uploaded and confirmed", text)
+    [wav] = home.wavs()
+    samples = wav_samples(wav)
+    assert 2 * 32000 <= len(samples) < len(dialogue_pcm)  # stopped early, at the signal
+    # Every sample is the visit's own at its index, except the resampler's last 5 ms flushed out at the stop
+    # (computed without the audio that would have followed): compare all but the last frame.
+    kept = len(samples) - 2 * 320
+    assert samples[:kept] == dialogue_pcm[:kept]
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert home.partials() == [] and home.journals() == []
