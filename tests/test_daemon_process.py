@@ -111,3 +111,40 @@ def test_cli_without_daemon_names_the_socket(tmp_path: Path) -> None:
 def test_daemon_help() -> None:
     done = cli("daemon", "--help")
     assert done.returncode == 0 and "control socket" in done.stdout and "SIGTERM" in done.stdout
+
+
+def test_metrics_and_sighup_reload_waits_for_the_visit(
+    start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
+) -> None:
+    import re
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:  # config rules refuse port 0; take a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = start_daemon(extra=f'metrics_address = "127.0.0.1:{port}"')
+    daemon.wait_ready()
+    url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on "))
+    assert url is not None
+
+    def frames_captured() -> float:
+        text = httpx.get(url.group(1), timeout=5).text
+        found = re.search(r"^medisync_agent_frames_captured_total\S* (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    first = frames_captured()
+    poll(lambda: frames_captured() > first, "frames_captured to grow between visits")
+    appointment = medisync_server.create_appointment()
+    assert daemon.ask(StartVisit(appointment_id=appointment)).ok
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for_log("will be reloaded when the current visit ends")
+    assert daemon.ask(GetStatus()).status.pending_reload  # type: ignore[union-attr]
+    assert daemon.ask(StopVisit()).ok
+    daemon.wait_for_log("configuration reloaded")
+    daemon.proc.send_signal(signal.SIGHUP)
+    poll(lambda: sum("configuration reloaded" in line for line in daemon.log) >= 2, "an idle reload at once")
+    assert daemon.terminate()[0] == 0
+    assert appointment not in daemon.joined_log()

@@ -134,8 +134,8 @@ class DaemonProcess:
         return found[0]
 
     def wait_ready(self) -> None:
-        poll(lambda: self.control.exists(), "the control socket")
         self.wait_for_log("ready:")
+        poll(lambda: self.control.exists(), "the control socket")
 
     def terminate(self, deadline_s: float = DEADLINE_S) -> tuple[int, float]:
         """SIGTERM; returns (exit status, seconds until the process was gone)."""
