@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.plugins.archive import DIALOGUE, soxi_samples
@@ -236,3 +237,36 @@ def test_ctrl_c_ends_the_visit_cleanly_and_uploads_what_was_recorded(
     assert samples[:kept] == dialogue_pcm[:kept]
     assert stored_recording(medisync_server, appointment) == wav.read_bytes()
     assert home.partials() == [] and home.journals() == []
+
+
+@pytest.mark.parametrize("bad", ["", "../../etc/passwd", "x" * 300, "a b"])
+def test_malformed_appointment_id_is_one_line(medisync_server: RunningServer, tmp_path: Path, bad: str) -> None:
+    home = home_for(tmp_path, medisync_server)
+
+    done = run_visit(home, bad, "--no-stream", "--duration", "1")
+
+    assert done.returncode not in (0, 75)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medisync-agent: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert home.wavs() == home.partials() == [] and home.items() == []
+
+
+def test_new_appointment_for_a_patient_is_created_recorded_and_uploaded(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    token, uid = medisync_server.login()
+    reply = httpx.post(f"{medisync_server.api_url}/patients/add", params={"uid": uid},
+                       headers={"Authorization": f"Bearer {token}"},
+                       json={"firstName": "Test", "lastName": "Patient", "dateOfBirth": "1980-01-01"})  # fmt: skip
+    patient = reply.json()["data"]["_id"]
+    home = home_for(tmp_path, medisync_server)
+
+    done = home.run("run", "--new-appointment-for", patient, "--source", f"file:{DIALOGUE}", "--pace", "fast",
+                    "--duration", "2", "--no-stream")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"recording appointment (\w+);", done.stderr)
+    assert found is not None, done.stderr
+    [wav] = home.wavs()
+    assert stored_recording(medisync_server, found.group(1)) == wav.read_bytes()

@@ -25,6 +25,7 @@ from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
 from agent.commands.uploads import EX_TEMPFAIL, ProgressView
 from agent.config import add_config_arguments, load_from_args
+from agent.errors import InputError
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
 from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
@@ -70,6 +71,9 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    for flag, value in (("--appointment", args.appointment), ("--new-appointment-for", args.new_appointment_for)):
+        if value is not None and not value.strip():
+            raise InputError(f"{flag} needs a MediSync id, not an empty string")
     settings = load_from_args(args, _flags(args)).settings
     credentials = load_credentials(settings.api)
 
