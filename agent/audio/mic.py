@@ -138,7 +138,9 @@ def find_device(sd: ModuleType, name: str | None) -> tuple[int, dict[str, Any]]:
 class MicSource:
     """A PortAudio input stream behind the Source protocol."""
 
-    def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic) -> None:
+    def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
+                 block_ms: int = 20) -> None:
+        """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often."""
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
         self._device_name = str(info["name"])
@@ -147,6 +149,7 @@ class MicSource:
         self._index = index
         self._clock = clock
         self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))
+        self._blocksize = max(1, round(self._rate * block_ms / 1000))
         self.stats = MicStats()
         self._stream: Any = None
         self._expected_start: float | None = None
@@ -175,6 +178,7 @@ class MicSource:
                 device=self._index,
                 channels=self._channels,
                 dtype="float32",
+                blocksize=self._blocksize,
                 callback=self._callback,
             )
             self._stream.start()

@@ -97,7 +97,8 @@ def open_source(
     problems (PortAudio missing, no such device).
     """
     if spec == "mic" or spec.startswith(("mic:", "mic@")):
-        return MicSource(parse_mic_spec(spec), handoff_seconds=settings.handoff_seconds, clock=clock)
+        return MicSource(parse_mic_spec(spec), handoff_seconds=settings.handoff_seconds, clock=clock,
+                         block_ms=settings.capture_block_ms)
     if spec.startswith("file:"):
         return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames)
     if spec.startswith("synth:"):
