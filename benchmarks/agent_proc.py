@@ -50,6 +50,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Block length of file/synth sources in source-rate frames (None: 20 ms)."""
     stream: dict[str, Any] = msgspec.field(default_factory=dict)
     """StreamSettings overrides."""
+    audio: dict[str, Any] = msgspec.field(default_factory=dict)
+    """AudioSettings overrides (besides source and pace)."""
     trace: bool = False
     rss_interval_s: float = 0.0
     """Seconds between RSS samples (0: only start and end)."""
@@ -105,7 +107,7 @@ async def sample_rss(interval: float, into: list[tuple[float, int]]) -> None:
 def settings_for(cfg: AgentConfig) -> AgentSettings:
     work = Path(cfg.work_dir)
     return AgentSettings(
-        audio=AudioSettings(source=cfg.source, pace="fast" if cfg.pace == "fast" else "realtime"),
+        audio=msgspec.convert({**cfg.audio, "source": cfg.source, "pace": cfg.pace}, AudioSettings),
         api=ApiSettings(api_url=cfg.api_url, speech_url=cfg.speech_url, email=cfg.email),
         archive=ArchiveSettings(directory=str(work / "archive")),
         upload=UploadSettings(queue_dir=str(work / "queue")),

@@ -4,6 +4,7 @@ agent processes, and OS-level CPU/RSS readings of any process (``/proc/<pid>/sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -104,10 +105,8 @@ class OutageProxy:
             started.set()
             await asyncio.Event().wait()
 
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop was stopped by close()
             self._loop.run_until_complete(main())
-        except RuntimeError:  # loop stopped by close()
-            pass
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._down:

@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from benchmarks.results import ScenarioResult  # noqa: E402
+from benchmarks.results import ScenarioResult
 
 DPI = 80
 
