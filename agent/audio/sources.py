@@ -98,7 +98,7 @@ def open_source(
     """
     if spec == "mic" or spec.startswith(("mic:", "mic@")):
         return MicSource(parse_mic_spec(spec), handoff_seconds=settings.handoff_seconds, clock=clock,
-                         block_ms=settings.capture_block_ms)
+                         block_ms=settings.capture_block_ms)  # fmt: skip
     if spec.startswith("file:"):
         return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames)
     if spec.startswith("synth:"):
