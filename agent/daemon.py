@@ -137,6 +137,9 @@ class Daemon:
         self._metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._uploads_done = 0
+        self._upload_failures = 0
+        self._ended_visits_reconnects = 0
+        self._ended_visits_bytes_sent = 0
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -299,6 +302,9 @@ class Daemon:
             log.error("visit failed: %s", exc)
             return None
         finally:
+            if visit.stream is not None:  # metrics counters run across visits
+                self._ended_visits_reconnects += visit.stream.stats.reconnects
+                self._ended_visits_bytes_sent += visit.stream.stats.bytes_sent
             self._state = "idle"
             self._upload_wake.set()
         if self._gap_samples:
@@ -384,16 +390,21 @@ class Daemon:
         capture = self._capture
         frame_samples = SAMPLE_RATE * self.settings.audio.frame_ms // 1000
         rate = capture.sample_rate if capture and capture.sample_rate else SAMPLE_RATE
+        visit = self._visit
+        stream = visit.stream.stats if visit is not None and visit.stream is not None and s.state != "idle" else None
         return AgentStats(
             frames_captured=round((capture.samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
             frames_dropped=round((capture.lost_samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
             vad_speech_ratio=s.vad_share or 0.0,
             ring_fill_seconds=s.ring_fill_s,
-            reconnects=s.reconnects,
+            reconnects=self._ended_visits_reconnects + (stream.reconnects if stream else 0),
+            ack_lag_seconds=stream.ack_lag_s if stream else 0.0,
+            bytes_sent=self._ended_visits_bytes_sent + (stream.bytes_sent if stream else 0),
             stream_connected=s.connection == "streaming",
             visit_active=s.state != "idle",
             upload_queue_length=s.upload_queue,
             uploads_completed=self._uploads_done,
+            upload_failures=self._upload_failures,
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -403,16 +414,19 @@ class Daemon:
             client = self._client
             assert client is not None
             try:
-                await upload_runner.run(self._queue, client, wake=self._upload_wake)
+                await upload_runner.run(self._queue, client, wake=self._upload_wake, on_report=self._count_report)
             except AgentError as exc:
                 log.error("upload runner stopped (%s); restarting it in 30 s", exc)
                 await asyncio.sleep(30.0)
+
+    def _count_report(self, report: upload_runner.DrainReport) -> None:
+        self._uploads_done += len(report.uploaded)
+        self._upload_failures += len(report.failed) + len(report.blocked) + len(report.dead)
 
     async def _count_queue(self) -> None:
         while True:
             items = await asyncio.to_thread(self._queue.items)
             self._queue_length = sum(1 for i in items if i.state is ItemState.PENDING)
-            self._uploads_done = sum(1 for i in items if i.state is ItemState.DONE)
             await asyncio.sleep(QUEUE_POLL_S)
 
     # --- configuration reload ---------------------------------------------------------------------------------

@@ -130,10 +130,13 @@ def test_metrics_and_sighup_reload_waits_for_the_visit(
     url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on "))
     assert url is not None
 
-    def frames_captured() -> float:
+    def metric(name: str) -> float:
         text = httpx.get(url.group(1), timeout=5).text
-        found = re.search(r"^medisync_agent_frames_captured_total\S* (\S+)$", text, re.M)
+        found = re.search(rf"^medisync_agent_{name}\S* (\S+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
+
+    def frames_captured() -> float:
+        return metric("frames_captured_total")
 
     first = frames_captured()
     poll(lambda: frames_captured() > first, "frames_captured to grow between visits")
@@ -142,7 +145,11 @@ def test_metrics_and_sighup_reload_waits_for_the_visit(
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for_log("will be reloaded when the current visit ends")
     assert daemon.ask(GetStatus()).status.pending_reload  # type: ignore[union-attr]
+    poll(lambda: metric("bytes_sent_total") > 0, "the visit's audio to be streamed")
     assert daemon.ask(StopVisit()).ok
+    # Counters that span visits: the audio the visit streamed and its confirmed upload.
+    poll(lambda: metric("uploads_completed_total") >= 1, "uploads_completed_total to count the visit")
+    assert metric("bytes_sent_total") > 0 and metric("upload_failures_total") == 0
     daemon.wait_for_log("configuration reloaded")
     daemon.proc.send_signal(signal.SIGHUP)
     poll(lambda: sum("configuration reloaded" in line for line in daemon.log) >= 2, "an idle reload at once")

@@ -227,13 +227,16 @@ async def run(
     wake: asyncio.Event | None = None,
     until: Callable[[], bool] | None = None,
     progress_for: ProgressFor | None = None,
+    on_report: Callable[[DrainReport], None] | None = None,
 ) -> None:
     """Upload due items, purge expired audio, sleep until the next is due; repeat until cancelled or ``until()``.
 
-    ``wake`` (set by whoever enqueues) cuts a sleep short.
+    ``wake`` (set by whoever enqueues) cuts a sleep short; ``on_report`` sees each pass's report (for metrics).
     """
     while True:
         report = await drain(queue, uploader, relogin=relogin, progress_for=progress_for)
+        if on_report is not None:
+            on_report(report)
         await asyncio.to_thread(queue.purge_expired)
         if until is not None and until():
             return

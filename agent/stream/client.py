@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from agent import SAMPLE_RATE
 from agent.audio.dsp import Gap as SourceGap
 from agent.audio.types import Frame
 from agent.audio.vad import GateEvent, SegmentFrame
@@ -65,6 +66,10 @@ class StreamStats:
     acked_messages: int = 0
     paced_messages: int = 0
     """Messages sent under replay pacing (``replay_speed``): the backlog after an outage."""
+    bytes_sent: int = 0
+    """Audio payload bytes written to the socket (resume mode), resends included."""
+    ack_lag_s: float = 0.0
+    """Seconds of timeline between the newest audio sent and the newest audio acknowledged (resume mode)."""
     duplicates_dropped: int = 0
     """Basic mode: transcriptions dropped as repeats."""
     chunks_sent: int = 0
@@ -299,7 +304,8 @@ class SpeechStream:
     def _refresh_stats(self) -> None:
         s, r, b = self._stats, self._ring.stats, self._basic.stats
         s.sent_messages, s.resent_messages, s.acked_messages = r.sent_messages, r.resent_messages, r.acked_messages
-        s.paced_messages = r.paced_messages
+        s.paced_messages, s.bytes_sent = r.paced_messages, r.bytes_sent
+        s.ack_lag_s = max(0, r.sent_end - r.acked_end) / SAMPLE_RATE
         s.chunks_sent, s.chunks_resent, s.duplicates_dropped = b.sent, b.resent, b.duplicates_dropped
         s.chunks_transcribed, s.chunks_timed_out = b.transcribed, b.timed_out
         s.dropped_samples = r.dropped_samples + b.dropped_samples

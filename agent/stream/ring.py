@@ -80,6 +80,12 @@ class RingStats:
     acked_messages: int = 0
     paced_messages: int = 0
     """Messages sent under replay pacing (audio that waited in the ring while there was no connection)."""
+    bytes_sent: int = 0
+    """PCM payload bytes written to sockets, resends included."""
+    sent_end: int = 0
+    """Timeline index one past the newest sample sent."""
+    acked_end: int = 0
+    """Timeline index one past the newest sample the server confirmed."""
     dropped_frames: int = 0
     dropped_samples: int = 0
     gap_samples_announced: int = 0
@@ -242,8 +248,10 @@ class SendRing:
 
     def _free_below(self, seq: int) -> None:
         while self._formed and self._base_seq < seq:
-            self._formed_bytes -= len(self._formed.popleft().pcm)
+            msg = self._formed.popleft()
+            self._formed_bytes -= len(msg.pcm)
             self._base_seq += 1
+            self.stats.acked_end = max(self.stats.acked_end, msg.end)
 
     def _resolve_gaps_stored_below(self, seq: int) -> None:
         self._gaps = [g for g in self._gaps if g.seq is None or g.seq >= seq]
@@ -300,6 +308,10 @@ class SendRing:
         """The write of message ``seq`` returned (which proves nothing about delivery)."""
         self._send_next = max(self._send_next, seq + 1)
         self.stats.paced_messages += paced
+        if 0 <= seq - self._base_seq < len(self._formed):
+            msg = self._formed[seq - self._base_seq]
+            self.stats.bytes_sent += len(msg.pcm)
+            self.stats.sent_end = max(self.stats.sent_end, msg.end)
         if seq > self._highest_sent:
             self._highest_sent = seq
             self.stats.sent_messages += 1
