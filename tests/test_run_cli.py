@@ -270,3 +270,21 @@ def test_new_appointment_for_a_patient_is_created_recorded_and_uploaded(
     assert found is not None, done.stderr
     [wav] = home.wavs()
     assert stored_recording(medisync_server, found.group(1)) == wav.read_bytes()
+
+
+def test_run_against_a_basic_mode_server_transcribes_each_utterance_once(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    medisync_server.knobs.force_basic = True  # MediSync as documented: no resume subprotocol
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+
+    done = run_visit(home, appointment)
+
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"live stream\s+basic, done", done.stderr), done.stderr
+    transcript = [line for line in done.stdout.splitlines() if TRANSCRIPT_LINE.match(line)]
+    assert len(transcript) >= 5 and len(set(transcript)) == len(transcript)  # whole utterances, none doubled
+    assert all(n == 1 for n in medisync_server.basic_chunk_counts().values())
+    [wav] = home.wavs()
+    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
