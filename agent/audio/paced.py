@@ -24,6 +24,10 @@ Pace = Literal["realtime", "fast"]
 
 BLOCK_SECONDS = 0.02
 """Default block length of generated sources in seconds (what a microphone callback typically delivers)."""
+FAST_BLOCK_SECONDS = 1.0
+"""Default block length in seconds when paced ``fast``: nobody waits for the audio, and the per-block work
+(hand-offs, wake-ups, wire messages) dominated: 20 ms blocks ran the whole pipeline at ~200x real time, 1 s blocks
+at ~700x (``python -m benchmarks --only throughput``)."""
 
 
 class PacedSource:
@@ -68,7 +72,8 @@ class PacedSource:
     def read(self) -> Block | None:
         if self._stopped.is_set():
             return None
-        block_frames = self._block_frames or max(1, round(self._rate * BLOCK_SECONDS))
+        seconds = BLOCK_SECONDS if self._pace == "realtime" else FAST_BLOCK_SECONDS
+        block_frames = self._block_frames or max(1, round(self._rate * seconds))
         samples = self._produce(block_frames)
         if samples is None or len(samples) == 0:
             return None

@@ -92,7 +92,8 @@ def open_source(
 ) -> Source:
     """Create (not yet start) the source for ``spec``; use it as a context manager.
 
-    ``block_frames`` sets the block length of file and synthetic sources (default 20 ms at their rate).
+    ``block_frames`` sets the block length of file and synthetic sources (default 20 ms at their rate, 1 s when
+    paced ``fast``).
     Raises ConfigError for an unknown spec, InputError for a bad file or recipe, DeviceError for microphone
     problems (PortAudio missing, no such device).
     """
