@@ -58,7 +58,7 @@ from agent.errors import AgentError, ControlError
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
-from agent.visit import Visit, VisitSummary, recover_visits
+from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ class Daemon:
         assert capture is not None and client is not None
         self._state = "starting"
         try:
+            await asyncio.to_thread(refuse_second_recording, self._queue, appointment_id)
             access = await prepare_visit(client, appointment_id)
             tap = capture.tap(self.settings.audio.handoff_seconds)
         except AgentError as exc:

@@ -53,6 +53,7 @@ def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[s
             ("live stream", f"{stream.mode or 'never connected'}, {stream.state.value}"),
             ("messages sent / acknowledged", f"{stream.sent_messages} / {stream.acked_messages}"),
             ("messages resent after reconnects", str(stream.resent_messages)),
+            ("messages replayed after an outage", str(stream.paced_messages)),
             ("reconnects", str(stream.reconnects)),
             ("gap announced (samples)", str(stream.gap_samples)),
             ("stream confirmed by server", "yes" if summary.stream_confirmed else "no"),

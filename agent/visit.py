@@ -220,5 +220,5 @@ def refuse_second_recording(queue: UploadQueue, appointment_id: str) -> None:
     if existing is not None:
         raise InputError(
             f"appointment {appointment_id} already has a recorded visit (upload {existing.state.value}); MediSync "
-            "keeps one recording per appointment: record into a new one with --new-appointment-for PATIENT_ID"
+            "keeps one recording per appointment: record the visit into a new appointment (run: --new-appointment-for)"
         )

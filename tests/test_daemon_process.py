@@ -64,6 +64,9 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
         assert w.getframerate() == 16000 and w.getnframes() >= 1.5 * 16000
     status = daemon.ask(GetStatus()).status
     assert status is not None and status.state == "idle" and status.device_state == "open"
+    second = daemon.ask(StartVisit(appointment_id=appointment))  # one recording per appointment
+    assert not second.ok and "already has a recorded visit" in second.error
+    assert daemon.ask(GetStatus()).status.state == "idle"  # type: ignore[union-attr]
     assert appointment not in daemon.joined_log()  # ids stay out of the log
 
     text = cli("status", "--socket", str(daemon.control))

@@ -213,3 +213,21 @@ def test_random_cuts_deliver_everything_exactly_once(seed: int) -> None:
     assert lost == ring.stats.gap_samples_announced <= ring.stats.dropped_samples
     starts = [st for st, _ in server.stored]
     assert starts == sorted(starts)
+
+
+def test_counters_after_a_cut_confirmed_by_ready() -> None:
+    # Three 100 ms messages sent, only the first acked before the cut; the server's ready.next_seq says it
+    # stored all three: they count as acknowledged, nothing is resent, and the lag between sent and acked is 0.
+    ring = make(message_ms=100)
+    ring.on_ready(0)
+    for f in frames(0, 15):
+        ring.push(f)
+    assert len(send_all(ring)) == 3
+    ring.on_ack(0)
+    assert (ring.stats.sent_end - ring.stats.acked_end) == 3200
+    ring.on_disconnected()
+    ring.on_ready(3)
+    assert (ring.stats.sent_messages, ring.stats.acked_messages, ring.stats.resent_messages) == (3, 3, 0)
+    assert ring.stats.bytes_sent == 15 * FRAME * 2
+    assert ring.stats.sent_end == ring.stats.acked_end == 15 * FRAME
+    assert ring.next_message() is None

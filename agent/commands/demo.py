@@ -32,6 +32,9 @@ DEMO_EMAIL = "demo.doctor@example.org"
 DEMO_PASSWORD = "demo-password-not-secret"
 CUT_AFTER_MESSAGES = {"realtime": 120, "fast": 15}
 """The server drops the first connection after this many binary messages: about a third into the visit."""
+OUTAGE_S = 4.0
+"""After the cut the server refuses connections this long, as flaky Wi-Fi would: the audio captured meanwhile
+waits in the ring and is replayed (paced) when the agent gets back in."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +85,7 @@ async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
         async with MediSyncClient(settings.api, credentials) as client:
             appointment_id = await _demo_appointment(client)
             if cut:
-                server.server.knobs.drop_after(CUT_AFTER_MESSAGES[pace], connections=1)
+                server.server.knobs.drop_after(CUT_AFTER_MESSAGES[pace], connections=1, outage_s=OUTAGE_S)
             gated: list[tuple[int, bytes]] = []
             print("streaming the bundled dialogue; live transcript:", file=err)
             summary, state = await record_and_upload(

@@ -6,6 +6,7 @@ Each knob is a plain method here; the HTTP admin endpoint (``--test-hooks``) map
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,10 @@ class Knobs:
     """Abort a connection right after storing its N-th binary frame (before acking it)."""
     drop_connections: int = 0
     """How many further connections the drop knob applies to (-1: all)."""
+    outage_s: float = 0.0
+    """After each drop, refuse handshakes (HTTP 503) for this many seconds: the network stays down a while."""
+    outage_until: float = 0.0
+    """time.monotonic() until which handshakes are refused after the last drop."""
     ack_delay_s: float = 0.0
     """Seconds to wait before sending each ack (the audio is stored at once)."""
     withhold_acks: bool = False
@@ -76,6 +81,8 @@ class Knobs:
 
     def take_refusal(self) -> Refusal | None:
         with self._lock:
+            if time.monotonic() < self.outage_until:
+                return Refusal(503, None, -1)
             refusal = self.refusal
             if refusal is None:
                 return None
@@ -85,10 +92,16 @@ class Knobs:
                     self.refusal = None
             return refusal
 
-    def drop_after(self, frames: int, *, connections: int = 1) -> None:
-        """Abort the next ``connections`` connections (-1: all) right after their ``frames``-th binary frame."""
+    def drop_after(self, frames: int, *, connections: int = 1, outage_s: float = 0.0) -> None:
+        """Abort the next ``connections`` connections (-1: all) right after their ``frames``-th binary frame;
+        with ``outage_s``, refuse handshakes for that long after each drop."""
         with self._lock:
-            self.drop_after_frames, self.drop_connections = frames, connections
+            self.drop_after_frames, self.drop_connections, self.outage_s = frames, connections, outage_s
+
+    def dropped(self) -> None:
+        """A connection was just dropped by the drop knob: start the outage, if one is set."""
+        with self._lock:
+            self.outage_until = time.monotonic() + self.outage_s
 
     def take_drop(self) -> int | None:
         with self._lock:
@@ -116,6 +129,7 @@ class Knobs:
         with self._lock:
             self.rest_faults, self.refusal, self.search_faults = [], None, []
             self.drop_after_frames, self.drop_connections = None, 0
+            self.outage_s, self.outage_until = 0.0, 0.0
             self.ack_delay_s, self.withhold_acks, self.force_basic = 0.0, False, False
 
     def apply(self, spec: dict[str, Any]) -> None:

@@ -112,6 +112,7 @@ class BasicConnection:
                 self.hub.server.basic.chunk_counts[hashlib.sha256(msg.data).hexdigest()] += 1
                 if self.drop_after is not None and self.chunks >= self.drop_after:
                     abort(self.request)
+                    self.hub.server.knobs.dropped()
                     return
                 await self._answer(msg.data, received)
 
@@ -255,6 +256,7 @@ class ResumeConnection:
         self.frames += 1
         if self.drop_after is not None and self.frames >= self.drop_after:
             abort(self.request)
+            self.server.knobs.dropped()
             return True
         await self._emit(self.hub.detectors[self._sid()].feed(start, pcm))
         self._ack_due.set()

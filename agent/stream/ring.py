@@ -205,6 +205,8 @@ class SendRing:
         if next_seq < 0:
             raise ProtocolError(f"ready.next_seq {next_seq} is negative")
         self._resolve_gaps_stored_below(next_seq)
+        # Messages stored before the previous connection died are confirmed by next_seq rather than by an ack.
+        self.stats.acked_messages += max(0, min(next_seq, self._highest_sent + 1) - self._acked_next)
         self._free_below(next_seq)
         if next_seq != self._base_seq:
             # Either the server lacks dropped messages (next_seq < base) or is ahead of anything formed (anomaly):
