@@ -20,10 +20,12 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Length of one timeline frame in milliseconds (also the VAD frame)."""
     handoff_seconds: float = 5.0
     """Capacity of the hand-off buffer between the capture callback and the DSP thread, in seconds of audio."""
-    capture_block_ms: int = 20
+    capture_block_ms: int = 100
     """Microphone callback block length in milliseconds (PortAudio ``blocksize``). Leaving it to PortAudio made
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
-    costs ~40, 100 ms ~10 (``python -m benchmarks --only live``). Larger blocks: fewer wake-ups, more latency."""
+    costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
+    benchmarks' efficient profile: ~35-47 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~140 ms;
+    20 is the low-latency profile: ~140 CPU-s, p95 ~62 ms (``python -m benchmarks --only live``)."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_results
+from benchmarks.report import machine, write_results
 from benchmarks.results import Figure, ScenarioResult
 from benchmarks.scenarios import FULL, QUICK, SCENARIOS
 
@@ -55,7 +55,9 @@ def main(argv: list[str]) -> int:
             started = time.monotonic()
             print(f"running {name} ...", flush=True)
             result = SCENARIOS[name](sizes, Path(tmp) / name, CACHE)
-            result.notes.append(f"scenario wall time {time.monotonic() - started:.0f} s")
+            info = machine()
+            result.notes.append(f"scenario wall time {time.monotonic() - started:.0f} s; run {info['date (UTC)']} UTC "
+                                f"at commit {info['git commit (HEAD when run)']}")
             result.print()
             results[name] = result
     ordered = [results[n] for n in SCENARIOS if n in results]

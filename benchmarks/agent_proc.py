@@ -52,6 +52,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     """StreamSettings overrides."""
     audio: dict[str, Any] = msgspec.field(default_factory=dict)
     """AudioSettings overrides (besides source and pace)."""
+    archive: dict[str, Any] = msgspec.field(default_factory=dict)
+    """ArchiveSettings overrides (besides the directory)."""
     trace: bool = False
     rss_interval_s: float = 0.0
     """Seconds between RSS samples (0: only start and end)."""
@@ -61,7 +63,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Probe:
-    def __init__(self) -> None:
+    def __init__(self, trace: bool) -> None:
+        self.trace = trace
         self.frames: list[tuple[int, int, float]] = []
         """(start, samples, capture_time) of every frame the pipeline produced."""
         self.sends: list[tuple[float, int, int, int]] = []
@@ -90,7 +93,8 @@ class Probe:
 
     def on_output(self, out: PipelineOutput) -> None:
         self.last_output = time.monotonic()
-        self.frames.extend((f.start, f.samples, f.capture_time) for f in out.frames)
+        if self.trace:
+            self.frames.extend((f.start, f.samples, f.capture_time) for f in out.frames)
 
 
 def rss_bytes() -> int:
@@ -109,7 +113,7 @@ def settings_for(cfg: AgentConfig) -> AgentSettings:
     return AgentSettings(
         audio=msgspec.convert({**cfg.audio, "source": cfg.source, "pace": cfg.pace}, AudioSettings),
         api=ApiSettings(api_url=cfg.api_url, speech_url=cfg.speech_url, email=cfg.email),
-        archive=ArchiveSettings(directory=str(work / "archive")),
+        archive=msgspec.convert({**cfg.archive, "directory": str(work / "archive")}, ArchiveSettings),
         upload=UploadSettings(queue_dir=str(work / "queue")),
         stream=msgspec.convert({"end_timeout_s": cfg.end_timeout_s, **cfg.stream}, StreamSettings),
     )
@@ -117,7 +121,7 @@ def settings_for(cfg: AgentConfig) -> AgentSettings:
 
 async def run(cfg: AgentConfig) -> dict[str, Any]:
     settings = settings_for(cfg)
-    probe = Probe()
+    probe = Probe(cfg.trace)
     async with MediSyncClient(settings.api, Credentials(cfg.email, Secret(cfg.password))) as client:
         await client.login()
         patient = await client.add_patient(NewPatient(firstName="Bench", lastName="Agent", dateOfBirth="1970-01-01"))
@@ -167,7 +171,7 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         "lost_samples": summary.record.lost_samples,
         "rss": rss,
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "frames": probe.frames if cfg.trace else [],
+        "frames": probe.frames,
         "sends": probe.sends,
         "acks": probe.acks,
         "readies": probe.readies,

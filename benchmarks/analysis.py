@@ -10,11 +10,12 @@ import numpy.typing as npt
 from agent import SAMPLE_RATE
 
 
-def sample_latencies(result: dict[str, Any], until: float | None = None) -> npt.NDArray[np.float64]:
+def sample_latencies(result: dict[str, Any], since: float | None = None) -> npt.NDArray[np.float64]:
     """Capture-to-wire latency in seconds of every sample in every first send of a message.
 
     A sample's capture time is its frame's ``capture_time`` (first sample) plus its offset in the frame; its wire
-    time is the moment the message holding it was encoded for ``ws.send``. Resends are not counted.
+    time is the moment the message holding it was encoded for ``ws.send``. Resends are not counted, nor samples
+    captured before ``since`` (monotonic seconds; e.g. to leave out audio that waited for the first connection).
     """
     frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
     if not len(frames) or not result["sends"]:
@@ -24,12 +25,16 @@ def sample_latencies(result: dict[str, Any], until: float | None = None) -> npt.
     seen: set[int] = set()
     chunks = []
     for t, seq, start, n in result["sends"]:
-        if seq in seen or (until is not None and t > until):
+        if seq in seen:
             continue
         seen.add(seq)
         idx = np.arange(start, start + n, dtype=np.float64)
         j = np.clip(np.searchsorted(starts, idx, side="right") - 1, 0, len(starts) - 1)
-        chunks.append(t - (cts[j] + (idx - starts[j]) / SAMPLE_RATE))
+        captured = cts[j] + (idx - starts[j]) / SAMPLE_RATE
+        if since is not None:
+            keep = captured >= since
+            idx, captured = idx[keep], captured[keep]
+        chunks.append(t - captured)
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
 

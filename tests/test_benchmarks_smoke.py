@@ -40,7 +40,7 @@ def test_quick_harness_writes_report_and_plots(tmp_path: Path, pulse_server: Non
     assert re.search(r"capture-to-wire p95 \| \d", report)
     assert re.search(r"real-time factor to last ack \| \d", report)
     if shutil.which("ffmpeg"):
-        assert re.search(r"agent/ffmpeg CPU ratio, efficient \| \d", report)
+        assert re.search(r"agent/ffmpeg CPU ratio, efficient \(same window\) \| \d", report)
     for png in ("latency.png", "cpu_per_audio_hour.png", "replay_catch_up.png", "memory.png"):
         data = (tmp_path / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 2000

@@ -139,7 +139,7 @@ class MicSource:
     """A PortAudio input stream behind the Source protocol."""
 
     def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
-                 block_ms: int = 20) -> None:  # fmt: skip
+                 block_ms: int = 100) -> None:  # fmt: skip
         """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often."""
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
