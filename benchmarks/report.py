@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def plots(results: list[ScenarioResult], out: Path) -> list[str]:
         made.append(_save(fig, out / "latency.png"))
         fig, ax = plt.subplots(figsize=(6, 3.2))
         names = list(r.plot["cpu"])
-        meds = [sorted(v)[len(v) // 2] if v else 0 for v in r.plot["cpu"].values()]
+        meds = [statistics.median(v) if v else 0 for v in r.plot["cpu"].values()]
         ax.bar(names, meds, color=["tab:blue", "tab:orange", "tab:gray"][: len(names)])
         for name, values in r.plot["cpu"].items():
             ax.scatter([name] * len(values), values, color="black", s=10, zorder=3)

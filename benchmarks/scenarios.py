@@ -44,8 +44,8 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(repeats=1, throughput_audio_s=48.0, live_s=4.0, live_repeats=1, warmup_s=2.0, outage_s=3.0,
-              after_outage_s=3.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0)  # fmt: skip
+QUICK = Sizes(repeats=1, throughput_audio_s=48.0, live_s=8.0, live_repeats=1, warmup_s=2.0, outage_s=3.0,
+              after_outage_s=5.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0)  # fmt: skip
 
 
 def looped_dialogue(cache: Path, seconds: float) -> Path:
@@ -94,7 +94,7 @@ def throughput(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
             res.add(f"{label}: agent CPU per audio-hour", cpu, "CPU-s")
             res.add(f"{label}: server CPU per audio-hour", srv_cpu, "CPU-s")
     res.notes.append(f"source: the bundled dialogue looped to {sizes.throughput_audio_s:.0f} s (22.05 kHz mono), "
-                     "20 ms blocks, paced 'fast'")  # fmt: skip
+                     "paced 'fast' (default block length when fast: 1 s)")  # fmt: skip
     return res
 
 
@@ -142,7 +142,7 @@ def live(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
                 d["p95"].append(p95)
                 d["p99"].append(p99)
                 d["wake"].append(r["voluntary_switches"] / r["wall_s"])
-                latencies[name].extend(lat[:: max(1, len(lat) // 20000)].tolist())
+                latencies[name].extend(round(x, 1) for x in lat[:: max(1, len(lat) // 3000)].tolist())
     targets = {"low-latency": ("<= 60", "<= 60"), "efficient": ("<= 30", "<= 150")}
     for name, d in per.items():
         cpu_target, p95_target = targets[name]

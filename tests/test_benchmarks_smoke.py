@@ -28,6 +28,7 @@ def test_quick_harness_writes_report_and_plots(tmp_path: Path, pulse_server: Non
     assert bench_main(["--quick", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     report = (tmp_path / "RESULTS.md").read_text()
+    print(report)  # shown by pytest when an assertion below fails
     for name in ("throughput", "live", "replay", "memory", "fleet"):
         assert f"## {name}:" in report
         assert f"== {name}:" in printed
