@@ -78,7 +78,7 @@ def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], So
         if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
             name = parse_mic_spec(spec).name
             return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
-                             handoff_seconds=audio.handoff_seconds)  # fmt: skip
+                             handoff_seconds=audio.handoff_seconds, block_ms=audio.capture_block_ms)  # fmt: skip
         return open_source(spec, audio)
 
     return open_
