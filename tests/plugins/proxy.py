@@ -65,10 +65,21 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            self.reset()
+            self._call(self._shutdown())  # asyncio objects belong to the proxy's loop thread
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the listener and every link, and end the pump tasks (none is left pending at loop stop)."""
+        assert self._server is not None
+        self._server.close()
+        for link in list(self._links):
+            self._close(link, rst=True)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def url(self, scheme: str = "ws") -> str:
         return f"{scheme}://127.0.0.1:{self.port}"
