@@ -7,10 +7,10 @@ answer reaches the client. Only the wrong-shape JSON case uses httpx's MockTrans
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -43,6 +43,7 @@ from tests.plugins.api_client import (
     visit_wav,
     write_other_wav,
 )
+from tests.plugins.proxy import TcpProxy
 
 # --- the quickstart ----------------------------------------------------------------------------------------------
 
@@ -120,81 +121,35 @@ def test_transcription_added_as_text(api_server: ServerThread) -> None:
 # --- one recording per appointment -------------------------------------------------------------------------------
 
 
-class ResponseCuttingProxy:
-    """A TCP proxy that forwards requests whole and, once armed, cuts the connection when an answer starts coming
-    back: the server has done the work, the client never hears about it."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.armed = False
-        self.cut = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def requests() -> None:
-            while data := await client_reader.read(65536):
-                up_writer.write(data)
-                await up_writer.drain()
-
-        forward = asyncio.create_task(requests())
-        try:
-            while data := await up_reader.read(65536):
-                if self.armed:
-                    self.armed = False
-                    self.cut += 1
-                    client_writer.transport.abort()
-                    return
-                client_writer.write(data)
-                await client_writer.drain()
-        finally:
-            forward.cancel()
-            up_writer.close()
-            client_writer.close()
-
-
 def test_lost_upload_response_then_retry_reports_success_without_double(
-    api_server: ServerThread, tmp_path: Path
+    api_server: ServerThread, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path
 ) -> None:
     wav = visit_wav(tmp_path)
     urls = api_server.urls
     assert urls is not None
     port = int(urls.base_url.rsplit(":", 1)[1])
 
+    proxy = tcp_proxy("127.0.0.1", port)
+
     async def scenario() -> None:
-        proxy = ResponseCuttingProxy(port)
-        proxy_port = await proxy.start()
-        try:
-            async with make_client(urls.api_url) as api:
-                appointment_id = await new_appointment(api)
-                async with make_client(f"http://127.0.0.1:{proxy_port}/api") as proxied:
-                    await proxied.login()
-                    proxy.armed = True
-                    with pytest.raises(TransportError):
-                        await proxied.upload_recording(appointment_id, wav)
-                assert proxy.cut == 1
-                first = api_server.server.store.recording(appointment_id)
-                assert first is not None, "the first upload reached the server"
+        async with make_client(urls.api_url) as api:
+            appointment_id = await new_appointment(api)
+            async with make_client(proxy.url("http") + "/api") as proxied:
+                await proxied.login()
+                proxy.lose_response_to(b"POST /api/recordings/add")
+                with pytest.raises(TransportError):
+                    await proxied.upload_recording(appointment_id, wav)
+            assert proxy.responses_lost == 1
+            first = api_server.server.store.recording(appointment_id)
+            assert first is not None, "the first upload reached the server"
 
-                result = await api.upload_recording(appointment_id, wav)  # the retry meets "already exists"
-                assert result.already_present and result.recording is None
-                assert api_server.server.store.recording(appointment_id) == first  # not stored twice
+            result = await api.upload_recording(appointment_id, wav)  # the retry meets "already exists"
+            assert result.already_present and result.recording is None
+            assert api_server.server.store.recording(appointment_id) == first  # not stored twice
 
-                with pytest.raises(RecordingMismatchError):
-                    await api.upload_recording(appointment_id, write_other_wav(tmp_path))
-                assert api_server.server.store.recording(appointment_id) == first
-        finally:
-            await proxy.stop()
+            with pytest.raises(RecordingMismatchError):
+                await api.upload_recording(appointment_id, write_other_wav(tmp_path))
+            assert api_server.server.store.recording(appointment_id) == first
 
     run(scenario)
 

@@ -22,7 +22,6 @@ from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import (
     AgentHome,
-    ResponseCuttingProxy,
     poll,
     recording_files,
     stored_recording,
@@ -118,18 +117,18 @@ def test_kill_9_during_the_visit_then_next_run_repairs_queues_and_uploads_it(
 
 @pytest.mark.slow
 def test_lost_upload_response_is_resolved_as_already_there(
-    medisync_server: RunningServer, response_cutting_proxy: Callable[[int], ResponseCuttingProxy], tmp_path: Path
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path
 ) -> None:
-    proxy = response_cutting_proxy(api_port(medisync_server))
-    home = AgentHome(tmp_path / "agent", api_url=proxy.api_url, speech_url=medisync_server.speech_url,
+    proxy = tcp_proxy("127.0.0.1", api_port(medisync_server))
+    home = AgentHome(tmp_path / "agent", api_url=proxy.url("http") + "/api", speech_url=medisync_server.speech_url,
                      email=medisync_server.email, password=medisync_server.password)  # fmt: skip
     appointment = medisync_server.create_appointment()
-    proxy.armed = True  # the answer to the first upload is lost; the server stored the recording
+    proxy.lose_response_to(b"POST /api/recordings/add")  # the server stores the upload; its answer is lost
 
     done = home.run("run", "--appointment", appointment, "--source", f"file:{DIALOGUE}", "--pace", "fast")
 
     assert done.returncode == 75, done.stderr
-    assert proxy.cuts == 1 and proxy.uploads_seen == 1
+    assert proxy.marked_requests == 1 and proxy.responses_lost == 1
     assert "queued: will be retried" in done.stderr
     [wav] = home.wavs()
     assert stored_recording(medisync_server, appointment) == wav.read_bytes()  # it did arrive

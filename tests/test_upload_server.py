@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain, run, settled
 from agent.cli import main
 from agent.settings import ApiSettings, UploadSettings
+from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.test_upload_queue import Clock, make_wav
 from tests.test_upload_runner import FakeSleep
@@ -179,61 +181,20 @@ async def test_expired_token_costs_one_relogin(server: RunningServer, queue: Upl
     assert queue.items()[0].state is ItemState.DONE
 
 
-class ResponseCuttingProxy:
-    """TCP proxy: forwards requests whole; once armed, aborts the client side as the answer starts coming back."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.armed = False
-        self.cut = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def forward_requests() -> None:
-            while data := await client_reader.read(65536):
-                up_writer.write(data)
-                await up_writer.drain()
-
-        forward = asyncio.create_task(forward_requests())
-        try:
-            while data := await up_reader.read(65536):
-                if self.armed:
-                    self.armed, self.cut = False, self.cut + 1
-                    client_writer.transport.abort()
-                    return
-                client_writer.write(data)
-                await client_writer.drain()
-        finally:
-            forward.cancel()
-            up_writer.close()
-            client_writer.close()
-
-
 async def test_lost_response_then_already_exists_is_success_once(
-    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path
+    server: RunningServer, queue: UploadQueue, clock: Clock, tmp_path: Path, tcp_proxy: Callable[[str, int], TcpProxy]
 ) -> None:
     appointment_id = await new_appointment(api_url(server))
     wav = visit(tmp_path)
     queue.enqueue(appointment_id, wav)
     port = int(api_url(server).split(":")[2].split("/")[0])
-    proxy = ResponseCuttingProxy(port)
+    proxy = tcp_proxy("127.0.0.1", port)
     sleep = FakeSleep(clock)
-    async with proxy as proxy_port, client(f"http://127.0.0.1:{proxy_port}/api") as api:
+    async with client(proxy.url("http") + "/api") as api:
         await api.login()
-        proxy.armed = True
+        proxy.lose_response_to(b"POST /api/recordings/add")
         await run(queue, api, sleep=sleep, until=lambda: settled(queue))
-    assert proxy.cut == 1 and sleep.delays == [2.0]
+    assert proxy.responses_lost == 1 and sleep.delays == [2.0]
     [item] = queue.items()
     assert (item.state, item.attempts) == (ItemState.DONE, 1)
     assert stored_bytes(server, appointment_id) == wav.read_bytes()

@@ -12,6 +12,10 @@ and event loop, forwarding to ``host:port``. Control methods are thread-safe and
     proxy.delay_s = 0.2                      delay every forwarded chunk (both ways)
     proxy.cut_after_client_bytes(n)          cut each *new* connection once n bytes came from the client (None: off)
     proxy.client_bytes                       total bytes forwarded client -> server
+    proxy.lose_response_to(marker)           once: the request carrying ``marker`` (e.g. b"POST /api/recordings/add")
+                                             reaches the server whole, its answer is replaced by an RST to the client
+                                             (the server did the work, the client never hears of it);
+                                             proxy.marked_requests / proxy.responses_lost count what happened
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class _Link:
     cut_after: int | None = None
     client_bytes: int = 0
     closed: bool = False
+    answer_doomed: bool = False
+    """The request whose answer is to be lost went through on this link."""
+    tail: bytes = b""
+    """Last client bytes, so a marker split across reads is still found."""
 
     def writers(self) -> tuple[asyncio.StreamWriter, asyncio.StreamWriter]:
         return self.client, self.upstream
@@ -49,6 +57,9 @@ class TcpProxy:
         self.client_bytes = 0
         self.delay_s = 0.0
         self._cut_after: int | None = None
+        self._lose_marker: bytes | None = None
+        self.marked_requests = 0
+        self.responses_lost = 0
         self._links: set[_Link] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
@@ -105,6 +116,9 @@ class TcpProxy:
     def cut_after_client_bytes(self, count: int | None) -> None:
         self._cut_after = count
 
+    def lose_response_to(self, marker: bytes) -> None:
+        self._lose_marker = marker
+
     # --- internals -------------------------------------------------------------------------------------------------
 
     def _call(self, coro: Any) -> Any:
@@ -154,15 +168,30 @@ class TcpProxy:
                         await writer.drain()
                         self._close(link, rst=True)
                         return
+                if not from_client and link.answer_doomed:
+                    self.responses_lost += 1
+                    self._close(link, rst=True)
+                    return
                 writer.write(data)
                 await writer.drain()
                 if from_client:
                     link.client_bytes += len(data)
                     self.client_bytes += len(data)
+                    self._watch_for_marker(link, data)
         except (ConnectionError, OSError):
             pass
         finally:
             self._close(link, rst=False)
+
+    def _watch_for_marker(self, link: _Link, data: bytes) -> None:
+        marker = self._lose_marker
+        if marker is None:
+            return
+        if marker in link.tail + data:
+            self._lose_marker = None
+            self.marked_requests += 1
+            link.answer_doomed = True
+        link.tail = data[-len(marker):]
 
     def _close(self, link: _Link, *, rst: bool) -> None:
         if link not in self._links:

@@ -13,20 +13,16 @@ stored_recording(server, appointment_id)        bytes the server holds; recordin
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.plugins.archive import DIALOGUE, REPO
 from tests.plugins.server import RunningServer
@@ -153,82 +149,3 @@ def wav_samples(path: Path) -> bytes:
     with wave.open(str(path), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         return w.readframes(w.getnframes())
-
-
-class ResponseCuttingProxy:
-    """Forwards HTTP whole; when armed, the answer to the next upload request is replaced by a TCP reset."""
-
-    UPLOAD_MARK = b"POST /api/recordings/add"
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.armed = False
-        self.cuts = 0
-        self.uploads_seen = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="response-cutter", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> ResponseCuttingProxy:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", 0), self._loop)
-        self._server = future.result(10)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        upload_pending = False
-        tail = b""
-
-        async def forward_requests() -> None:
-            nonlocal upload_pending, tail
-            while data := await client_reader.read(65536):
-                if self.UPLOAD_MARK in tail + data:
-                    upload_pending = True
-                    self.uploads_seen += 1
-                tail = data[-len(self.UPLOAD_MARK) :]
-                up_writer.write(data)
-                await up_writer.drain()
-
-        forward = asyncio.create_task(forward_requests())
-        try:
-            while data := await up_reader.read(65536):
-                if upload_pending and self.armed:
-                    self.armed, self.cuts = False, self.cuts + 1
-                    client_writer.transport.abort()
-                    return
-                upload_pending = False
-                client_writer.write(data)
-                await client_writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            forward.cancel()
-            up_writer.close()
-            client_writer.close()
-
-
-@pytest.fixture
-def response_cutting_proxy() -> Iterator[Callable[[int], ResponseCuttingProxy]]:
-    proxies: list[ResponseCuttingProxy] = []
-
-    def make(upstream_port: int) -> ResponseCuttingProxy:
-        proxy = ResponseCuttingProxy(upstream_port).start()
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.stop()
