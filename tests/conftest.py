@@ -5,6 +5,11 @@ from __future__ import annotations
 import pkgutil
 from pathlib import Path
 
+import pytest
+
+# Plugins import each other (e.g. the visit helpers use the server fixtures): rewrite asserts in all of them.
+pytest.register_assert_rewrite("tests.plugins")
+
 pytest_plugins = [
     f"tests.plugins.{m.name}"
     for m in pkgutil.iter_modules([str(Path(__file__).parent / "plugins")])
