@@ -248,8 +248,13 @@ class Connection:
     async def _watch(self) -> None:
         if not self.resume:
             await asyncio.Event().wait()  # basic mode: keepalive pings are the only liveness check
-        poll = max(0.05, self._settings.ack_timeout_s / 20)
+        # Sleep until the watchdog's deadline instead of polling (each wake-up of the loop costs CPU). A deadline
+        # only ever moves later (progress restarts it from now; one that appears starts now + timeout), so waking
+        # at the deadline seen, or after a full timeout when none is set, never misses one.
+        timeout = self._settings.ack_timeout_s
         while True:
-            await asyncio.sleep(poll)
+            deadline = self.watchdog.deadline()
+            now = self._clock()
+            await asyncio.sleep(timeout if deadline is None else max(0.0, deadline - now))
             if self.watchdog.expired(self._clock()):
                 raise EndConnection(Ended(Failure.TRANSIENT, "no ack progress: connection considered dead"))
