@@ -155,13 +155,14 @@ class Recorder:
     def _consume(self, out: PipelineOutput, writer: WavArchiveWriter) -> bool:
         """Archive and account one pipeline output; True when the duration limit is reached."""
         limit = self._limit
-        for frame in out.frames:
-            if limit is not None and frame.start >= limit:
-                break
-            if limit is not None and frame.end > limit:
-                frame = Frame(start=frame.start, pcm=frame.pcm[: 2 * max(0, limit - frame.start)],
-                              capture_time=frame.capture_time)  # fmt: skip
-            writer.write_frame(frame)
+        frames = out.frames
+        if limit is not None and frames and frames[-1].end > limit:
+            frames = [f for f in frames if f.start < limit]
+            if frames and frames[-1].end > limit:
+                last = frames[-1]
+                frames[-1] = Frame(start=last.start, pcm=last.pcm[: 2 * max(0, limit - last.start)],
+                                   capture_time=last.capture_time)  # fmt: skip
+        writer.write_frames(frames)
         if writer.position >= self._next_progress:
             log.info("archived %d samples", writer.position)
             self._next_progress = (writer.position // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES
