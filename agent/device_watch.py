@@ -118,6 +118,9 @@ class CaptureTap:
                 return block
         return None
 
+    def check_alive(self) -> None:
+        """Never raises: the capture thread reopens a lost device and the gap is reported in the blocks."""
+
     def stop(self) -> None:
         self._stopped.set()
         self._capture.detach(self)

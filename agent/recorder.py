@@ -10,10 +10,18 @@ another thread or a signal handler). Whatever happens, the archive is finished a
 Each :class:`~agent.audio.pipeline.PipelineOutput` is also handed to ``on_output`` (after its frames were
 archived), which is where the visit code attaches the live stream; ``on_segment`` gets each speech segment as
 the gate closes it.
+
+:meth:`Recorder.run_on_loop` does the same work driven by the running asyncio loop, for sources whose blocks come
+through a :class:`~agent.audio.handoff.Handoff` (the microphone): the hand-off's eventfd wakes the loop, which runs
+DSP, VAD and the archive write (fdatasync on a worker thread) and hands the output to ``on_output`` on the loop
+thread. That saves a thread wake-up per block (reader thread, then the loop), which measured costlier than the
+DSP itself (``benchmarks/NOTES.md``). Opening and finishing (device open, file creation, final fsync and rename)
+run on a worker thread so the loop never blocks on them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +31,7 @@ from typing import Literal
 from agent import SAMPLE_RATE
 from agent.archive.wav import WavArchiveWriter
 from agent.audio.dsp import Gap
+from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import AudioPipeline, PipelineOutput
 from agent.audio.types import Frame, Source
 from agent.audio.vad import IsSpeech, SegmentEnd, SegmentStart
@@ -30,6 +39,8 @@ from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
+STALL_CHECK_S = 2.0
+"""Loop-driven recording: seconds without a block before the source is asked whether its device still works."""
 PROGRESS_INTERVAL_SAMPLES = SAMPLE_RATE
 """An INFO progress line ("archived N samples") per second of audio; tests of crash safety read it."""
 
@@ -116,10 +127,7 @@ class Recorder:
         (valid, final name) before any of them propagates.
         """
         with self._source as source:
-            pipeline = AudioPipeline(source.sample_rate, self._settings.audio, self._settings.vad,
-                                     is_speech=self._is_speech)  # fmt: skip
-            writer = WavArchiveWriter.create(self._path, self._settings.archive, overwrite=self._overwrite)
-            log.info("recording %s to %s", source.description, self._path.name)
+            pipeline, writer = self._open(source)
             try:
                 stopped_by = self._loop(source, pipeline, writer)
             except BaseException:
@@ -127,6 +135,10 @@ class Recorder:
                     writer.finish()
                 raise
             path = writer.finish()
+        return self._summary(source, pipeline, writer, path, stopped_by)
+
+    def _summary(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter, path: Path,
+                 stopped_by: StopReason) -> RecordSummary:  # fmt: skip
         if self._open_segment is not None:  # cut by the duration limit while the gate was open
             self._close_segment(writer.position)
         stats = pipeline.stats
@@ -140,6 +152,90 @@ class Recorder:
             stopped_by=stopped_by,
             source=source.description,
         )
+
+    async def run_on_loop(self) -> RecordSummary:
+        """Like :meth:`run` (same result, same guarantees), driven by the running event loop; see the module doc.
+
+        The source must be a :class:`~agent.audio.handoff.HandoffSource`."""
+        source = self._source
+        if not isinstance(source, HandoffSource):
+            raise TypeError(f"{source.description} has no hand-off: use run()")
+        await asyncio.to_thread(source.__enter__)
+        try:
+            pipeline, writer = await asyncio.to_thread(self._open, source, background_sync=True)
+            try:
+                stopped_by = await self._pump(source, pipeline, writer)
+                return await asyncio.to_thread(self._conclude, source, pipeline, writer, stopped_by)
+            except BaseException:
+                if not writer.closed:
+                    await asyncio.to_thread(writer.finish)
+                raise
+        finally:
+            await asyncio.to_thread(source.__exit__, None, None, None)
+
+    def _open(self, source: Source, *, background_sync: bool = False) -> tuple[AudioPipeline, WavArchiveWriter]:
+        pipeline = AudioPipeline(source.sample_rate, self._settings.audio, self._settings.vad,
+                                 is_speech=self._is_speech)  # fmt: skip
+        writer = WavArchiveWriter.create(self._path, self._settings.archive, overwrite=self._overwrite,
+                                         background_sync=background_sync)  # fmt: skip
+        log.info("recording %s to %s", source.description, self._path.name)
+        return pipeline, writer
+
+    async def _pump(self, source: HandoffSource, pipeline: AudioPipeline, writer: WavArchiveWriter) -> StopReason:
+        """Process blocks as the hand-off's eventfd signals them, until stopped, closed or the duration is reached."""
+        loop = asyncio.get_running_loop()
+        handoff = source.handoff
+        done: asyncio.Future[StopReason] = loop.create_future()
+        last_block = loop.time()
+
+        def drain() -> None:
+            nonlocal last_block
+            if done.done():
+                return
+            handoff.clear_wake()
+            try:
+                while (block := handoff.get_nowait()) is not None:
+                    last_block = loop.time()
+                    if self._consume(pipeline.process(block), writer):
+                        done.set_result("duration")
+                        return
+                if self._stop_requested or handoff.closed:
+                    done.set_result("stop" if self._stop_requested else "end")
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        stall_timer: asyncio.TimerHandle | None = None
+
+        def check_stall() -> None:
+            nonlocal stall_timer
+            if done.done():
+                return
+            if loop.time() - last_block >= STALL_CHECK_S:
+                try:
+                    source.check_alive()
+                except BaseException as exc:
+                    done.set_exception(exc)
+                    return
+            stall_timer = loop.call_at(max(loop.time(), last_block) + STALL_CHECK_S, check_stall)
+
+        fd = handoff.wake_fd()
+        loop.add_reader(fd, drain)
+        stall_timer = loop.call_later(STALL_CHECK_S, check_stall)
+        try:
+            drain()  # blocks put before the reader was registered
+            return await done
+        finally:
+            if stall_timer is not None:
+                stall_timer.cancel()
+            loop.remove_reader(fd)
+            handoff.close_wake_fd()
+
+    def _conclude(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter,
+                  stopped_by: StopReason) -> RecordSummary:  # fmt: skip
+        if stopped_by != "duration" and self._consume(pipeline.finish(), writer):
+            stopped_by = "duration"
+        path = writer.finish()
+        return self._summary(source, pipeline, writer, path, stopped_by)
 
     def _loop(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter) -> StopReason:
         while not self._stop_requested:

@@ -1,9 +1,11 @@
 """One visit: source -> DSP -> VAD -> archive and live stream concurrently; at the end, the upload is queued.
 
-The audio path (capture, DSP, gate, WAV archive) runs on its own thread in :class:`~agent.recorder.Recorder`
-and never waits on the network: each pipeline output is handed to :meth:`SpeechStream.feed`, which only appends
-to an inbox. When the visit stops (``stop()``, the source ends, or ``duration_s``), the stream is ended with a
-bounded wait for ``closed``, the WAV is finished and the visit is put on the on-disk upload queue.
+The audio path (capture, DSP, gate, WAV archive) runs in :class:`~agent.recorder.Recorder`, on its own thread
+for file and synth sources, on the event loop for the microphone (woken by the capture hand-off; see
+``Recorder.run_on_loop``), and never waits on the network: each pipeline output is handed to
+:meth:`SpeechStream.feed`, which only appends to an inbox. When the visit stops (``stop()``, the source ends,
+or ``duration_s``), the stream is ended with a bounded wait for ``closed``, the WAV is finished and the visit is
+put on the on-disk upload queue.
 
 A small journal file (``<wav stem>.visit.json`` beside the archive) names the appointment while a visit is
 recording, so a visit cut short by kill -9 or power loss is repaired and queued on the next start
@@ -27,6 +29,7 @@ import msgspec
 from agent import SAMPLE_RATE
 from agent.archive.repair import repair_partial
 from agent.archive.upload_queue import UploadItem, UploadQueue
+from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentFrame
@@ -106,6 +109,7 @@ class Visit:
         archive_dir = Path(settings.archive.directory)
         self.archive_path = archive_dir / archive_name(clock())
         self._journal_path = self.archive_path.with_name(self.archive_path.stem + JOURNAL_SUFFIX)
+        self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
                                   is_speech=is_speech, on_output=self._handle_output)  # fmt: skip
         self.stream: SpeechStream | None = None
@@ -153,7 +157,11 @@ class Visit:
     async def _record(self) -> RecordSummary:
         """Run the recorder on its own thread; on cancellation stop it and still finish the WAV first."""
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(None, self._recorder.run)
+        done: asyncio.Future[RecordSummary]
+        if self._loop_driven:  # the microphone: DSP and archive on the loop, one wake-up per block
+            done = asyncio.ensure_future(self._recorder.run_on_loop())
+        else:  # files and synth pace themselves with sleeps: their own thread
+            done = loop.run_in_executor(None, self._recorder.run)
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -164,7 +172,7 @@ class Visit:
             raise
 
     def _handle_output(self, out: PipelineOutput) -> None:
-        """On the audio thread: count, hand the gate events to the stream (never blocks)."""
+        """On the audio thread or the loop: count, hand the gate events to the stream (never blocks)."""
         self.frames_captured += len(out.frames)
         if out.frames:
             self.samples_captured = out.frames[-1].end

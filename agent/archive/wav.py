@@ -5,15 +5,18 @@ final name with ``os.replace`` (atomic: a reader sees either the ``.partial`` or
 
 Durability policy (what a crash can cost):
 
-* Every frame is handed to the kernel with ``os.write`` as soon as it arrives (one call per block of frames); there is no user-space buffer,
-  the page cache is the buffer. A ``kill -9`` of the agent therefore loses nothing it had passed to the writer.
+* Every frame is handed to the kernel with ``os.write`` as soon as it arrives (one call per block of frames);
+  there is no user-space buffer, the page cache is the buffer. A ``kill -9`` of the agent therefore loses nothing
+  it had passed to the writer.
 * The RIFF and data sizes in the header are rewritten (one ``pwrite`` of 44 bytes) every
   ``ArchiveSettings.header_interval_s`` of audio, so the ``.partial`` is itself a valid WAV of (nearly) the whole
   visit at any time; :mod:`agent.archive.repair` fixes the sizes from the file length after a crash anyway.
 * ``fdatasync`` runs every ``ArchiveSettings.fsync_interval_s`` of audio (right after a header rewrite when the
   intervals coincide), so a power loss costs at most about that much audio. The file and its folder entry are
   fsynced at creation, and the folder again after the final rename, so the name survives a power loss too.
-  The fsync runs on the calling (DSP) thread; the hand-off ring in front of the DSP absorbs its latency.
+  The fsync runs on the calling (DSP) thread, whose hand-off ring absorbs its latency; with ``background_sync``
+  (the writer driven by an event loop, which must not block) it runs on one worker thread instead, in order, and
+  a failure is handled like a failed write at the next write or at ``finish``.
 * Disk full (ENOSPC) or another write error: the writer truncates the file to the last whole sample that reached
   the disk, fixes the header, fsyncs and renames it to the final name ("sealed"), then raises
   :class:`~agent.errors.ArchiveError` naming the file and how much audio it holds. Nothing already written is lost
@@ -34,7 +37,9 @@ import fcntl
 import logging
 import os
 import struct
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import NoReturn
 
@@ -100,7 +105,7 @@ class WavArchiveWriter:
     the file under its final name so nothing recorded is lost.
     """
 
-    def __init__(self, final: Path, fd: int, settings: ArchiveSettings) -> None:
+    def __init__(self, final: Path, fd: int, settings: ArchiveSettings, *, background_sync: bool = False) -> None:
         self.final = final
         self.partial = partial_path(final)
         self._fd: int | None = fd
@@ -112,10 +117,13 @@ class WavArchiveWriter:
         self.header_rewrites = 0
         """How many times the header was rewritten while recording (for tests and metrics)."""
         self.fsyncs = 0
-        """How many data fsyncs ran while recording (for tests and metrics)."""
+        """How many data fsyncs ran (or were started, with ``background_sync``) while recording."""
+        self._sync_pool = ThreadPoolExecutor(1, "archive-fsync") if background_sync else None
+        self._syncs: deque[Future[None]] = deque()
 
     @classmethod
-    def create(cls, final: Path | str, settings: ArchiveSettings, *, overwrite: bool = False) -> WavArchiveWriter:
+    def create(cls, final: Path | str, settings: ArchiveSettings, *, overwrite: bool = False,
+               background_sync: bool = False) -> WavArchiveWriter:  # fmt: skip
         """Create ``<final>.partial`` with an empty WAV header, durable (file and folder entry fsynced).
 
         Raises ArchiveError if the folder is missing or not writable, if a ``.partial`` of the same name exists
@@ -145,7 +153,7 @@ class WavArchiveWriter:
             os.close(fd)
             _remove_quietly(partial)
             raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
-        return cls(final, fd, settings)
+        return cls(final, fd, settings, background_sync=background_sync)
 
     @property
     def position(self) -> int:
@@ -193,11 +201,13 @@ class WavArchiveWriter:
     def finish(self) -> Path:
         """Write the final header, fsync, rename to the final name atomically, fsync the folder. Returns it."""
         fd = self._require_open()
+        self._check_syncs(wait_all=True)
         try:
             os.pwrite(fd, wav_header(self._data_bytes), 0)
             os.fsync(fd)
         except OSError as exc:
             self._seal_after_error(exc)
+        self._stop_sync_pool()
         os.close(fd)
         self._fd = None
         self._rename_to_final()
@@ -219,6 +229,8 @@ class WavArchiveWriter:
 
     def _append(self, pcm: bytes) -> None:
         fd = self._require_open()
+        if self._syncs:
+            self._check_syncs(wait_all=False)
         view = memoryview(pcm)
         while view:
             try:
@@ -241,15 +253,35 @@ class WavArchiveWriter:
         self._next_header = (self._data_bytes // self._header_every + 1) * self._header_every
 
     def _sync(self, fd: int) -> None:
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            self._seal_after_error(exc)
+        if self._sync_pool is not None:
+            self._syncs.append(self._sync_pool.submit(os.fdatasync, fd))
+        else:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._seal_after_error(exc)
         self.fsyncs += 1
         self._next_sync = (self._data_bytes // self._sync_every + 1) * self._sync_every
 
+    def _check_syncs(self, *, wait_all: bool) -> None:
+        """Collect finished background fsyncs (all of them with ``wait_all``); a failed one seals the file."""
+        while self._syncs and (wait_all or self._syncs[0].done()):
+            try:
+                self._syncs.popleft().result()
+            except OSError as exc:
+                self._seal_after_error(exc)
+
+    def _stop_sync_pool(self) -> None:
+        """Wait for background fsyncs still running (the fd must outlive them) and end the worker thread."""
+        pending, self._syncs = list(self._syncs), deque()
+        wait(pending)
+        if self._sync_pool is not None:
+            self._sync_pool.shutdown(wait=True)
+            self._sync_pool = None
+
     def _seal_after_error(self, exc: OSError) -> NoReturn:
         """Keep what reached the disk as a valid WAV under the final name, then raise ArchiveError. Never returns."""
+        self._stop_sync_pool()
         fd = self._fd
         reason = describe_os_error(exc)
         self._fd = None

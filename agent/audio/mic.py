@@ -233,6 +233,12 @@ class MicSource:
                 raise DeviceError(f"{self.description} stopped delivering audio (device lost?)")
         return None
 
+    def check_alive(self) -> None:
+        """DeviceError if PortAudio reports the stream inactive (the loop-driven reader calls it after a stall)."""
+        stream = self._stream
+        if stream is not None and not stream.active and not self._stopped.is_set():
+            raise DeviceError(f"{self.description} stopped delivering audio (device lost?)")
+
     def stop(self) -> None:
         self._stopped.set()
         self.handoff.close()

@@ -113,6 +113,7 @@ class SpeechStream:
         self._inbox: deque[GateEvent | Frame | SourceGap] = deque()
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._wake = asyncio.Event()
         self._connection: Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -133,6 +134,9 @@ class SpeechStream:
         if self._wake_scheduled or self._loop is None:
             return
         self._wake_scheduled = True
+        if threading.get_ident() == self._loop_thread:  # fed on the loop itself: no self-pipe write and wake-up
+            self._loop.call_soon(self._drain)
+            return
         try:
             self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed: the stream is over, the archive keeps the audio
@@ -143,6 +147,7 @@ class SpeechStream:
     async def start(self) -> None:
         """Start the supervisor on the running loop (call once, from the loop)."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._supervisor = asyncio.create_task(self._supervise(), name="speech-stream")
         self._drain()
 

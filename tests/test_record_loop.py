@@ -1,0 +1,179 @@
+"""``Recorder.run_on_loop``: the event-loop-driven recording of a hand-off source (the microphone's path in a
+visit) gives the same archive, sample for sample, as the thread-driven ``Recorder.run`` on the same blocks; it stops,
+honours the duration limit, reports a stalled device and always leaves a finished WAV."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import agent.recorder
+from agent.audio.handoff import Handoff
+from agent.audio.pipeline import PipelineOutput
+from agent.audio.types import Block
+from agent.audio.wavfile import read_wav
+from agent.errors import DeviceError
+from agent.recorder import Recorder
+from agent.settings import AgentSettings
+from tests.plugins.archive import DIALOGUE, wav_pcm
+
+BLOCK_S = 0.1
+
+
+def dialogue_blocks(seconds: float) -> tuple[list[npt.NDArray[np.float32]], int]:
+    samples, rate = read_wav(str(DIALOGUE))
+    n = round(rate * BLOCK_S)
+    samples = samples[: round(rate * seconds)]
+    return [samples[i : i + n].copy() for i in range(0, len(samples), n)], rate
+
+
+class ListSource:
+    """The blocks one after the other through ``read`` (the thread-driven reference)."""
+
+    description = "list"
+    channels = 1
+
+    def __init__(self, blocks: list[npt.NDArray[np.float32]], rate: int) -> None:
+        self.sample_rate = rate
+        self._blocks = iter(blocks)
+        self._at = 0.0
+
+    def __enter__(self) -> ListSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self) -> Block | None:
+        samples = next(self._blocks, None)
+        if samples is None:
+            return None
+        self._at += BLOCK_S
+        return Block(samples=samples, capture_time=self._at, missed=0)
+
+    def stop(self) -> None:
+        pass
+
+
+class HandoffSource:
+    """Puts the blocks into a Handoff from its own thread (like PortAudio's callback); ``close_at_end`` closes it
+    after the last block (end of stream), otherwise it stays open (a live device) until stop()."""
+
+    description = "handoff"
+    channels = 1
+
+    def __init__(self, blocks: list[npt.NDArray[np.float32]], rate: int, *, close_at_end: bool = True) -> None:
+        self.sample_rate = rate
+        self.handoff = Handoff(rate * 600)
+        self._blocks = blocks
+        self._close_at_end = close_at_end
+        self.alive = True
+        self.checks = 0
+        self.producer = threading.Thread(target=self._produce)
+
+    def _produce(self) -> None:
+        for i, samples in enumerate(self._blocks):
+            self.handoff.put(samples, (i + 1) * BLOCK_S)
+        if self._close_at_end:
+            self.handoff.close()
+
+    def __enter__(self) -> HandoffSource:
+        self.producer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.producer.join()
+
+    def read(self) -> Block | None:
+        raise AssertionError("a hand-off source is driven by the loop, not read")
+
+    def check_alive(self) -> None:
+        self.checks += 1
+        if not self.alive:
+            raise DeviceError("handoff stopped delivering audio (device lost?)")
+
+    def stop(self) -> None:
+        self.handoff.close()
+
+
+def test_loop_driven_archive_equals_thread_driven(tmp_path: Path) -> None:
+    blocks, rate = dialogue_blocks(12.0)
+    settings = AgentSettings()
+    reference = Recorder(ListSource(blocks, rate), tmp_path / "thread.wav", settings).run()
+    outputs_on: set[int] = set()
+    segments: list[object] = []
+
+    def on_output(out: PipelineOutput) -> None:
+        outputs_on.add(threading.get_ident())
+
+    async def main() -> agent.recorder.RecordSummary:
+        recorder = Recorder(HandoffSource(blocks, rate), tmp_path / "loop.wav", settings, on_output=on_output,
+                            on_segment=segments.append)  # fmt: skip
+        return await recorder.run_on_loop()
+
+    summary = asyncio.run(main())
+    assert summary.stopped_by == "end"
+    assert wav_pcm(summary.path) == wav_pcm(reference.path)
+    assert summary.samples == reference.samples and summary.segments == reference.segments
+    assert tuple(segments) == reference.segments and len(segments) > 0
+    assert len(outputs_on) >= 1  # the loop thread, and the finishing worker thread for the tail
+    assert not (tmp_path / "loop.wav.partial").exists()
+
+
+def test_loop_driven_stop_and_duration(tmp_path: Path) -> None:
+    blocks, rate = dialogue_blocks(6.0)
+    settings = AgentSettings()
+
+    async def stopped() -> agent.recorder.RecordSummary:
+        source = HandoffSource(blocks, rate, close_at_end=False)
+        recorder = Recorder(source, tmp_path / "stopped.wav", settings)
+        task = asyncio.create_task(recorder.run_on_loop())
+        while recorder_position(tmp_path / "stopped.wav.partial") < 16000 * 5:
+            await asyncio.sleep(0.01)
+        recorder.stop()
+        return await task
+
+    summary = asyncio.run(stopped())
+    assert summary.stopped_by == "stop"
+    assert abs(summary.samples - 6 * 16000) <= 1  # every block put before stop() is archived, tail included
+
+    async def limited() -> agent.recorder.RecordSummary:
+        source = HandoffSource(blocks, rate, close_at_end=False)
+        return await Recorder(source, tmp_path / "limited.wav", settings, duration_s=2.5).run_on_loop()
+
+    summary = asyncio.run(limited())
+    assert summary.stopped_by == "duration" and summary.samples == 40000
+    assert len(wav_pcm(summary.path)) == 80000
+
+
+def recorder_position(partial: Path) -> int:
+    return max(0, partial.stat().st_size - 44) // 2 if partial.exists() else 0
+
+
+def test_loop_driven_stall_raises_device_error_and_keeps_the_wav(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(agent.recorder, "STALL_CHECK_S", 0.05)
+    blocks, rate = dialogue_blocks(1.0)
+    source = HandoffSource(blocks, rate, close_at_end=False)
+
+    async def main() -> None:
+        recorder = Recorder(source, tmp_path / "lost.wav", AgentSettings())
+        task = asyncio.create_task(recorder.run_on_loop())
+        while recorder_position(tmp_path / "lost.wav.partial") < 16000 * 0.8:
+            await asyncio.sleep(0.01)
+        while source.checks < 2:
+            await asyncio.sleep(0.01)
+        assert not task.done()  # a device that is alive is left alone
+        source.alive = False
+        await task
+
+    with pytest.raises(DeviceError, match="stopped delivering"):
+        asyncio.run(main())
+    assert (tmp_path / "lost.wav").exists() and not (tmp_path / "lost.wav.partial").exists()
+    assert len(wav_pcm(tmp_path / "lost.wav")) >= 2 * 16000 * 0.8
