@@ -48,8 +48,12 @@ class Gap:
 
 def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     """Float in [-1, 1] to s16 (scale 32768, round half to even, clip) — exact for audio that came from s16."""
-    scaled = np.rint(x.astype(np.float64) * 32768.0)
-    clipped: npt.NDArray[np.int16] = np.clip(scaled, -32768, 32767).astype("<i2")
+    # float32 is enough: scaling by a power of two is exact and rint of a float32 is exact (checked bit for bit
+    # against the float64 version); in place, it saves three temporaries per block.
+    scaled = np.multiply(x, np.float32(32768.0), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -32768, 32767, out=scaled)
+    clipped: npt.NDArray[np.int16] = scaled.astype("<i2")
     return clipped
 
 
@@ -59,6 +63,10 @@ def downmix(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return samples.astype(np.float32, copy=False)
     if samples.shape[1] == 1:
         return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+    if samples.shape[1] == 2 and samples.dtype == np.float32:
+        # (left + right) / 2 gives the same float32 values as mean() at ~1/20 of its cost per block
+        stereo: npt.NDArray[np.float32] = (samples[:, 0] + samples[:, 1]) * np.float32(0.5)
+        return stereo.astype(np.float32, copy=False)
     mono: npt.NDArray[np.float32] = samples.mean(axis=1, dtype=np.float32)
     return mono
 
