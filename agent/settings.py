@@ -24,8 +24,8 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Microphone callback block length in milliseconds (PortAudio ``blocksize``). Leaving it to PortAudio made
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
-    benchmarks' efficient profile: ~35-47 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~140 ms;
-    20 is the low-latency profile: ~140 CPU-s, p95 ~62 ms (``python -m benchmarks --only live``)."""
+    benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~175 ms;
+    20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``)."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
