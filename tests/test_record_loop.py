@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ class HandoffSource:
         self._close_at_end = close_at_end
         self.alive = True
         self.checks = 0
+        self.on_check: Callable[[], None] = lambda: None
         self.producer = threading.Thread(target=self._produce)
 
     def _produce(self) -> None:
@@ -95,6 +97,7 @@ class HandoffSource:
 
     def check_alive(self) -> None:
         self.checks += 1
+        self.on_check()
         if not self.alive:
             raise DeviceError("handoff stopped delivering audio (device lost?)")
 
@@ -132,10 +135,10 @@ def test_loop_driven_stop_and_duration(tmp_path: Path) -> None:
 
     async def stopped() -> agent.recorder.RecordSummary:
         source = HandoffSource(blocks, rate, close_at_end=False)
-        recorder = Recorder(source, tmp_path / "stopped.wav", settings)
+        archived = ArchivedAtLeast(16000 * 5)
+        recorder = Recorder(source, tmp_path / "stopped.wav", settings, on_output=archived.on_output)
         task = asyncio.create_task(recorder.run_on_loop())
-        while recorder_position(tmp_path / "stopped.wav.partial") < 16000 * 5:
-            await asyncio.sleep(0.01)
+        await archived.event.wait()
         recorder.stop()
         return await task
 
@@ -152,8 +155,17 @@ def test_loop_driven_stop_and_duration(tmp_path: Path) -> None:
     assert len(wav_pcm(summary.path)) == 80000
 
 
-def recorder_position(partial: Path) -> int:
-    return max(0, partial.stat().st_size - 44) // 2 if partial.exists() else 0
+class ArchivedAtLeast:
+    """An asyncio.Event set once the recorder's outputs reach ``samples`` (outputs come on the loop thread)."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.event = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def on_output(self, out: PipelineOutput) -> None:
+        if out.frames and out.frames[-1].end >= self.samples:
+            self.loop.call_soon_threadsafe(self.event.set)  # the tail comes from the finishing worker thread
 
 
 def test_loop_driven_stall_raises_device_error_and_keeps_the_wav(tmp_path: Path,
@@ -163,12 +175,13 @@ def test_loop_driven_stall_raises_device_error_and_keeps_the_wav(tmp_path: Path,
     source = HandoffSource(blocks, rate, close_at_end=False)
 
     async def main() -> None:
-        recorder = Recorder(source, tmp_path / "lost.wav", AgentSettings())
+        archived = ArchivedAtLeast(round(16000 * 0.8))
+        checked = asyncio.Event()
+        source.on_check = lambda: checked.set() if source.checks >= 2 else None
+        recorder = Recorder(source, tmp_path / "lost.wav", AgentSettings(), on_output=archived.on_output)
         task = asyncio.create_task(recorder.run_on_loop())
-        while recorder_position(tmp_path / "lost.wav.partial") < 16000 * 0.8:
-            await asyncio.sleep(0.01)
-        while source.checks < 2:
-            await asyncio.sleep(0.01)
+        await archived.event.wait()
+        await checked.wait()
         assert not task.done()  # a device that is alive is left alone
         source.alive = False
         await task
