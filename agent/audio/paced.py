@@ -8,6 +8,7 @@ started at the first ``read`` (using the injected clock and sleep, so tests run 
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ FAST_BLOCK_SECONDS = 1.0
 at ~700x (``python -m benchmarks --only throughput``)."""
 
 
-class PacedSource:
+class PacedSource(abc.ABC):
     """Subclasses set ``_rate``/``_channels`` and implement ``_produce(n)``; this class does the rest."""
 
     _rate: int
@@ -65,9 +66,9 @@ class PacedSource:
         """Source-rate sample frames delivered so far."""
         return self._position
 
+    @abc.abstractmethod
     def _produce(self, n: int) -> npt.NDArray[np.float32] | None:
         """Up to ``n`` next sample frames, shape (k, channels), k >= 1; None at the end."""
-        raise NotImplementedError
 
     def read(self) -> Block | None:
         if self._stopped.is_set():
