@@ -288,13 +288,9 @@ class Daemon:
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync unreachable: upload waits)"))
 
     def _on_visit_output(self, out: PipelineOutput) -> None:
-        """On the audio thread: announce device gaps on the stream (the DSP already archived them as silence)."""
-        if not out.gaps:
-            return
-        self._gap_samples += sum(g.end - g.start for g in out.gaps)
-        visit = self._visit
-        if visit is not None and visit.stream is not None:
-            visit.stream.feed(out.gaps)
+        """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""
+        if out.gaps:
+            self._gap_samples += sum(g.end - g.start for g in out.gaps)
 
     async def _run_visit(self, visit: Visit) -> VisitSummary | None:
         try:

@@ -177,8 +177,9 @@ class Visit:
         if out.frames:
             self.samples_captured = out.frames[-1].end
         self.gated_samples += sum(e.frame.samples for e in out.events if isinstance(e, SegmentFrame))
-        if self.stream is not None and out.events:
-            self.stream.feed(out.events)
+        if self.stream is not None and (out.events or out.gaps):
+            # Gaps are audio the source lost (overflow, device loss): archived as silence, announced on the stream.
+            self.stream.feed([*out.events, *out.gaps])
         if self._on_output is not None:
             self._on_output(out)
 

@@ -26,6 +26,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import FileSource
+from agent.audio.types import Block
 from agent.audio.vad import SegmentFrame
 from agent.audit import audit_stream
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
@@ -232,3 +233,40 @@ def test_403_mid_visit_stops_streaming_but_archive_and_upload_go_on(harness: Har
     assert all(archive[s * 2 : s * 2 + len(p)] == p for s, p in harness.gated)
     assert (blocked, after) == (ItemState.BLOCKED, ItemState.DONE)
     assert stored_recording(server, harness.appointment) == summary.record.path.read_bytes()
+
+
+class LossySource(FileSource):
+    """The dialogue, with the source reporting 0.5 s lost before one block (as a hand-off overflow or device
+    loss would): the timeline must keep that time as silence and the stream must announce it."""
+
+    LOST_AT_BLOCK, LOST_FRAMES = 40, 11025  # about 0.8 s in; 0.5 s at 22.05 kHz
+
+    def __init__(self, path: str, **kw: object) -> None:
+        super().__init__(path, **kw)  # type: ignore[arg-type]
+        self.blocks = 0
+
+    def read(self) -> Block | None:
+        block = super().read()
+        self.blocks += 1
+        if block is None or self.blocks != self.LOST_AT_BLOCK:
+            return block
+        return Block(block.samples, block.capture_time, missed=self.LOST_FRAMES)
+
+
+def test_source_loss_is_archived_as_silence_and_announced_as_gap(harness: Harness) -> None:
+    settings = harness.settings()
+
+    async def run() -> VisitSummary:
+        async with harness.client(settings) as client:
+            clock, sleep = sped_up_clock(20.0)
+            source = LossySource(str(DIALOGUE), pace="realtime", clock=clock, sleep=sleep)
+            visit = Visit(settings, appointment_id=harness.appointment, source=source,
+                          queue=UploadQueue(settings.upload), token=token_provider(client))  # fmt: skip
+            return await visit.run()
+
+    summary = asyncio.run(run())
+    [lost] = summary.record.gaps
+    assert lost.end - lost.start == 8000  # 0.5 s on the 16 kHz timeline
+    stored = harness.server.session_audio(summary.session_id)
+    assert [(g.start, g.end) for g in stored.gaps] == [(lost.start, lost.end)]
+    assert summary.stream is not None and summary.stream.gap_samples == 8000
