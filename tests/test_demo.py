@@ -37,7 +37,7 @@ def test_demo_in_real_time_shows_zero_lost_and_a_replayed_reconnect(tmp_path: Pa
     stored, gated = (int(n) for n in rows["server-stored vs gated samples"].split(" / "))
     assert stored == gated > 0
     assert int(rows["reconnects"]) >= 1  # the demo's cut happened and the stream came back
-    assert int(rows["messages resent after reconnects"]) >= 0
+    assert rows["messages resent after reconnects"].isdigit()  # the row is there; 0 is right: the cut lost nothing
     # The outage after the cut left audio waiting in the ring: it was replayed, paced, after the reconnect.
     assert int(rows["messages replayed after an outage"]) >= 1
     sent, acked = (int(n) for n in rows["messages sent / acknowledged"].split(" / "))

@@ -16,28 +16,21 @@ from agent.stream.basic import wav_bytes
 from agent.stream.client import SpeechStream, State
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer, ServerProcess
-from tests.plugins.stream import LoginTokens, Visit, expected_runs, fast_settings, gated_visit
+from tests.plugins.stream import (
+    LoginTokens,
+    cut_while_feeding,
+    expected_runs,
+    fast_settings,
+    feed_paced,
+    gated_visit,
+    wait_until,
+)
 
 
 def proxied(tcp_proxy: Callable[[str, int], TcpProxy], server: RunningServer) -> TcpProxy:
     target = urlsplit(server.speech_url)
     assert target.hostname is not None and target.port is not None
     return tcp_proxy(target.hostname, target.port)
-
-
-async def feed_paced(stream: SpeechStream, visit: Visit, speed: float, batch: int = 25) -> None:
-    """Feed from a thread, as the audio thread does, at ``speed`` x real time."""
-    for i in range(0, len(visit.events), batch):
-        stream.feed(visit.events[i : i + batch])
-        await asyncio.sleep(batch * 0.02 / speed)
-
-
-async def wait_until(predicate: Callable[[], bool], deadline_s: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not predicate():
-        assert loop.time() < end, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.slow
@@ -50,16 +43,12 @@ def test_resume_survives_many_random_cuts_exactly_once(
     cuts = 0
 
     async def run() -> SpeechStream:
-        nonlocal cuts
+        nonlocal cuts  # set from cut_while_feeding's count
         stream = SpeechStream(fast_settings(), speech_url=proxy.url(), appointment_id="a", session_id="chaos",
                               token=LoginTokens(medisync_server.login))  # fmt: skip
         await stream.start()
         feeder = asyncio.create_task(feed_paced(stream, visit, speed=20.0))
-        while not feeder.done() or cuts < 20:
-            await asyncio.sleep(rng.uniform(0.1, 0.6))
-            await asyncio.to_thread(proxy.reset if rng.random() < 0.5 else proxy.cut)
-            cuts += 1
-        await feeder
+        cuts = await cut_while_feeding(proxy, feeder, rng, min_cuts=20, pause_s=(0.1, 0.6))
         assert await stream.finish(final_sample=visit.end, wait_s=60)
         return stream
 
@@ -189,7 +178,7 @@ def test_basic_mode_through_cuts_loses_and_doubles_nothing(
     cuts = 0
 
     async def run() -> SpeechStream:
-        nonlocal cuts
+        nonlocal cuts  # set from cut_while_feeding's count
         stream = SpeechStream(
             fast_settings(),
             speech_url=proxy.url(),
@@ -199,11 +188,7 @@ def test_basic_mode_through_cuts_loses_and_doubles_nothing(
         )
         await stream.start()
         feeder = asyncio.create_task(feed_paced(stream, visit, speed=15.0))
-        while not feeder.done() or cuts < 10:
-            await asyncio.sleep(rng.uniform(0.1, 0.5))
-            await asyncio.to_thread(proxy.reset if rng.random() < 0.5 else proxy.cut)
-            cuts += 1
-        await feeder
+        cuts = await cut_while_feeding(proxy, feeder, rng, min_cuts=10, pause_s=(0.1, 0.5))
         assert await stream.finish(final_sample=visit.end, wait_s=60)
         return stream
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from agent.stream.client import SpeechStream
 from tests.plugins.server import RunningServer
-from tests.plugins.stream import LoginTokens, expected_runs, fast_settings, gated_visit
+from tests.plugins.stream import LoginTokens, expected_runs, fast_settings, gated_visit, wait_until
 
 DEADLINE_S = 30.0
-
-
-async def _wait_for(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def test_fresh_audio_is_not_paced(medisync_server: RunningServer) -> None:
@@ -29,7 +21,7 @@ def test_fresh_audio_is_not_paced(medisync_server: RunningServer) -> None:
                               token=LoginTokens(medisync_server.login), session_id="fresh")  # fmt: skip
         await stream.start()
         stream.feed(visit.events[:2])  # segment start + one frame: may count as waiting, within the burst
-        await _wait_for(lambda: stream.stats.acked_messages >= 1, "the first ack")
+        await wait_until(lambda: stream.stats.acked_messages >= 1, "the first ack")
         for i in range(2, len(visit.events), 50):
             stream.feed(visit.events[i : i + 50])
         return await stream.finish(final_sample=visit.end), stream

@@ -4,6 +4,9 @@ gated_visit(seconds, seed) -> Visit(events, frames)   gate events with speech bu
 LoginTokens(login)                                    async token provider; records calls (force flags)
 stored_matches(session_audio, frames)                 server-stored runs equal the fed frames exactly
 fast_settings(**overrides)                            StreamSettings with short timers for loopback tests
+await feed_paced(stream, visit, speed)                feed gate events in batches at speed x real time
+await wait_until(predicate, what)                     poll with a deadline (no fixed sleeps)
+await cut_while_feeding(proxy, feeder, rng, min_cuts, pause_s)   cut/reset at random moments while feeding
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +90,31 @@ def fast_settings(**overrides: object) -> StreamSettings:
     }  # fmt: skip
     values.update(overrides)
     return StreamSettings(**values)  # type: ignore[arg-type]
+
+
+async def feed_paced(stream: Any, visit: Visit, speed: float, batch: int = 25) -> None:
+    """Feed a visit's gate events in batches, as the audio thread does, at ``speed`` x real time."""
+    for i in range(0, len(visit.events), batch):
+        stream.feed(visit.events[i : i + batch])
+        await asyncio.sleep(batch * 0.02 / speed)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str = "the condition", deadline_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not predicate():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def cut_while_feeding(proxy: Any, feeder: asyncio.Task[None], rng: random.Random, *, min_cuts: int,
+                            pause_s: tuple[float, float]) -> int:  # fmt: skip
+    """Cut or reset (at random) every connection through ``proxy`` at random moments until the feeder is done and
+    at least ``min_cuts`` happened; returns the number of cuts."""
+    cuts = 0
+    while not feeder.done() or cuts < min_cuts:
+        await asyncio.sleep(rng.uniform(*pause_s))
+        await asyncio.to_thread(proxy.reset if rng.random() < 0.5 else proxy.cut)
+        cuts += 1
+    await feeder
+    return cuts
