@@ -141,8 +141,7 @@ class Visit:
         confirmed = False
         if self.stream is not None:
             confirmed = await self.stream.finish(final_sample=record.samples)
-        item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
-        self._journal_path.unlink(missing_ok=True)
+        item = await self._queue_upload(record)
         log.info("visit ended: %.1f s captured, upload queued", record.samples / SAMPLE_RATE)
         return VisitSummary(
             appointment_id=self.appointment_id,
@@ -167,9 +166,14 @@ class Visit:
         except asyncio.CancelledError:
             self._recorder.stop()
             record = await done
-            await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
-            self._journal_path.unlink(missing_ok=True)
+            await self._queue_upload(record)
             raise
+
+    async def _queue_upload(self, record: RecordSummary) -> UploadItem:
+        """Put the finished WAV on the upload queue; only then is the crash journal no longer needed."""
+        item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
+        self._journal_path.unlink(missing_ok=True)
+        return item
 
     def _handle_output(self, out: PipelineOutput) -> None:
         """On the audio thread or the loop: count, hand the gate events to the stream (never blocks)."""
