@@ -152,9 +152,9 @@ def copies_heard(utterance: str, hypothesis: str) -> int:
         if held <= need:
             i += 1
             continue
-        # slide the window onto the occurrence (its first word matched), then step past it
-        while i + 1 < len(heard) and _common_in_order(words, heard[i + 1:i + 1 + width]) >= held:
-            i += 1
+        # slide the window onto the occurrence while that holds more of it, then step past it
+        while i + 1 < len(heard) and (better := _common_in_order(words, heard[i + 1:i + 1 + width])) > held:
+            i, held = i + 1, better
         count += 1
         i += width
     return count

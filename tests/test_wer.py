@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.commands.demo_words import REPEATED_ROW, WER_ROW, check_transcript, script_utterances
+from agent.commands.demo_words import REPEATED_ROW, WER_ROW, check_transcript, script_utterances, words_of_line
 from agent.wer import (
     WordErrors,
     copies_heard,
@@ -73,6 +73,8 @@ def test_an_utterance_heard_twice_is_counted_once_per_utterance() -> None:
     replayed = " ".join(script[:5] + script[3:])  # an outage's replay transcribed again: utterances 4 and 5 doubled
     assert repeated_utterances(script, replayed) == 2
     assert copies_heard(script[3], replayed) == 2 and copies_heard(script[6], replayed) == 1
+    back_to_back = " ".join([*script[:5], script[4], *script[5:]])  # one span transcribed twice in a row
+    assert repeated_utterances(script, back_to_back) == 1 and copies_heard(script[4], back_to_back) == 2
 
 
 def test_recognition_errors_and_splits_are_not_counted_as_repeats() -> None:
@@ -94,11 +96,15 @@ def test_recognition_errors_and_splits_are_not_counted_as_repeats() -> None:
 
 def test_demo_rows_score_words_and_say_so_for_the_placeholder() -> None:
     script = ["Any fever or shortness of breath?", "A little fever last weekend."]
-    check = check_transcript("whisper", ["any femur or shortness of breath", "a little fever last weekend"], 1, script)
+    kept = ["any femur or shortness of breath", "a little fever last weekend"]
+    check = check_transcript("whisper", kept, kept[:1], script)
     assert check.rows[WER_ROW].startswith("9.1 % (1 errors in 11 words; within the 20 % target)")
     assert check.rows[REPEATED_ROW] == "0" and check.repeated == 0
     assert check.rows["transcript lines sent live / kept"] == "1 / 2"
-    doubled = check_transcript("whisper", ["any fever or shortness of breath"] * 2 + [script[1]], 3, script)
+    doubled = check_transcript("whisper", ["any fever or shortness of breath"] * 2 + [script[1]], [], script)
     assert doubled.repeated == 1 and "ABOVE" in doubled.rows[WER_ROW]
-    placeholder = check_transcript("placeholder", ["[speech 0.500-2.800 s]"], 1, script)
+    sent_twice = check_transcript("whisper", script, [script[0], script[0], script[1]], script)
+    assert sent_twice.repeated == 1 and "within" in sent_twice.rows[WER_ROW]
+    assert words_of_line("[SPEAKER_0 | 0.500 --> 2.800]: Good morning.") == "Good morning."
+    placeholder = check_transcript("placeholder", ["[speech 0.500-2.800 s]"], ["[speech 0.500-2.800 s]"], script)
     assert placeholder.rows[WER_ROW].startswith("n/a") and REPEATED_ROW not in placeholder.rows

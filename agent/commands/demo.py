@@ -22,7 +22,7 @@ from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.vad import SegmentFrame
 from agent.audit import StreamAudit, audit_stream
-from agent.commands.demo_words import TranscriptCheck, check_transcript, script_utterances
+from agent.commands.demo_words import TranscriptCheck, check_transcript, script_utterances, words_of_line
 from agent.commands.run import record_and_upload
 from agent.server import ServerSettings, ServerThread
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, UploadSettings
@@ -125,9 +125,9 @@ async def _transcript_check(server: ServerThread, session_id: str, appointment_i
         await asyncio.to_thread(server.call, server.server.speech.settled(session_id), SETTLE_TIMEOUT_S)
     except TimeoutError:
         print(f"transcription still running after {SETTLE_TIMEOUT_S:g} s: scoring what is done", file=sys.stderr)
-    live = [s.text for s in server.server.store.segments(appointment_id) if s.source == "live"]
-    sent = len(server.server.sent_transcriptions.get(session_id, []))
-    return check_transcript(server.server.transcription.name, live, sent, script_utterances())
+    kept = [s.text for s in server.server.store.segments(appointment_id) if s.source == "live"]
+    sent = [words_of_line(m["text"]) for m in server.server.sent_transcriptions.get(session_id, [])]
+    return check_transcript(server.server.transcription.name, kept, sent, script_utterances())
 
 
 def _collect_gated(out: PipelineOutput, gated: list[tuple[int, bytes]]) -> None:

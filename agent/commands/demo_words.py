@@ -2,7 +2,8 @@
 
 The script is the bundled ground truth (``agent/data/dialogue.json``). The transcript measured is the one the local
 server made from the live stream and keeps for the appointment (``GET transcriptions``, source ``live``), in
-timeline order: every span the stream delivered, including one transcribed after the stream closed. Word error
+timeline order: every span the stream delivered, including one transcribed after the stream closed. Repeats are
+also looked for in the lines the server sent on the stream (a line sent twice would show only there). Word error
 rate and repeated utterances are computed by :mod:`agent.wer` (normalisation described there).
 """
 
@@ -29,22 +30,29 @@ def script_utterances(path: Path = SCRIPT) -> list[str]:
 class TranscriptCheck:
     rows: dict[str, str]
     repeated: int
-    """Script utterances whose words the transcript holds more than once (0 when there are no words to check)."""
+    """Script utterances whose words the kept transcript, or the lines sent live, hold more than once (0 when
+    there are no words to check)."""
 
 
-def check_transcript(transcriber: str, texts: list[str], sent_live: int, script: list[str]) -> TranscriptCheck:
-    """Rows for the summary. ``texts``: the server's live transcript segments in timeline order; ``sent_live``:
-    how many of them reached the agent over the stream before it closed."""
+def words_of_line(line: str) -> str:
+    """The words of a ``[SPEAKER_0 | 0.500 --> 2.800]: words`` line."""
+    return line.split("]: ", 1)[1] if line.startswith("[") and "]: " in line else line
+
+
+def check_transcript(transcriber: str, kept: list[str], sent: list[str], script: list[str]) -> TranscriptCheck:
+    """Rows for the summary. ``kept``: the words of the server's live transcript segments in timeline order;
+    ``sent``: the words of the transcription lines the server sent on the stream (the last may come after the
+    stream closed, so it is kept but not sent)."""
     rows = {"server's transcriber": transcriber,
-            "transcript lines sent live / kept": f"{sent_live} / {len(texts)}"}  # fmt: skip
+            "transcript lines sent live / kept": f"{len(sent)} / {len(kept)}"}  # fmt: skip
     if transcriber == "placeholder":
         rows[WER_ROW] = "n/a (placeholder transcriber: time spans, no words; install the [server] extra)"
         return TranscriptCheck(rows, 0)
-    heard = " ".join(texts)
+    heard = " ".join(kept)
     errors = word_errors(" ".join(script), heard)
     verdict = "within" if errors.rate <= WER_TARGET else "ABOVE"
     rows[WER_ROW] = (f"{100 * errors.rate:.1f} % ({errors.errors} errors in {errors.reference_words} words; "
                      f"{verdict} the {100 * WER_TARGET:.0f} % target)")  # fmt: skip
-    repeated = repeated_utterances(script, heard)
+    repeated = max(repeated_utterances(script, heard), repeated_utterances(script, " ".join(sent)))
     rows[REPEATED_ROW] = str(repeated)
     return TranscriptCheck(rows, repeated)
