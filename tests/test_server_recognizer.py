@@ -31,6 +31,7 @@ from agent.server.recognizer import (
     select_transcriber,
     verify_model,
 )
+from agent.server.recognizer_eval import evaluate
 from agent.server.transcriber import PlaceholderTranscriber
 from agent.server.transcription import TranscriptionWorker
 from agent.wer import repeated_utterances, word_errors
@@ -173,3 +174,11 @@ def test_the_server_transcribes_the_dialogue_within_20_percent_wer_and_a_replay_
     assert "[speech" not in heard
     for message in live:  # what went out on the socket is what was kept, with timeline times
         assert any(message["text"].endswith(s.text) and message["start_time"] == round(s.start_s, 3) for s in kept)
+
+
+def test_the_recogniser_evaluation_scores_a_deaf_and_a_perfect_recogniser() -> None:
+    deaf = evaluate(lambda pcm: "")
+    assert [row.split()[0] for row in deaf] == ["per", "server", "whole"]
+    assert all("100.0 %" in row for row in deaf)
+    perfect = evaluate(lambda pcm: " ".join(SCRIPT) if len(pcm) > 40 * 32000 else "")
+    assert "  0.0 %" in perfect[2] and "100.0 %" in perfect[0]

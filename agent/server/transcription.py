@@ -129,8 +129,12 @@ class TranscriptPipe(Generic[C]):
         async with self._lock:  # one deliverer at a time keeps the order
             while self._waiting and self._waiting[0][0].done():
                 future, context = self._waiting.popleft()
-                if not future.cancelled():
+                if future.cancelled():
+                    continue
+                try:
                     await self._deliver(future.result(), context)
+                except Exception:  # one transcript lost, not the ones after it
+                    log.exception("a transcript could not be delivered")
 
     async def _run_pump(self) -> None:
         while self._waiting:
