@@ -111,6 +111,26 @@ def test_serve_refuses_whisper_without_the_recogniser_and_names_the_transcriber(
         "(bash tests/setup.sh does)"]
 
 
+def can_run_without_network() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
+
+
+@needs_recogniser
+@pytest.mark.skipif(not can_run_without_network(), reason="unshare -n (a network namespace) is not allowed here")
+def test_the_recogniser_needs_no_network(dialogue_pcm: bytes) -> None:
+    """No model is fetched at run time: in a network namespace without interfaces the first utterance is heard."""
+    first = "from agent.server.recognizer import select_transcriber; from agent.server.transcriber import Span; "
+    words = (first + "import sys; pcm = sys.stdin.buffer.read(); "
+             "print(' '.join(s.text for s in select_transcriber('whisper').transcribe(Span(8000, pcm))))")
+    cut = dialogue_pcm[2 * 8000:2 * 44800]  # 0.5 s .. 2.8 s: "Good morning. What brings you in today?"
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", words], input=cut, cwd=REPO, capture_output=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert word_errors(SCRIPT[0], done.stdout.decode()).rate <= 0.2, done.stdout
+
+
 @needs_recogniser
 def test_the_genuine_model_loads_and_every_file_is_pinned() -> None:
     directory = bundled_model_dir()
