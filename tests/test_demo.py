@@ -60,6 +60,8 @@ def test_demo_in_real_time_shows_zero_lost_and_a_replayed_reconnect(tmp_path: Pa
     assert rows[REPEATED_ROW] == "0"  # the outage's replay was not transcribed twice
     live, kept = (int(n) for n in rows["transcript lines sent live / kept"].split(" / "))
     assert kept >= 5 and len(transcript) <= live <= kept  # the last span may finish after the stream closed
+    late = [line for line in done.stdout.splitlines() if line.startswith("after the stream closed: [SPEAKER_0 |")]
+    assert len(transcript) + len(late) >= kept  # every kept line is on screen, live or after the stream closed
     [wav] = (tmp_path / "archive").glob("visit-*.wav")
     assert wav_samples(wav) == dialogue_pcm  # the kept archive is the whole dialogue through the pipeline
     assert soxi_samples(wav) == len(dialogue_pcm) // 2

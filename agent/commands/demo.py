@@ -22,7 +22,7 @@ from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.vad import SegmentFrame
 from agent.audit import StreamAudit, audit_stream
-from agent.commands.demo_words import TranscriptCheck, check_transcript, script_utterances, words_of_line
+from agent.commands.demo_words import transcript_check
 from agent.commands.run import record_and_upload
 from agent.server import ServerSettings, ServerThread
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, UploadSettings
@@ -36,8 +36,6 @@ CUT_AFTER_MESSAGES = {"realtime": 120, "fast": 15}
 OUTAGE_S = 4.0
 """After the cut the server refuses connections this long, as flaky Wi-Fi would: the audio captured meanwhile
 waits in the ring and is replayed (paced) when the agent gets back in."""
-SETTLE_TIMEOUT_S = 120.0
-"""Longest wait after the visit for the server's recogniser to finish the stream's last spans."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,7 +97,9 @@ async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
             held = await client.recording_digest(appointment_id)
         audit = audit_stream(gated, server.server.session_audio(summary.session_id).runs)
         identical = held.sha256 == summary.upload.sha256
-        words = await _transcript_check(server, summary.session_id, appointment_id)
+        words = await transcript_check(server, summary.session_id, appointment_id)
+        for line in words.late_lines:
+            print(line, flush=True)
         print("\nvisit summary", file=err)
         print(format_summary(summary, state, {**_audit_rows(audit, identical), **words.rows}), file=err)
         ok = audit.exact and state is ItemState.DONE and identical and words.repeated == 0
@@ -117,17 +117,6 @@ async def _demo_appointment(client: MediSyncClient) -> str:
     )
     access = await prepare_visit(client, appointment.id)
     return access.appointment_id
-
-
-async def _transcript_check(server: ServerThread, session_id: str, appointment_id: str) -> TranscriptCheck:
-    """Wait for the server to finish transcribing the stream, then score its live transcript against the script."""
-    try:
-        await asyncio.to_thread(server.call, server.server.speech.settled(session_id), SETTLE_TIMEOUT_S)
-    except TimeoutError:
-        print(f"transcription still running after {SETTLE_TIMEOUT_S:g} s: scoring what is done", file=sys.stderr)
-    kept = [s.text for s in server.server.store.segments(appointment_id) if s.source == "live"]
-    sent = [words_of_line(m["text"]) for m in server.server.sent_transcriptions.get(session_id, [])]
-    return check_transcript(server.server.transcription.name, kept, sent, script_utterances())
 
 
 def _collect_gated(out: PipelineOutput, gated: list[tuple[int, bytes]]) -> None:

@@ -9,10 +9,13 @@ rate and repeated utterances are computed by :mod:`agent.wer` (normalisation des
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.server import ServerThread
 from agent.wer import repeated_utterances, word_errors
 
 SCRIPT = Path(__file__).resolve().parent.parent / "data" / "dialogue.json"
@@ -20,6 +23,8 @@ WER_TARGET = 0.20
 """The demo's bar for the recogniser on the bundled dialogue (issue 13): at most 20 % word error rate."""
 WER_ROW = "word error rate vs script"
 REPEATED_ROW = "utterances heard twice"
+SETTLE_TIMEOUT_S = 120.0
+"""Longest wait after the visit for the server's recogniser to finish the stream's last spans."""
 
 
 def script_utterances(path: Path = SCRIPT) -> list[str]:
@@ -32,6 +37,8 @@ class TranscriptCheck:
     repeated: int
     """Script utterances whose words the kept transcript, or the lines sent live, hold more than once (0 when
     there are no words to check)."""
+    late_lines: tuple[str, ...] = ()
+    """Kept lines the stream did not carry (transcribed after it closed), to show after the live ones."""
 
 
 def words_of_line(line: str) -> str:
@@ -56,3 +63,22 @@ def check_transcript(transcriber: str, kept: list[str], sent: list[str], script:
     repeated = max(repeated_utterances(script, heard), repeated_utterances(script, " ".join(sent)))
     rows[REPEATED_ROW] = str(repeated)
     return TranscriptCheck(rows, repeated)
+
+
+async def transcript_check(server: ServerThread, session_id: str, appointment_id: str) -> TranscriptCheck:
+    """Wait for the in-process server to finish transcribing the stream, then score what it kept and sent."""
+    try:
+        await asyncio.to_thread(server.call, server.server.speech.settled(session_id), SETTLE_TIMEOUT_S)
+    except TimeoutError:
+        print(f"transcription still running after {SETTLE_TIMEOUT_S:g} s: scoring what is done", file=sys.stderr)
+    kept = [s for s in server.server.store.segments(appointment_id) if s.source == "live"]
+    sent = [words_of_line(m["text"]) for m in server.server.sent_transcriptions.get(session_id, [])]
+    check = check_transcript(server.server.transcription.name, [s.text for s in kept], sent, script_utterances())
+    unsent = list(sent)
+    late = []
+    for seg in kept:
+        if seg.text in unsent:
+            unsent.remove(seg.text)
+        else:
+            late.append(f"after the stream closed: [{seg.speaker} | {seg.start_s:.3f} --> {seg.end_s:.3f}]: {seg.text}")
+    return TranscriptCheck(check.rows, check.repeated, tuple(late))
