@@ -284,10 +284,17 @@ class ResumeConnection:
         self.pipe = self.hub.pipe(session_id, session.appointment_id)
         self.server.session_stats.setdefault(session_id, Counter())
         await self.ws.send_json({"type": "ready", "session_id": session_id, "next_seq": self.log.next_seq})
+        await self._send_held(session_id)
+
+    async def _send_held(self, session_id: str) -> None:
+        """Send the transcripts that were ready while no connection was there; keep what cannot go (oldest first)."""
         held = self.hub.undelivered.pop(session_id, deque())
-        while held:  # transcripts that were ready while no connection was there
-            if not await self.send_transcription(held.popleft()):
-                break
+        while held:
+            if not await self.send_transcription(held[0]):
+                held.extend(self.hub.undelivered.pop(session_id, ()))  # any held meanwhile come after
+                self.hub.undelivered[session_id] = held
+                return
+            held.popleft()
 
     async def _on_frame(self, data: bytes) -> bool:
         """Handle one audio frame; True when the connection was closed or dropped."""
