@@ -386,6 +386,8 @@ class Daemon:
         text = f"{s.state}; device {s.device_state}; uploads waiting {s.upload_queue}"
         if s.state != "idle":
             text += f"; stream {s.connection}"
+        if not s.archive_writable:
+            text += f"; archive stopped ({s.archive_problem})"
         if text != self._status_text:
             self._status_text = text
             self._notifier.status(text)

@@ -42,12 +42,16 @@ VISIT_S = 16.0
 MISSING_ROW = re.compile(r"^\s+MISSING from the recording\s+(\d+\.\d\d)-(\d+\.\d\d) s \(disk full\), (.*)$", re.M)
 
 
-def first_seconds_of_dialogue(path: Path, seconds: float) -> Path:
+def visit_source(path: Path, seconds: float) -> Path:
+    """The dialogue's first ``seconds`` with a faint noise floor (about -44 dBFS), so that no stretch of it is
+    digital silence: a sample out of place in the archive cannot pass for the silence of a missing stretch."""
     with wave.open(str(DIALOGUE), "rb") as src:
         params, frames = src.getparams(), src.readframes(round(seconds * src.getframerate()))
+    pcm = np.frombuffer(frames, dtype="<i2").astype(np.int32)
+    pcm += np.random.default_rng(9).integers(-200, 201, size=len(pcm))
     with wave.open(str(path), "wb") as out:
         out.setparams(params)
-        out.writeframes(frames)
+        out.writeframes(np.clip(pcm, -32768, 32767).astype("<i2").tobytes())
     return path
 
 
@@ -65,12 +69,13 @@ def pipeline_output(wav: Path) -> tuple[bytes, list[tuple[int, bytes]]]:
 
 class DiskFullRun:
     """``medisync-agent run`` in a private mount namespace whose archive folder sits on a small tmpfs; the tmpfs
-    may hold a filler file. :meth:`signal` removes the filler, or with ``crash`` kills ``run`` with SIGKILL (a
-    power cut, as far as this process is concerned) and runs ``uploads retry --now`` in the same namespace. The
-    tmpfs content is copied to ``kept`` at the end."""
+    may hold a filler file. :meth:`signal` does ``on_signal``: ``free`` removes the filler; ``retry`` runs
+    ``uploads retry --now`` beside the recording visit (in the namespace; :attr:`retry_rc`, :attr:`retry_out`);
+    ``crash`` kills ``run`` with SIGKILL (a power cut, as far as this process is concerned), then runs
+    ``uploads retry --now``. The tmpfs content is copied to ``kept`` at the end."""
 
     def __init__(self, tmp_path: Path, server: RunningServer, *, tmpfs_kib: int, filler_kib: int = 0,
-                 crash: bool = False) -> None:  # fmt: skip
+                 on_signal: str = "free") -> None:  # fmt: skip
         self.disk, self.kept, self.fifo = tmp_path / "disk", tmp_path / "kept", tmp_path / "free-space"
         for folder in (self.disk, self.kept):
             folder.mkdir()
@@ -79,15 +84,18 @@ class DiskFullRun:
                               email=server.email, password=server.password,
                               settings={"archive": {"directory": str(self.disk / "archive")}})  # fmt: skip
         self.appointment = server.create_appointment()
-        self.source = first_seconds_of_dialogue(tmp_path / "visit.wav", VISIT_S)
+        self.source = visit_source(tmp_path / "visit.wav", VISIT_S)
         run = shlex.join(self.home.argv("run", "--appointment", self.appointment, "--source", f"file:{self.source}",
                                         "--pace", "realtime"))  # fmt: skip
         filler = f"head -c {filler_kib * 1024} /dev/zero > {self.disk}/filler && " if filler_kib else ""
-        if crash:
-            retry = shlex.join(self.home.argv("uploads", "retry", "--now"))
-            body = f"{run} & pid=$!; cat {self.fifo} > /dev/null; kill -9 $pid; wait $pid; {retry}"
-        else:
-            body = f"( cat {self.fifo} > /dev/null; rm -f {self.disk}/filler ) & {run}"
+        retry = shlex.join(self.home.argv("uploads", "retry", "--now"))
+        self.retry_rc, self.retry_out = tmp_path / "retry.rc", tmp_path / "retry.out"
+        body = {
+            "free": f"( cat {self.fifo} > /dev/null; rm -f {self.disk}/filler ) & {run}",
+            "retry": f"( cat {self.fifo} > /dev/null; {retry} > {self.retry_out} 2>&1; echo $? > {self.retry_rc} ) & "
+                     f"{run}",
+            "crash": f"{run} & pid=$!; cat {self.fifo} > /dev/null; kill -9 $pid; wait $pid; {retry}",
+        }[on_signal]  # fmt: skip
         script = (
             f"mount -t tmpfs -o size={tmpfs_kib}k tmpfs {self.disk} && mkdir {self.disk}/archive && {filler}"
             f"{{ {body}; rc=$?; cp -a {self.disk}/archive/. {self.kept}/; exit $rc; }}"
@@ -158,11 +166,20 @@ def assert_stream_held_everything(server: RunningServer, gated: list[tuple[int, 
 def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_and_exits_73(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=64)  # the journal's page, then about 1.9 s of audio
+    run = disk_full_run(tmpfs_kib=64, on_signal="retry")  # the journal's page, then about 1.9 s of audio
     timeline, gated = pipeline_output(run.source)
 
     held = run.held_item_while_recording()
     assert (held["held"], held["state"], held["appointment_id"]) == (True, "pending", run.appointment)
+    # An upload pass while the visit records (as the daemon's runner or an operator might start one) leaves the
+    # held item alone: nothing is uploaded from a file that is still being written.
+    run.signal()
+    poll(lambda: run.retry_rc.exists() and run.retry_rc.read_text().strip() != "", "uploads retry to finish")
+    assert run.proc.poll() is None, "the visit ended before the upload pass was tried"
+    assert run.retry_rc.read_text().strip() == "75", run.retry_out.read_text()
+    assert "0 uploaded" in run.retry_out.read_text() and "1 still waiting" in run.retry_out.read_text()
+    assert [i["held"] for i in run.home.items()] == [True]
+    assert medisync_server.server.store.recording(run.appointment) is None
 
     assert run.wait() == 73, run.stderr()
     err = run.stderr()
@@ -204,8 +221,7 @@ def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
     [(shown_start, shown_end, where)] = MISSING_ROW.findall(err)
     assert where == "silence in the recording"
     # Every sample is the pipeline's at its timeline index, or silence; outside the stretch shown to the person
-    # (to the 10 ms it prints) all of them are the pipeline's, inside it all are silence. (Comparing content alone
-    # cannot place the edges: the dialogue has digital silence of its own.)
+    # (to the 10 ms it prints) all of them are the pipeline's, inside it all are silence.
     start, end, tol = round(float(shown_start) * 16000), round(float(shown_end) * 16000), 160
     assert 1.5 * 16000 < start < end < len(archive) - 8 * 16000  # resumed about a second after space returned
     assert np.all((archive == expected) | (archive == 0))
@@ -223,7 +239,7 @@ def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
 def test_saved_part_queued_mid_visit_is_uploaded_after_a_crash(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=64, crash=True)
+    run = disk_full_run(tmpfs_kib=64, on_signal="crash")
     timeline, _ = pipeline_output(run.source)
     run.held_item_while_recording()
     run.signal()  # kill -9 while recording, the item still held; then `uploads retry --now`

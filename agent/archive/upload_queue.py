@@ -233,14 +233,15 @@ class UploadQueue:
                 return current if current is not None else item
             final = Path(current.audio_path)
             partial = partial_path(final)
-            if partial.exists():
+            if partial.exists() and not final.exists():
                 if is_being_recorded(partial):
                     return current
                 try:
                     repair_partial(partial)
                 except ArchiveError as exc:
-                    log.error("upload item %s: its recording cannot be repaired yet: %s", current.item_id, exc)
-                    return current
+                    if partial.exists():  # else its writer renamed it just now: the final file is there
+                        log.error("upload item %s: its recording cannot be repaired yet: %s", current.item_id, exc)
+                        return current
             try:
                 current.size, current.sha256 = final.stat().st_size, sha256_of(final)
             except FileNotFoundError:
@@ -250,7 +251,7 @@ class UploadQueue:
             current.held = False
             self.save(current)
             log.info("upload item %s released (%d bytes): its visit stopped recording", current.item_id, current.size)
-        self.make_uploadable(current)
+            self.make_uploadable(current)  # by the one caller that released it (encoding twice would collide)
         return current
 
     def make_uploadable(self, item: UploadItem) -> Failure | None:
