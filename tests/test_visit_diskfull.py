@@ -38,7 +38,7 @@ from tests.plugins.visit import AgentHome, poll, stored_recording, wav_samples
 
 pytestmark = pytest.mark.slow
 
-VISIT_S = 16.0
+VISIT_S = 20.0
 MISSING_ROW = re.compile(r"^\s+MISSING from the recording\s+(\d+\.\d\d)-(\d+\.\d\d) s \(disk full\), (.*)$", re.M)
 
 
@@ -151,6 +151,11 @@ def disk_full_run(tmp_path: Path, medisync_server: RunningServer) -> Iterator[Ca
             run.proc.wait(30)
 
 
+def archive_warnings(stderr: str) -> list[str]:
+    """The archive's WARNING lines: one when writing stops, one when it resumes."""
+    return [line for line in stderr.splitlines() if " WARNING agent.archive.resilient: " in line]
+
+
 def only_session(server: RunningServer) -> str:
     [session_id] = list(server.server.session_stats)
     return session_id
@@ -189,7 +194,7 @@ def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_an
     assert 1.5 * 32000 < len(saved) < 2.1 * 32000 and saved == timeline[: len(saved)]  # the part that fit
     assert soxi_samples(wav) == len(saved) // 2  # header fixed up: sox agrees
     stop_s = len(saved) / 32000
-    [warning] = [line for line in err.splitlines() if " WARNING " in line]
+    [warning] = archive_warnings(err)
     assert warning.endswith(
         f"WARNING agent.archive.resilient: archive {wav.name} stopped at {stop_s:.2f} s of the visit (disk full): "
         f"the {stop_s:.2f} s written are kept; capture and the live stream go on, writing is tried again every 1 s"
@@ -223,13 +228,13 @@ def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
     # Every sample is the pipeline's at its timeline index, or silence; outside the stretch shown to the person
     # (to the 10 ms it prints) all of them are the pipeline's, inside it all are silence.
     start, end, tol = round(float(shown_start) * 16000), round(float(shown_end) * 16000), 160
-    assert 1.5 * 16000 < start < end < len(archive) - 8 * 16000  # resumed about a second after space returned
+    assert 1.5 * 16000 < start < end < len(archive) - 4 * 16000  # resumed about a second after space returned
     assert np.all((archive == expected) | (archive == 0))
     assert np.array_equal(archive[: start - tol], expected[: start - tol])
     assert np.array_equal(archive[end + tol :], expected[end + tol :])
     assert not archive[start + tol : end - tol].any() and expected[start + tol : end - tol].any()
-    warnings = [line.split(" WARNING ", 1)[1] for line in err.splitlines() if " WARNING " in line]
-    assert [w.split(":")[0] for w in warnings] == ["agent.archive.resilient"] * 2
+    warnings = archive_warnings(err)
+    assert len(warnings) == 2
     assert f"stopped at {shown_start} s of the visit (disk full)" in warnings[0]
     assert f"resumed at {shown_end} s of the visit" in warnings[1]
     assert_stream_held_everything(medisync_server, gated)
