@@ -67,6 +67,12 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds of audio captured in this visit."""
     gap_seconds: float = 0.0
     """Seconds of this visit the source lost (device loss), archived as silence."""
+    archive_writable: bool = True
+    """False while this visit's archive cannot be written (disk full, I/O error); capture and stream go on."""
+    archive_missing_s: float = 0.0
+    """Seconds of this visit missing from its archive so far (silence there once writing resumed)."""
+    archive_problem: str = ""
+    """Why this visit's archive stopped (the current or last stop), e.g. ``disk full``; empty if it never did."""
     blocks_captured: int = 0
     """Audio blocks captured since the daemon started (between visits too); stops growing when capture stalls."""
     appointment_id: str = ""
@@ -153,6 +159,16 @@ def _db(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} dBFS"
 
 
+def _archive_row(status: DaemonStatus) -> str:
+    if not status.archive_writable:
+        return (f"NOT WRITING ({status.archive_problem}): {status.archive_missing_s:.1f} s of the visit missing so "
+                "far; capture and stream go on, the saved part is queued")
+    if status.archive_missing_s:
+        return (f"writing; {status.archive_missing_s:.1f} s missing earlier ({status.archive_problem}), silence in "
+                "the recording")
+    return "writing"
+
+
 def format_status(status: DaemonStatus) -> str:
     """Clear text for ``medisync-agent status``: one ``name: value`` per line."""
     rows = [
@@ -169,5 +185,6 @@ def format_status(status: DaemonStatus) -> str:
     if status.state != "idle":
         rows.insert(1, ("visit", f"appointment {status.appointment_id}, {status.visit_seconds:.1f} s recorded"
                                  + (f", {status.gap_seconds:.1f} s lost to device gaps" if status.gap_seconds else "")))
+        rows.insert(2, ("archive", _archive_row(status)))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows)

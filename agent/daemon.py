@@ -33,6 +33,7 @@ from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
 from agent.archive import upload_runner
+from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.mic import MicSource, parse_mic_spec
@@ -140,6 +141,7 @@ class Daemon:
         self._upload_failures = 0
         self._ended_visits_reconnects = 0
         self._ended_visits_bytes_sent = 0
+        self._ended_visits_archive_lost = 0
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -302,6 +304,7 @@ class Daemon:
             if visit.stream is not None:  # metrics counters run across visits
                 self._ended_visits_reconnects += visit.stream.stats.reconnects
                 self._ended_visits_bytes_sent += visit.stream.stats.bytes_sent
+            self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
             self._upload_wake.set()
         if self._gap_samples:
@@ -320,7 +323,8 @@ class Daemon:
         summary = await asyncio.shield(task)
         if summary is None:
             return failure("the visit ended with an error; see the daemon's log")
-        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued")
+        missing = "".join(f"; missing from the recording: {m.describe()}" for m in summary.archive_missing)
+        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued{missing}")
 
     # --- status, watchdog, metrics ----------------------------------------------------------------------------
 
@@ -329,6 +333,7 @@ class Daemon:
         active = visit is not None and self._state != "idle"
         stream = visit.stream.stats if active and visit is not None and visit.stream is not None else None
         captured = visit.samples_captured if active and visit is not None else 0
+        archive = visit.archive_health if active and visit is not None else ArchiveHealth()
         return DaemonStatus(
             state=self._state,
             device=capture.description if capture else "",
@@ -342,6 +347,9 @@ class Daemon:
             upload_queue=self._queue_length,
             visit_seconds=captured / SAMPLE_RATE,
             gap_seconds=self._gap_samples / SAMPLE_RATE if active else 0.0,
+            archive_writable=archive.writable,
+            archive_missing_s=archive.missing_samples / SAMPLE_RATE,
+            archive_problem=archive.reason,
             blocks_captured=capture.blocks if capture else 0,
             appointment_id=visit.appointment_id if active and visit is not None else "",
             session_id=visit.session_id if active and visit is not None else "",
@@ -378,6 +386,8 @@ class Daemon:
         text = f"{s.state}; device {s.device_state}; uploads waiting {s.upload_queue}"
         if s.state != "idle":
             text += f"; stream {s.connection}"
+        if not s.archive_writable:
+            text += f"; archive stopped ({s.archive_problem})"
         if text != self._status_text:
             self._status_text = text
             self._notifier.status(text)
@@ -402,6 +412,9 @@ class Daemon:
             upload_queue_length=s.upload_queue,
             uploads_completed=self._uploads_done,
             upload_failures=self._upload_failures,
+            archive_writable=s.archive_writable,
+            archive_samples_lost=self._ended_visits_archive_lost
+            + (round(s.archive_missing_s * SAMPLE_RATE) if s.state != "idle" else 0),
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
     """Visits whose upload was confirmed since start (counter)."""
     upload_failures: int = 0
     """Failed upload attempts since start (counter)."""
+    archive_writable: bool = True
+    """False while the current visit's archive cannot be written (disk full, I/O error)."""
+    archive_samples_lost: int = 0
+    """Visit samples (16 kHz) missing from the archives since start, e.g. while the disk was full (counter)."""
 
 
 _COUNTERS = {
@@ -61,6 +65,7 @@ _COUNTERS = {
     "bytes_sent": "Audio bytes sent on the speech socket.",
     "uploads_completed": "Visit uploads confirmed by the server.",
     "upload_failures": "Failed visit upload attempts.",
+    "archive_samples_lost": "Visit samples (16 kHz) missing from the archive (disk full, I/O error).",
 }
 _GAUGES = {
     "vad_speech_ratio": "Share of the visit's frames passed by the voice activity detector (0 to 1).",
@@ -69,6 +74,7 @@ _GAUGES = {
     "stream_connected": "1 while the speech socket is connected.",
     "visit_active": "1 while a visit is being recorded.",
     "upload_queue_length": "Visits waiting to be uploaded.",
+    "archive_writable": "0 while the visit's archive cannot be written (disk full, I/O error); 1 otherwise.",
 }
 
 

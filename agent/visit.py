@@ -7,6 +7,12 @@ for file and synth sources, on the event loop for the microphone (woken by the c
 or ``duration_s``), the stream is ended with a bounded wait for ``closed``, the WAV is finished and the visit is
 put on the on-disk upload queue.
 
+A full disk (or a failing card) does not end the visit: the archive stops (see :mod:`agent.archive.resilient`),
+capture and the live stream go on, and the part already on disk is queued at once as an item *held* until the
+recording ends (:meth:`~agent.archive.upload_queue.UploadQueue.enqueue_held`), so even a power cut after that
+cannot leave it unqueued. The visit's end releases the item with the final file; the upload runner releases it
+itself if the recording process died (no lock on the file any more).
+
 A small journal file (``<wav stem>.visit.json`` beside the archive) names the appointment while a visit is
 recording, so a visit cut short by kill -9 or power loss is repaired and queued on the next start
 (:func:`recover_visits`): the recording is the complete record of a visit and must not be lost.
@@ -15,6 +21,7 @@ recording, so a visit cut short by kill -9 or power loss is repaired and queued 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +35,7 @@ import msgspec
 
 from agent import SAMPLE_RATE
 from agent.archive.repair import repair_partial
+from agent.archive.resilient import ArchiveHealth, MissingStretch
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import PipelineOutput
@@ -76,6 +84,11 @@ class VisitSummary:
     def seconds_gated(self) -> float:
         return self.gated_samples / SAMPLE_RATE
 
+    @property
+    def archive_missing(self) -> tuple[MissingStretch, ...]:
+        """Stretches of the visit the recording lacks (disk full, I/O error); empty when it is complete."""
+        return self.record.archive_missing
+
 
 def archive_name(now: float) -> str:
     """``visit-20261121T193000Z-1a2b3c4d.wav``: sortable, unique, and free of patient data."""
@@ -111,7 +124,8 @@ class Visit:
         self._journal_path = self.archive_path.with_name(self.archive_path.stem + JOURNAL_SUFFIX)
         self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
-                                  is_speech=is_speech, on_output=self._handle_output)  # fmt: skip
+                                  is_speech=is_speech, on_output=self._handle_output, resilient_archive=True,
+                                  on_archive=self._on_archive)  # fmt: skip
         self.stream: SpeechStream | None = None
         if token is not None and settings.stream.enabled:
             self.stream = SpeechStream(settings.stream, speech_url=settings.api.speech_url,
@@ -122,6 +136,14 @@ class Visit:
         self.samples_captured = 0
         self.gated_samples = 0
         self._stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hold: asyncio.Task[None] | None = None
+        self._recording_over = asyncio.Event()
+
+    @property
+    def archive_health(self) -> ArchiveHealth:
+        """Whether the archive is being written now and how much of the visit it lacks (any thread)."""
+        return self._recorder.archive_health
 
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
@@ -129,12 +151,14 @@ class Visit:
         self._recorder.stop()
 
     async def run(self) -> VisitSummary:
+        self._loop = asyncio.get_running_loop()
         self._write_journal()
         if self.stream is not None:
             await self.stream.start()
         try:
             record = await self._record()
         except BaseException:
+            await self._end_hold()
             if self.stream is not None:
                 await self.stream.close()
             raise
@@ -142,7 +166,8 @@ class Visit:
         if self.stream is not None:
             confirmed = await self.stream.finish(final_sample=record.samples)
         item = await self._queue_upload(record)
-        log.info("visit ended: %.1f s captured, upload queued", record.samples / SAMPLE_RATE)
+        missing = "".join(f"; missing from the recording: {m.describe()}" for m in record.archive_missing)
+        log.info("visit ended: %.1f s captured, upload queued%s", record.samples / SAMPLE_RATE, missing)
         return VisitSummary(
             appointment_id=self.appointment_id,
             record=record,
@@ -169,8 +194,44 @@ class Visit:
             await self._queue_upload(record)
             raise
 
+    def _on_archive(self, health: ArchiveHealth) -> None:
+        """On the audio thread or the loop: the archive stopped (or resumed). Queue what is on disk now."""
+        loop = self._loop
+        if not health.writable and loop is not None:
+            loop.call_soon_threadsafe(self._start_hold)
+
+    def _start_hold(self) -> None:
+        if self._hold is None and not self._recording_over.is_set():
+            self._hold = asyncio.create_task(self._queue_saved_part(), name="queue-saved-part")
+
+    async def _queue_saved_part(self) -> None:
+        """Put the visit on the upload queue now, held until the recording ends; retried each second while the
+        queue cannot be written (its folder may be on the full disk: the journal covers a power cut meanwhile)."""
+        warned = False
+        while not self._recording_over.is_set():
+            try:
+                item = await asyncio.to_thread(self._queue.enqueue_held, self.appointment_id, self.archive_path)
+            except ArchiveError as exc:
+                if not warned:
+                    log.warning("cannot queue the saved part of the visit yet (%s); trying again every second", exc)
+                    warned = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recording_over.wait(), 1.0)
+                continue
+            log.info("saved part of the visit queued as upload item %s, held until the recording ends",
+                     item.item_id[:8])  # fmt: skip
+            return
+
+    async def _end_hold(self) -> None:
+        """The recording is over: let a running attempt to queue the saved part finish (the end queues it too)."""
+        self._recording_over.set()
+        if self._hold is not None:
+            await self._hold
+
     async def _queue_upload(self, record: RecordSummary) -> UploadItem:
-        """Put the finished WAV on the upload queue; only then is the crash journal no longer needed."""
+        """Put the finished WAV on the upload queue (releasing a held item); only then is the crash journal no
+        longer needed."""
+        await self._end_hold()
         item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
         self._journal_path.unlink(missing_ok=True)
         return item

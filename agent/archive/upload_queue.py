@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from agent.archive import encode
+from agent.archive.repair import is_being_recorded, repair_partial
 from agent.archive.upload_policy import (
     ErrorKind,
     Failure,
@@ -39,10 +40,14 @@ from agent.archive.upload_policy import (
     is_due,
     retention_expired,
 )
+from agent.archive.wav import partial_path
 from agent.errors import ArchiveError, InputError, UploadTooLargeError
 from agent.settings import UploadSettings
 
 log = logging.getLogger(__name__)
+
+HELD_RECHECK_S = 10.0
+"""Seconds between looks at a held item (is its recorder gone?) while nothing else is due."""
 
 
 class UploadItem(msgspec.Struct, kw_only=True):
@@ -71,6 +76,10 @@ class UploadItem(msgspec.Struct, kw_only=True):
     recording_id: str = ""
     """MediSync's ``_id`` of the stored recording."""
     dead_reason: str = ""
+    held: bool = False
+    """Queued while its visit is still recording (the archive stopped on a full disk and the part already on disk
+    was queued at once): ``size`` and ``sha256`` are not known yet and nothing is uploaded. :meth:`UploadQueue.release`
+    clears it once no recorder holds the file (at the visit's end, or after a crash)."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -168,6 +177,8 @@ class UploadQueue:
         Blocking: hashes the file and, when it is over ``max_bytes``, encodes it to MP3 (minutes for a long visit).
         """
         existing = self.find(appointment_id)
+        if existing is not None and existing.held and Path(existing.audio_path) == wav_path:
+            return self.release(existing)
         if existing is not None:
             if Path(existing.audio_path) != wav_path and Path(existing.source_path) != wav_path:
                 log.warning(
@@ -195,6 +206,53 @@ class UploadQueue:
         log.info("queued item %s (%d bytes) for upload", item.item_id, size)
         self.make_uploadable(item)
         return item
+
+    def enqueue_held(self, appointment_id: str, wav_path: Path) -> UploadItem:
+        """Queue a visit that is still recording (its WAV is ``wav_path`` once finished), held until
+        :meth:`release`; idempotent per appointment. Cheap: no hashing (the file is still growing)."""
+        existing = self.find(appointment_id)
+        if existing is not None:
+            return existing
+        now = self.clock()
+        item = UploadItem(item_id=uuid.uuid4().hex, appointment_id=appointment_id, audio_path=str(wav_path),
+                          sha256="", size=0, created_at=now, next_attempt_at=now, held=True)  # fmt: skip
+        self.save(item)
+        log.info("queued item %s, held until its visit stops recording", item.item_id)
+        return item
+
+    def release(self, item: UploadItem) -> UploadItem:
+        """Make a held item uploadable once no recorder holds its file; returns the item as it is now on disk.
+
+        Still held when the visit is recording (its ``.partial`` is locked). A ``.partial`` left by a recorder
+        that died is repaired first. Serialised across processes (the visit's end and an upload runner may both
+        try): the item is read again under the lock, and one already released is returned as it is.
+        """
+        with self._locked(".release.lock"):
+            current = self._load(self.directory / f"{item.item_id}.json")
+            if current is None or not current.held:
+                return current if current is not None else item
+            final = Path(current.audio_path)
+            partial = partial_path(final)
+            if partial.exists() and not final.exists():
+                if is_being_recorded(partial):
+                    return current
+                try:
+                    repair_partial(partial)
+                except ArchiveError as exc:
+                    if partial.exists():  # else its writer renamed it just now: the final file is there
+                        log.error("upload item %s: its recording cannot be repaired yet: %s", current.item_id, exc)
+                        return current
+            try:
+                current.size, current.sha256 = final.stat().st_size, sha256_of(final)
+            except FileNotFoundError:
+                pass  # make_uploadable dead-letters it with the reason "missing"
+            except OSError as exc:
+                raise ArchiveError(f"cannot read visit recording {final.name}: {exc.strerror}") from exc
+            current.held = False
+            self.save(current)
+            log.info("upload item %s released (%d bytes): its visit stopped recording", current.item_id, current.size)
+            self.make_uploadable(current)  # by the one caller that released it (encoding twice would collide)
+        return current
 
     def make_uploadable(self, item: UploadItem) -> Failure | None:
         """Encode the item's WAV to MP3 if it is over the upload limit and not encoded yet; check the file.
@@ -278,6 +336,17 @@ class UploadQueue:
         return purged
 
     @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold the flock of ``name`` in the queue folder (waits for it)."""
+        try:
+            f = open(self.directory / name, "a+b")  # noqa: SIM115 - closed below, after the caller's block
+        except OSError as exc:
+            raise ArchiveError(f"cannot lock the upload queue: {exc.strerror}") from exc
+        with f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
     def uploading(self) -> Iterator[bool]:
         """Hold the queue's upload lock if free (yields True), else yield False at once."""
         with open(self.directory / ".lock", "a+b") as f:
@@ -297,6 +366,8 @@ class UploadQueue:
         for item in self.items():
             if item.state is ItemState.DONE and item.uploaded_at is not None:
                 wake = min(wake, item.uploaded_at + self.settings.retention_hours * 3600.0)
+            elif item.held:
+                wake = min(wake, now + HELD_RECHECK_S)  # its visit's end wakes the runner; a crash is found here
             elif is_due(item.state, item.next_attempt_at, now, self.settings):
                 return 0.0
             else:

@@ -2,7 +2,9 @@
 
 Until Ctrl-C / SIGTERM or ``--duration``: capture, archive and stream; then end the stream, finish the WAV,
 queue it and upload it at once with a progress bar. If the upload cannot finish now it stays queued (exit 75)
-and the daemon or ``medisync-agent uploads retry`` delivers it later.
+and the daemon or ``medisync-agent uploads retry`` delivers it later. If part of the visit could not be archived
+(disk full, I/O error: capture and the live stream went on, the part on disk was queued at once) the summary names
+the missing stretch and the exit code is 73, even though the visit otherwise completed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
 from agent.commands.uploads import EX_TEMPFAIL, ProgressView
 from agent.config import add_config_arguments, load_from_args
-from agent.errors import InputError
+from agent.errors import EX_CANTCREAT, InputError
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
 from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
@@ -38,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Record one visit: capture the source, show MediSync's live transcript, archive the whole visit as a "
             "WAV file and upload it when the visit ends (Ctrl-C or --duration). Audio is never lost: if MediSync "
-            "cannot be reached the recording stays queued for upload."
+            "cannot be reached the recording stays queued for upload. A full disk does not end the visit: capture "
+            "and the live stream go on, the part already on disk is queued at once, the archive resumes when space "
+            "returns, and the summary names the stretch missing from the recording. Exit codes: 0 recorded and "
+            "uploaded; 73 part of the visit is missing from the recording (disk full, I/O error), the rest was "
+            "recorded and queued; 75 recorded, upload still pending (retried later)."
         ),
     )
     add_config_arguments(parser)
@@ -87,6 +93,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 duration_s=args.duration, out=sys.stdout, err=sys.stderr,
             )  # fmt: skip
             print(format_summary(summary, state), file=sys.stderr)
+            if summary.archive_missing:  # the visit completed, but its recording lacks a stretch
+                return EX_CANTCREAT
             return 0 if state is ItemState.DONE else EX_TEMPFAIL
 
     return asyncio.run(main())
