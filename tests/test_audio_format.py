@@ -68,9 +68,9 @@ FMT = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
     ("data", "reason"),
     [
         (b"", "too short"),
-        (b"hello, this is a text file\n" * 10, "matches none"),
-        (Path("/etc/passwd").read_bytes(), "matches none"),
-        (bytes(4096), "matches none"),
+        (b"hello, this is a text file\n" * 10, "judged by its content"),
+        (Path("/etc/passwd").read_bytes(), "judged by its content"),
+        (bytes(4096), "judged by its content"),
         (wav_bytes([(b"fmt ", FMT)]), "without a data chunk"),
         (wav_bytes([(b"data", b"\1\2")]), "without a format chunk"),
         (wav_bytes([(b"fmt ", FMT), (b"data", b"")]), "without any audio data"),

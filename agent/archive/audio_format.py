@@ -50,7 +50,7 @@ def sniff(read_at: ReadAt, size: int) -> AudioFormat:
     if head[:3] == b"ID3" or _frame_length(head[:4]) is not None:
         _check_mp3(read_at, size)
         return AudioFormat.MP3
-    raise NotAudio("not a WAV, MP3 or M4A file (its content matches none of them)")
+    raise NotAudio("not a WAV, MP3 or M4A file (judged by its content, not its name)")
 
 
 # --- WAV ----------------------------------------------------------------------------------------------------------

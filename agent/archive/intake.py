@@ -13,10 +13,13 @@ Errors are :class:`~agent.errors.InputError` with one line for a person (exit 65
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,22 +34,49 @@ from agent.ids import appointment_id_problem
 ACCEPTED = "uploads take WAV, MP3 or M4A audio"
 
 
-def add_copy(queue: UploadQueue, archive_dir: Path, appointment_id: str, source: Path) -> UploadItem:
-    """Validate ``source``, copy it into ``archive_dir`` and queue the copy for ``appointment_id``."""
-    appointment_id = _checked_appointment(queue, appointment_id)
-    fd, size = _open_operator_file(source, queue.settings.max_bytes)
+@dataclass(frozen=True, slots=True)
+class OperatorFile:
+    """An operator's file, checked and open for reading (see :func:`operator_file`)."""
+
+    path: Path
+    fd: int
+    size: int
+    audio: AudioFormat
+
+
+@contextlib.contextmanager
+def operator_file(path: Path, max_bytes: int) -> Iterator[OperatorFile]:
+    """Open and check ``path`` (regular, non-empty, within ``max_bytes``, WAV/MP3/M4A content); InputError if not.
+
+    No side effect on anything: run it before touching the queue, so a refusal is exactly one line.
+    """
+    fd, size = _open_operator_file(path, max_bytes)
     try:
-        audio = _format_of(fd, size, source)
-        target = archive_dir / copy_name(time.time(), audio)
-        try:
-            ensure_private_dir(archive_dir)
-            copy_private(fd, size, target)
-        except ValueError as exc:
-            raise InputError(f"{source}: {exc}; nothing queued") from None
-        except OSError as exc:
-            raise ArchiveError(f"cannot copy {source} into {archive_dir}: {describe_os_error(exc)}") from exc
+        yield OperatorFile(path, fd, size, _format_of(fd, size, path))
     finally:
         os.close(fd)
+
+
+def valid_appointment_id(appointment_id: str) -> str:
+    """The id, stripped; InputError (one line) if it cannot be an appointment id."""
+    appointment_id = appointment_id.strip()
+    problem = appointment_id_problem(appointment_id)
+    if problem is not None:
+        raise InputError(problem)
+    return appointment_id
+
+
+def add_copy(queue: UploadQueue, archive_dir: Path, appointment_id: str, source: OperatorFile) -> UploadItem:
+    """Copy the checked ``source`` into ``archive_dir`` (0600) and queue the copy for ``appointment_id``."""
+    appointment_id = _checked_appointment(queue, appointment_id)
+    target = archive_dir / copy_name(time.time(), source.audio)
+    try:
+        ensure_private_dir(archive_dir)
+        copy_private(source.fd, source.size, target)
+    except ValueError as exc:
+        raise InputError(f"{source.path}: {exc}; nothing queued") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot copy {source.path} into {archive_dir}: {describe_os_error(exc)}") from exc
     try:
         return queue.enqueue(appointment_id, target)
     except BaseException:
@@ -79,10 +109,7 @@ def copy_name(now: float, audio: AudioFormat) -> str:
 
 
 def _checked_appointment(queue: UploadQueue, appointment_id: str) -> str:
-    appointment_id = appointment_id.strip()
-    problem = appointment_id_problem(appointment_id)
-    if problem is not None:
-        raise InputError(problem)
+    appointment_id = valid_appointment_id(appointment_id)
     existing = queue.find(appointment_id)
     if existing is not None:
         raise InputError(f"appointment {appointment_id} already has a recording in the upload queue (item "
@@ -119,7 +146,8 @@ def _format_of(fd: int, size: int, name: Path) -> AudioFormat:
     try:
         return sniff(lambda offset, count: os.pread(fd, count, offset), size)
     except NotAudio as exc:
-        raise InputError(f"{name}: {exc}; {ACCEPTED}") from None
+        reason = str(exc) if "WAV, MP3 or M4A" in str(exc) else f"{exc}; {ACCEPTED}"
+        raise InputError(f"{name}: {reason}") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read it: {describe_os_error(exc)}") from None
 

@@ -84,9 +84,6 @@ def recover(archive_dir: Path, queue: UploadQueue, *, now: float | None = None) 
     queue.dead_items()
     report.orphans = find_orphans(archive_dir, queue)
     report.quarantined = quarantined(archive_dir, queue)
-    for orphan in report.orphans:
-        log.warning("%s is not queued for any appointment: assign it with 'medisync-agent uploads assign'",
-                    orphan.path.name)  # fmt: skip
     return report
 
 
@@ -161,7 +158,8 @@ def _repair_unjournaled(partial: Path, archive_dir: Path, report: Recovery) -> N
     if result.frames == 0:
         _discard(result.final, report)
     else:
-        log.warning("repaired %s (%.1f s), left without a visit journal", result.final.name, result.seconds)
+        log.warning("repaired %s (%.1f s), left without a visit journal: it needs an appointment "
+                    "(medisync-agent uploads assign)", result.final.name, result.seconds)  # fmt: skip
 
 
 def _set_aside_unrepairable(partial: Path, archive_dir: Path, exc: ArchiveError) -> None:

@@ -115,9 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=usage)
 
 
-def open_queue(args: argparse.Namespace) -> tuple[AgentSettings, UploadQueue, Recovery]:
+QueueAndRecovery = tuple[AgentSettings, UploadQueue, Recovery]
+
+
+def open_queue(args: argparse.Namespace, settings: AgentSettings | None = None) -> QueueAndRecovery:
     """Settings, the queue, and what recovering the storage found (done first by every action)."""
-    settings = load_from_args(args).settings
+    settings = load_from_args(args).settings if settings is None else settings
     queue = UploadQueue(settings.upload)
     return settings, queue, recover(Path(settings.archive.directory), queue)
 
@@ -256,16 +259,21 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    settings, queue, recovery = open_queue(args)
-    report_recovery(recovery, sys.stderr)
-    item = intake.add_copy(queue, Path(settings.archive.directory), args.appointment_id, args.wav)
+    settings = load_from_args(args).settings
+    appointment_id = intake.valid_appointment_id(args.appointment_id)  # bad input: one line, nothing touched
+    with intake.operator_file(args.wav, settings.upload.max_bytes) as source:
+        _, queue, recovery = open_queue(args, settings)
+        report_recovery(recovery, sys.stderr)
+        item = intake.add_copy(queue, Path(settings.archive.directory), appointment_id, source)
     print(f"queued a copy of {args.wav} as item {item.item_id[:8]} ({item.state.value}, {_mb(item.size)}); "
           "the file itself is left as it is")  # fmt: skip
     return 0
 
 
 def cmd_assign(args: argparse.Namespace) -> int:
-    settings, queue, recovery = open_queue(args)
+    settings = load_from_args(args).settings
+    intake.valid_appointment_id(args.appointment_id)
+    _, queue, recovery = open_queue(args, settings)
     report_recovery(recovery, sys.stderr)
     item = intake.assign(queue, Path(settings.archive.directory), args.file, args.appointment_id)
     print(f"queued {Path(item.audio_path).name} as item {item.item_id[:8]} for appointment {item.appointment_id}; "
