@@ -113,3 +113,30 @@ def test_bad_items_and_a_dying_upload_worker_do_not_stop_uploads(
     assert "Traceback" not in log and "RecursionError" not in log
     for appointment in (first, second, third):
         assert appointment not in log
+
+
+def test_recording_left_without_journal_is_listed_and_assigned_while_the_daemon_runs(
+    start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
+) -> None:
+    daemon = start_daemon()
+    daemon.wait_ready()
+    daemon.archive_dir.mkdir(exist_ok=True)
+    partial = daemon.archive_dir / "visit-20260101T000000Z-0000beef.wav.partial"
+    partial.write_bytes(make_wav(daemon.archive_dir / "source.tmp.wav", 0.5, seed=8).read_bytes())
+    (daemon.archive_dir / "source.tmp.wav").unlink()
+
+    def uploads(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", "uploads", args[0], "--config", str(daemon.config),
+                               *args[1:]], capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    listed = uploads("list")
+    wav = partial.with_name(partial.name.removesuffix(".partial"))
+    assert listed.returncode == 0 and f"medisync-agent uploads assign {wav} APPOINTMENT" in listed.stdout
+    poll(lambda: status(daemon).needs_appointment == 1, "status to count the recording")
+
+    appointment = medisync_server.create_appointment()
+    assert uploads("assign", wav.name, appointment).returncode == 0
+    poll(lambda: stored(medisync_server, appointment) is not None, "the daemon to upload it, woken by the new item")
+    assert stored(medisync_server, appointment) == wav.read_bytes()
+    poll(lambda: status(daemon).needs_appointment == 0, "status to drop the count")
+    assert daemon.terminate()[0] == 0

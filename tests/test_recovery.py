@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from agent.archive import intake
-from agent.archive.journal import VisitJournal, journal_path_for
-from agent.archive.recovery import find_orphans, recover
+from agent.archive.journal import OpenJournal, VisitJournal, journal_path_for
+from agent.archive.recovery import Recovery, find_orphans, recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.wav import FILE_MODE, wav_header
@@ -120,6 +120,20 @@ def test_live_visit_is_left_alone(archive: Path, queue: UploadQueue) -> None:
         os.close(journal_fd)
         os.close(partial_fd)
     assert [i.appointment_id for i in recover(archive, queue).queued] == ["apt-1"]  # once its process is gone
+
+
+def test_journal_of_a_visit_about_to_record_is_left_alone(archive: Path, queue: UploadQueue) -> None:
+    """Between the journal and the first audio byte there is no ``.partial`` yet: only the journal's lock says live."""
+    final = archive / "visit-2.wav"
+    opened = OpenJournal.write(final, VisitJournal(appointment_id="apt-2", session_id="s", started_at=1.0,
+                                                   wav=final.name))  # fmt: skip
+    try:
+        assert recover(archive, queue) == Recovery()
+        assert opened.path.exists()
+    finally:
+        opened.release()
+    recover(archive, queue)
+    assert not opened.path.exists()  # its process is gone and it never recorded: nothing to keep
 
 
 @pytest.mark.parametrize("journaled", [True, False])
