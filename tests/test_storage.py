@@ -136,3 +136,18 @@ def test_copy_refuses_a_file_that_changes_size(tmp_path: Path) -> None:
         os.close(fd)
     assert (tmp_path / "copy").read_bytes() == source.read_bytes() and mode(tmp_path / "copy") == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "src"]
+
+
+def test_visit_journal_is_private_durable_and_locked_before_any_audio(tmp_path: Path) -> None:
+    archive = tmp_path / "recordings" / "room-3"
+    entry = journal.VisitJournal(appointment_id="apt-1", session_id="s", started_at=1.0, wav="visit-1.wav")
+    with umask(0o000):
+        opened = journal.OpenJournal.write(archive / "visit-1.wav", entry)
+    try:
+        assert opened.path == archive / "visit-1.visit.json"
+        assert mode(tmp_path / "recordings") == mode(archive) == 0o700 and mode(opened.path) == 0o600
+        assert journal.read_journal(opened.path) == entry and journal.is_live(opened.path)
+        assert sorted(p.name for p in archive.iterdir()) == ["visit-1.visit.json"]
+    finally:
+        opened.remove()
+    assert list(archive.iterdir()) == [] and not journal.is_live(opened.path)

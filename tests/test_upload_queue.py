@@ -306,6 +306,7 @@ def test_large_visit_is_encoded_at_enqueue(tmp_path: Path) -> None:
     item = queue.enqueue("apt-9", wav)
     assert item.source_path == str(wav) and item.audio_path == str(wav.with_suffix(".mp3"))
     assert item.size == Path(item.audio_path).stat().st_size <= 60_000
+    assert stat.S_IMODE(Path(item.audio_path).stat().st_mode) == 0o600  # patient audio, whatever the umask
     assert UploadQueue(settings).items() == [item]
 
 
