@@ -203,3 +203,14 @@ def test_assign_refuses_what_it_must_not_touch(archive: Path, queue: UploadQueue
         with pytest.raises(InputError, match=message):
             intake.assign(queue, archive, file, appointment)
     assert outside.exists() and orphan.exists() and len(queue.items()) == 1
+
+
+def test_older_items_own_only_what_lies_in_the_archive(archive: Path, queue: UploadQueue, tmp_path: Path) -> None:
+    visit = queue.enqueue("apt-1", make_wav(archive / "visit-old.wav", 0.1))
+    added = queue.enqueue("apt-2", make_wav(tmp_path / "operators.wav", 0.1))
+    for item in (visit, added):  # as an older version wrote them: no "owned" field at all
+        path = queue.directory / f"{item.item_id}.json"
+        path.write_bytes(path.read_bytes().replace(b',"owned":true', b""))
+    assert not any(i.owned for i in queue.items())
+    recover(archive, queue)
+    assert {i.appointment_id: i.owned for i in queue.items()} == {"apt-1": True, "apt-2": False}

@@ -8,7 +8,9 @@
 2. Each ``.partial`` no journal accounts for (the journal was deleted or quarantined) and no live process records:
    repaired. One whose header is torn gets the writer's own header (it is our file); one that cannot be repaired is
    quarantined with its audio. Recordings holding no audio at all (0 samples) are removed: nothing to keep.
-3. Loading the queue quarantines unusable items (see :mod:`agent.archive.upload_queue`).
+3. Loading the queue quarantines unusable items (see :mod:`agent.archive.upload_queue`). Items of older versions
+   (no ``owned`` flag) whose audio lies in the archive folder are marked as the agent's, so retention still
+   deletes their audio once uploaded; any other file they name stays where it is, whatever happens to the item.
 
 Then :func:`find_orphans` lists the audio in the archive (and dead-letter) folder that neither a journal nor a queue
 item accounts for: ``uploads list`` shows each with the ``uploads assign FILE APPOINTMENT`` command that queues it.
@@ -80,11 +82,19 @@ def recover(archive_dir: Path, queue: UploadQueue, *, now: float | None = None) 
         for partial in find_partials(archive_dir):
             _repair_unjournaled(partial, archive_dir, report)
     remove_stale_temps(queue.directory, STALE_TEMP_S, now)
-    queue.items()  # loading quarantines what cannot be used
+    _adopt_archive_items(archive_dir, queue)  # loading the queue also quarantines what cannot be used
     queue.dead_items()
     report.orphans = find_orphans(archive_dir, queue)
     report.quarantined = quarantined(archive_dir, queue)
     return report
+
+
+def _adopt_archive_items(archive_dir: Path, queue: UploadQueue) -> None:
+    archive = os.path.realpath(archive_dir)
+    for item in queue.items():
+        if not item.owned and os.path.dirname(os.path.realpath(item.audio_path)) == archive:
+            item.owned = True  # an older version's visit: the agent wrote it into its own archive
+            queue.save(item)
 
 
 def _recover_journal(path: Path, archive_dir: Path, queue: UploadQueue, report: Recovery) -> None:
