@@ -12,13 +12,13 @@ another process (``uploads list`` during a daemon visit) leaves the live visit a
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from pathlib import Path
 
 import msgspec
 
+from agent.archive.repair import is_being_recorded
 from agent.archive.storage import decode_state, ensure_private_dir, read_state, write_atomic_locked
 from agent.archive.wav import describe_os_error
 from agent.errors import ArchiveError
@@ -66,17 +66,7 @@ def decode_journal(data: bytes) -> VisitJournal:
 
 def is_live(path: Path) -> bool:
     """True while the visit that wrote the journal is still running (it holds the journal's lock)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_being_recorded(path)
 
 
 class OpenJournal:

@@ -141,9 +141,10 @@ def _lock_or_raise(fd: int, partial: Path) -> None:
 
 
 def is_being_recorded(partial: Path) -> bool:
-    """True if a live writer holds the ``.partial`` (its lock); a crashed writer's lock is gone with its process."""
+    """True if a live writer holds the file's ``flock`` (a ``.partial``, a visit journal); a crashed writer's lock
+    is gone with its process."""
     try:
-        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
