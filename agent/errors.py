@@ -8,6 +8,7 @@ translated into these at the adapter boundary, so callers catch one family.
     AgentError
     ├── ConfigError                 bad configuration (exit 78, EX_CONFIG)
     ├── InputError                  bad input a person gave: missing file, not a WAV, bad encoding (exit 65)
+    │   └── NoAudioError            a visit ended without capturing any audio: nothing to upload
     ├── DeviceError                 microphone / PortAudio problems (exit 69)
     ├── ArchiveError                the WAV archive cannot be written or repaired (exit 73)
     ├── ApiError                    MediSync / MediSearch HTTP API failures (exit 69)
@@ -48,6 +49,10 @@ class ConfigError(AgentError):
 
 class InputError(AgentError):
     exit_code = EX_DATAERR
+
+
+class NoAudioError(InputError):
+    """A visit captured no audio (stopped at once, empty source): nothing is queued, the appointment stays free."""
 
 
 class DeviceError(AgentError):

@@ -20,17 +20,18 @@ from typing import TextIO
 from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
+from agent.archive.recovery import recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
-from agent.commands.uploads import EX_TEMPFAIL, ProgressView
+from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
 from agent.errors import EX_CANTCREAT, InputError
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
-from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
+from agent.visit import Visit, VisitSummary, refuse_second_recording
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,8 +115,7 @@ async def record_and_upload(
 ) -> tuple[VisitSummary, ItemState]:
     """Run one visit (stopping on SIGINT/SIGTERM), then upload its recording once; returns the item's state."""
     queue = UploadQueue(settings.upload)
-    for item in await asyncio.to_thread(recover_visits, Path(settings.archive.directory), queue):
-        print(f"queued an interrupted earlier visit for upload ({item.item_id[:8]})", file=err)
+    report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
