@@ -37,6 +37,7 @@ def visit_seconds(daemon: DaemonProcess) -> float:
         ({"/api/login": "stall"}, "no answer within 1 s"),
         ({"/api/login": "server_error"}, "login: server error (HTTP 502)"),
     ],
+    ids=["garbage", "stall", "5xx"],
 )  # fmt: skip
 def test_visit_start_records_whatever_the_checks_answer(
     start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer, garble: dict[str, str], reason: str
