@@ -138,14 +138,14 @@ def test_garbage_before_a_visit_is_one_typed_error(api_server: ServerThread, end
     assert urls is not None
 
     async def scenario() -> None:
-        settings = ApiSettings(api_url=urls.api_url, email=EMAIL, timeout_s=0.5)
+        settings = ApiSettings(api_url=urls.api_url, email=EMAIL, timeout_s=3.0 if kind == "stall" else 30.0)
         async with MediSyncClient(settings, Credentials(EMAIL, Secret(PASSWORD))) as api:
             if endpoint == "/api/login":
                 ask = api.login
             else:
                 appointment_id = await new_appointment(api)  # logs in
                 ask = api.subscription if "subscription" in endpoint else lambda: api.get_appointment(appointment_id)
-            api_server.server.knobs.garble_next(endpoint, kind, delay_s=2.0)
+            api_server.server.knobs.garble_next(endpoint, kind, delay_s=60.0)
             with pytest.raises(expected_error(kind)) as info:
                 await ask()
             assert "\n" not in str(info.value)

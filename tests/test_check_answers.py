@@ -14,10 +14,12 @@ from agent.server.knobs import GARBAGE_KINDS, REST_SHAPES, GarbageKind, RestShap
 from tests.plugins.server import RunningServer
 
 
-def run_check(server: RunningServer, tmp_path: Path, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_check(server: RunningServer, tmp_path: Path, api_url: str | None = None,
+              timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:  # fmt: skip
     config = tmp_path / "agent.toml"
     config.write_text(f'[audio]\nsource = "synth:noise/2"\n[api]\napi_url = "{api_url or server.api_url}"\n'
-                      f'speech_url = "{server.speech_url}"\nemail = "{server.email}"\ntimeout_s = 1.0\n')  # fmt: skip
+                      f'speech_url = "{server.speech_url}"\nemail = "{server.email}"\n'
+                      f'timeout_s = {timeout_s}\n')  # fmt: skip
     env = {**os.environ, "MEDISYNC_PASSWORD": server.password}
     return subprocess.run([sys.executable, "-m", "agent", "check", "--config", str(config), "--seconds", "1"],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
@@ -41,8 +43,8 @@ def test_every_shape_passes(medisync_server: RunningServer, tmp_path: Path, shap
 def test_garbage_is_a_row_with_a_reason(
     medisync_server: RunningServer, tmp_path: Path, endpoint: str, kind: GarbageKind
 ) -> None:
-    medisync_server.knobs.garble_next(endpoint, kind, delay_s=5.0)
-    done = run_check(medisync_server, tmp_path)
+    medisync_server.knobs.garble_next(endpoint, kind, delay_s=60.0)
+    done = run_check(medisync_server, tmp_path, timeout_s=5.0 if kind == "stall" else 30.0)
     assert "Traceback" not in done.stderr and medisync_server.password not in done.stdout + done.stderr
     name = "login" if endpoint.endswith("login") else "subscription"
     line = row(done.stdout, name)

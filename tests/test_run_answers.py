@@ -21,8 +21,11 @@ from tests.plugins.visit import AgentHome, recording_files, stored_recording
 
 VISIT_SECONDS = 3
 CONFIRM_TIMEOUT_S = 1.0
-STALL_S = 4.0
-"""A stalled answer comes this late: after ``api.confirm_timeout_s`` and ``api.timeout_s`` both."""
+"""``api.confirm_timeout_s`` where a test wants the checks cut short (a stall); others leave generous defaults."""
+STALL_TIMEOUT_S = 5.0
+"""``api.timeout_s`` where a test wants a stalled request to time out."""
+STALL_S = 60.0
+"""A stalled answer comes this late: after any deadline of the agent's."""
 WARNING = "MediSync did not confirm the visit"
 
 
@@ -39,10 +42,11 @@ def visit_wav(tmp_path_factory: pytest.TempPathFactory, dialogue_pcm: bytes) -> 
     return path, record_in_process(f"file:{path}", folder / "expected.wav")
 
 
-def agent_home(tmp_path: Path, server: RunningServer, api_url: str | None = None) -> AgentHome:
+def agent_home(tmp_path: Path, server: RunningServer, api_url: str | None = None, **api: float) -> AgentHome:
+    """An agent whose deadlines are generous (loaded or emulated machines are slow) unless ``api`` says else."""
     return AgentHome(tmp_path / "agent", api_url=api_url or server.api_url, speech_url=server.speech_url,
                      email=server.email, password=server.password,
-                     settings={"api": {"confirm_timeout_s": CONFIRM_TIMEOUT_S, "timeout_s": 2.0}})  # fmt: skip
+                     settings={"api": {"confirm_timeout_s": 60.0, "timeout_s": 30.0, **api}})  # fmt: skip
 
 
 def run_visit(home: AgentHome, appointment: str, wav: Path, *extra: str) -> tuple[int, str]:
@@ -97,7 +101,8 @@ def test_garbage_before_the_visit_warns_once_and_records(
     appointment = medisync_server.create_appointment()
     for path in BEFORE_THE_VISIT[asked]:
         medisync_server.knobs.garble_next(path, kind, delay_s=STALL_S)
-    home = agent_home(tmp_path, medisync_server)
+    cut_short = {"confirm_timeout_s": CONFIRM_TIMEOUT_S} if kind == "stall" else {}
+    home = agent_home(tmp_path, medisync_server, **cut_short)
 
     code, stderr = run_visit(home, appointment, visit_wav[0])
 
@@ -203,7 +208,7 @@ def test_failed_upload_answer_stays_queued_and_is_reconciled_later(
     compares, so the visit is delivered exactly once."""
     appointment = medisync_server.create_appointment()
     medisync_server.knobs.garble_next(UPLOAD, kind, delay_s=STALL_S)
-    home = agent_home(tmp_path, medisync_server)
+    home = agent_home(tmp_path, medisync_server, timeout_s=STALL_TIMEOUT_S)
 
     code, stderr = run_visit(home, appointment, visit_wav[0])
 
