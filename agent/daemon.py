@@ -304,7 +304,7 @@ class Daemon:
         self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
         self._state = "recording"
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
-        return ok(self.status(), "recording" + ("" if access.online else " (MediSync unreachable: upload waits)"))
+        return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
     def _on_visit_output(self, out: PipelineOutput) -> None:
         """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""

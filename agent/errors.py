@@ -22,7 +22,8 @@ translated into these at the adapter boundary, so callers catch one family.
     │   ├── TransportError          connection refused, reset, timeout
     │   ├── UploadTooLargeError     file over the documented limit, refused before sending
     │   ├── AlreadyExistsError      one recording per appointment: the server holds one
-    │   └── RecordingMismatchError  the server holds a different recording for the appointment
+    │   ├── RecordingMismatchError  the server holds a different recording for the appointment
+    │   └── WrongAppointmentError   an upload answer names another appointment than the one uploaded
     └── StreamError                 speech socket failures (exit 69)
         └── ProtocolError           the peer broke the speech protocol
 """
@@ -115,6 +116,10 @@ class AlreadyExistsError(ApiError):
 
 class RecordingMismatchError(ApiError):
     pass
+
+
+class WrongAppointmentError(ApiError):
+    """MediSync accepted an upload but says it belongs to another appointment: not delivered where it should be."""
 
 
 class StreamError(AgentError):

@@ -26,6 +26,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
+from agent.commands._args import duration_seconds
 from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
 from agent.errors import EX_CANTCREAT, InputError
@@ -55,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="create a new appointment for this patient id and record it")  # fmt: skip
     parser.add_argument("--source", help="mic, mic:<name>, file:<path.wav> or synth:<recipe> (default: config)")
     parser.add_argument("--pace", choices=["realtime", "fast"], help="file/synth sources: pacing (default realtime)")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of audio")
+    parser.add_argument("--duration", metavar="S",
+                        help="stop after S seconds of audio (a finite number, at least one 20 ms frame)")  # fmt: skip
     parser.add_argument("--api-url", help="MediSync REST base URL, e.g. https://app.medisync.me/api")
     parser.add_argument("--speech-url", help="speech socket base URL, e.g. wss://speech.medisync.me")
     parser.add_argument("--archive-dir", help="folder for the visit WAV files")
@@ -82,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None and not value.strip():
             raise InputError(f"{flag} needs a MediSync id, not an empty string")
     settings = load_from_args(args, _flags(args)).settings
+    duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     credentials = load_credentials(settings.api)
 
     async def main() -> int:
@@ -91,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"recording appointment {access.appointment_id}; Ctrl-C ends the visit", file=sys.stderr)
             summary, state = await record_and_upload(
                 settings, client, access.appointment_id, stream=access.stream_allowed,
-                duration_s=args.duration, out=sys.stdout, err=sys.stderr,
+                duration_s=duration_s, out=sys.stdout, err=sys.stderr,
             )  # fmt: skip
             print(format_summary(summary, state), file=sys.stderr)
             if summary.archive_missing:  # the visit completed, but its recording lacks a stretch
