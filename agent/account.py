@@ -1,19 +1,32 @@
 """What a visit needs from the MediSync account before recording starts: a login, the subscription, the appointment.
 
-Recording never depends on the network: when MediSync cannot be reached the visit is recorded anyway (the stream
-keeps dialling, the upload waits in the queue). Only definite answers stop a visit before it starts: a wrong
-password and an appointment that does not exist, because then nothing recorded could ever be delivered.
+Recording never waits for permission. Only two answers stop a visit before it starts, because with them nothing
+recorded could ever be delivered: the password refused by a fresh login, and the appointment unknown (404 on its
+own GET). Anything else (unreachable, timeout, 5xx, 429, an answer we cannot read, checks slower than
+``api.confirm_timeout_s``) logs one WARNING and the visit records; the stream keeps dialling, the upload waits in
+the queue. The warning names what failed, never a token, a server's own words or patient data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from agent.api.medisync import MediSyncClient
 from agent.api.models import NewAppointment
-from agent.errors import AuthError, NotFoundError, SubscriptionError, TransportError
+from agent.errors import (
+    ApiError,
+    AuthError,
+    EnvelopeError,
+    NotFoundError,
+    RateLimitError,
+    ResponseError,
+    ServerError,
+    SubscriptionError,
+    TransportError,
+)
 from agent.stream.client import TokenProvider
 
 log = logging.getLogger(__name__)
@@ -37,7 +50,15 @@ class VisitAccess:
     stream_allowed: bool
     """False when MediSync says the subscription is inactive: record and queue, but do not stream."""
     online: bool
-    """False when MediSync could not be reached; the visit is recorded and delivered later."""
+    """False when MediSync did not confirm the visit; it is recorded anyway and delivered later."""
+
+
+@dataclass
+class _Checks:
+    """What the checks found so far (kept when the deadline cuts them short)."""
+
+    stream_allowed: bool = True
+    problems: list[str] = field(default_factory=list)
 
 
 async def prepare_visit(
@@ -45,55 +66,96 @@ async def prepare_visit(
 ) -> VisitAccess:
     """Log in, check the subscription, check (or create, given a patient) the appointment.
 
-    Raises AuthError for refused credentials and NotFoundError for an unknown appointment; network trouble only
-    logs a warning and returns ``online=False``.
+    Raises AuthError for a refused password and NotFoundError for an unknown appointment; every other answer
+    only logs one warning (``online=False``). Creating an appointment needs MediSync: there any failure raises.
     """
+    if appointment_id is None:
+        if patient_id is None:
+            raise ValueError("an appointment id or a patient id to create one for is needed")
+        return await _with_new_appointment(client, patient_id)
+    checks = _Checks()
+    deadline = client.settings.confirm_timeout_s
+    try:
+        async with asyncio.timeout(deadline):
+            await _check(client, appointment_id, checks)
+    except TimeoutError:
+        checks.problems.append(f"no answer within {deadline:g} s")
+    if checks.problems:
+        log.warning("MediSync did not confirm the visit (%s): recording anyway; the stream and the upload will "
+                    "catch up", "; ".join(checks.problems))  # fmt: skip
+    return VisitAccess(appointment_id, stream_allowed=checks.stream_allowed, online=not checks.problems)
+
+
+async def _check(client: MediSyncClient, appointment_id: str, checks: _Checks) -> None:
     try:
         await client.login()
-        stream_allowed = await _subscription_active(client)
-        if appointment_id is None:
-            if patient_id is None:
-                raise ValueError("an appointment id or a patient id to create one for is needed")
-            appointment_id = await _create_appointment(client, patient_id)
-        elif not await _appointment_exists(client, appointment_id):
-            stream_allowed = False
     except AuthError as exc:
         raise AuthError(f"MediSync refused the login: {exc}", status=exc.status) from exc
+    except ApiError as exc:
+        checks.problems.append(f"login: {describe(exc)}")
+        return
+    checks.stream_allowed = await _subscription_active(client, checks)
+    try:
+        await client.get_appointment(appointment_id)
     except NotFoundError as exc:
-        raise NotFoundError(f"appointment {appointment_id or '(new)'} not found for this account",
-                            status=exc.status) from exc  # fmt: skip
-    except TransportError as exc:
-        if appointment_id is None:
-            raise
-        log.warning("MediSync unreachable (%s): recording anyway; streaming and upload will catch up", exc)
-        return VisitAccess(appointment_id, stream_allowed=True, online=False)
-    return VisitAccess(appointment_id, stream_allowed=stream_allowed, online=True)
+        raise NotFoundError(f"appointment {appointment_id} not found for this account", status=exc.status) from exc
+    except SubscriptionError:
+        # MediSync answers 403 to every appointment request without a subscription: no reason to lose the visit.
+        log.warning("appointment not checked: no active MediSync subscription; recording anyway, the upload waits")
+        checks.stream_allowed = False
+    except ApiError as exc:
+        checks.problems.append(f"appointment: {describe(exc)}")
 
 
-async def _subscription_active(client: MediSyncClient) -> bool:
+async def _subscription_active(client: MediSyncClient, checks: _Checks) -> bool:
     try:
         subscription = await client.subscription()
     except SubscriptionError:
         log.warning("no active MediSync subscription: recording without live transcript; the upload waits")
         return False
+    except ApiError as exc:
+        checks.problems.append(f"subscription: {describe(exc)}")
+        return True  # unknown: the stream tries, and MediSync's answer there decides
     if subscription.active is False:
         log.warning("MediSync subscription inactive: recording without live transcript; the upload waits")
         return False
     return True
 
 
-async def _appointment_exists(client: MediSyncClient, appointment_id: str) -> bool:
-    """True when MediSync shows the appointment; False when it cannot say because the subscription is inactive.
+def describe(exc: ApiError) -> str:
+    """One short reason for a log line: fixed words per kind of failure, never the server's own text."""
+    status = f" (HTTP {exc.status})" if exc.status is not None else ""
+    if isinstance(exc, TransportError | ResponseError):
+        return str(exc)  # our own words: the exception type, the URL or the shape that did not match
+    if isinstance(exc, ServerError):
+        return f"server error{status}"
+    if isinstance(exc, RateLimitError):
+        return f"rate limited{status}"
+    if isinstance(exc, AuthError):
+        return f"token refused{status}"
+    if isinstance(exc, EnvelopeError):
+        return f"refused{status}"
+    if isinstance(exc, NotFoundError):
+        return f"not found{status}"
+    if exc.status == 404:
+        return str(exc)  # the login's 404 names the URL that answered and what api_url should look like
+    return f"{type(exc).__name__}{status}"
 
-    MediSync answers 403 to every appointment request without a subscription. That is no reason to lose the visit:
-    it is recorded and queued (the upload is blocked until the subscription is active again).
-    """
+
+async def _with_new_appointment(client: MediSyncClient, patient_id: str) -> VisitAccess:
     try:
-        await client.get_appointment(appointment_id)
-    except SubscriptionError:
-        log.warning("appointment not checked: no active MediSync subscription; recording anyway, the upload waits")
-        return False
-    return True
+        await client.login()
+    except AuthError as exc:
+        raise AuthError(f"MediSync refused the login: {exc}", status=exc.status) from exc
+    checks = _Checks()
+    stream_allowed = await _subscription_active(client, checks)
+    if checks.problems:
+        log.warning("MediSync did not confirm the subscription (%s): streaming anyway", checks.problems[0])
+    try:
+        appointment_id = await _create_appointment(client, patient_id)
+    except NotFoundError as exc:
+        raise NotFoundError(f"patient {patient_id} not found for this account", status=exc.status) from exc
+    return VisitAccess(appointment_id, stream_allowed=stream_allowed, online=True)
 
 
 async def _create_appointment(client: MediSyncClient, patient_id: str) -> str:

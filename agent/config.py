@@ -140,6 +140,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
         line = match.group(1) if match and match.group(1) else str(text.count("\n") + 1)
         detail = message[: match.start()] if match else message
         raise ConfigError(f"{path}:{line}: not valid TOML: {detail}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ConfigError(f"{path}: not valid TOML: values nested too deeply") from None
 
 
 def _unknown(where: str, key: str, known: list[str], *, what: str | None = None) -> ConfigError:

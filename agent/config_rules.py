@@ -75,6 +75,7 @@ RULES: Mapping[str, Rule] = {
     "api.api_url": url(("https", "http")),
     "api.speech_url": url(("wss", "ws")),
     "api.timeout_s": positive(600, "seconds"),
+    "api.confirm_timeout_s": positive(600, "seconds"),
     "stream.ring_seconds": positive(86400, "seconds"),
     "stream.ring_bytes": between(65536, 4 * 1024**3, "bytes"),
     "stream.message_ms": between(20, 1000, "ms"),

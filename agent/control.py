@@ -14,15 +14,12 @@ Appointment ids are opaque MediSync ids, never patient names, and are never logg
 
 from __future__ import annotations
 
-import re
-
 import msgspec
+
+from agent.ids import appointment_id_problem
 
 MAX_LINE_BYTES = 4096
 """Longest request or response line accepted, in bytes (newline included)."""
-MAX_APPOINTMENT_ID = 128
-"""Longest appointment id accepted, in characters."""
-_APPOINTMENT_ID = re.compile(r"^[A-Za-z0-9._:-]+$")
 
 
 class StartVisit(msgspec.Struct, tag="visit_start", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
@@ -67,6 +64,12 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds of audio captured in this visit."""
     gap_seconds: float = 0.0
     """Seconds of this visit the source lost (device loss), archived as silence."""
+    archive_writable: bool = True
+    """False while this visit's archive cannot be written (disk full, I/O error); capture and stream go on."""
+    archive_missing_s: float = 0.0
+    """Seconds of this visit missing from its archive so far (silence there once writing resumed)."""
+    archive_problem: str = ""
+    """Why this visit's archive stopped (the current or last stop), e.g. ``disk full``; empty if it never did."""
     blocks_captured: int = 0
     """Audio blocks captured since the daemon started (between visits too); stops growing when capture stalls."""
     appointment_id: str = ""
@@ -75,6 +78,14 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The current visit's speech session id (resume key; no patient data)."""
     pending_reload: bool = False
     """A SIGHUP arrived during the visit; the new configuration applies when it ends."""
+    upload_worker: str = "running"
+    """Health of the background upload worker: ``running``, ``starting`` or ``restarting (reason)``."""
+    worker_restarts: int = 0
+    """Restarts of the daemon's background tasks (upload worker, tick, queue count) since it started."""
+    needs_appointment: int = 0
+    """Recordings in the archive that no visit journal or queue item accounts for (``uploads assign``)."""
+    quarantined: int = 0
+    """Files (queue items, journals, recordings) that could not be read and were quarantined."""
 
 
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -97,12 +108,9 @@ _encoder = msgspec.json.Encoder()
 def validate_appointment_id(value: str) -> str:
     """The id, stripped; ProtocolViolation when it is empty, too long or has characters an id cannot have."""
     value = value.strip()
-    if not value:
-        raise ProtocolViolation("an appointment id is needed")
-    if len(value) > MAX_APPOINTMENT_ID:
-        raise ProtocolViolation(f"appointment id longer than {MAX_APPOINTMENT_ID} characters")
-    if not _APPOINTMENT_ID.match(value):
-        raise ProtocolViolation("appointment id may only contain letters, digits and . _ : -")
+    problem = appointment_id_problem(value)
+    if problem is not None:
+        raise ProtocolViolation(problem)
     return value
 
 
@@ -119,6 +127,8 @@ def parse_request(line: bytes) -> Request:
         raise ProtocolViolation(f"bad request: {exc}") from None
     except msgspec.DecodeError:
         raise ProtocolViolation("bad request: not a JSON object") from None
+    except RecursionError:  # msgspec skips unknown fields recursively: deep nesting must not reach the daemon
+        raise ProtocolViolation("bad request: nested too deeply") from None
     if isinstance(request, StartVisit):
         return StartVisit(appointment_id=validate_appointment_id(request.appointment_id))
     return request
@@ -139,6 +149,8 @@ def parse_response(line: bytes) -> Response:
         return response
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ProtocolViolation(f"unexpected answer from the daemon: {exc}") from None
+    except RecursionError:
+        raise ProtocolViolation("unexpected answer from the daemon: nested too deeply") from None
 
 
 def ok(status: DaemonStatus, message: str = "") -> Response:
@@ -153,6 +165,16 @@ def _db(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} dBFS"
 
 
+def _archive_row(status: DaemonStatus) -> str:
+    if not status.archive_writable:
+        return (f"NOT WRITING ({status.archive_problem}): {status.archive_missing_s:.1f} s of the visit missing so "
+                "far; capture and stream go on, the saved part is queued")
+    if status.archive_missing_s:
+        return (f"writing; {status.archive_missing_s:.1f} s missing earlier ({status.archive_problem}), silence in "
+                "the recording")
+    return "writing"
+
+
 def format_status(status: DaemonStatus) -> str:
     """Clear text for ``medisync-agent status``: one ``name: value`` per line."""
     rows = [
@@ -165,9 +187,14 @@ def format_status(status: DaemonStatus) -> str:
         ("ring fill", f"{status.ring_fill_s:.1f} s"),
         ("reconnects", str(status.reconnects)),
         ("upload queue", f"{status.upload_queue} visit(s) waiting"),
+        ("uploader", f"{status.upload_worker}; {status.worker_restarts} background restart(s)"),
     ]
+    if status.needs_appointment or status.quarantined:
+        rows.append(("needs a person", f"{status.needs_appointment} recording(s) need an appointment, "
+                                        f"{status.quarantined} file(s) quarantined: see 'medisync-agent uploads list'"))
     if status.state != "idle":
         rows.insert(1, ("visit", f"appointment {status.appointment_id}, {status.visit_seconds:.1f} s recorded"
                                  + (f", {status.gap_seconds:.1f} s lost to device gaps" if status.gap_seconds else "")))
+        rows.insert(2, ("archive", _archive_row(status)))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name + ':':<{width + 1}} {value}" for name, value in rows)

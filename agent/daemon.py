@@ -8,8 +8,11 @@
   service restarted by systemd.
 - The control socket (:mod:`agent.control`) starts and stops a :class:`~agent.visit.Visit` that reads a
   :class:`~agent.device_watch.CaptureTap`; device gaps in a visit are fed to its stream as ``gap`` announcements.
-- :func:`agent.archive.upload_runner.run` drains the upload queue between visits, woken when a visit is queued;
-  :func:`~agent.visit.recover_visits` queues visits a crash cut short, at start.
+- :func:`agent.archive.upload_runner.run` drains the upload queue between visits, woken when a visit is queued
+  (or another process queues an item); :func:`~agent.archive.recovery.recover` queues visits a crash cut short,
+  at start, and finds recordings that need an appointment.
+- Background tasks (upload worker, tick, queue count) run under :func:`agent.supervise.supervise`: one that dies
+  is logged and restarted with backoff; ``status`` and the metrics show the upload worker's health.
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), exit within ``stop_timeout_s``.
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
 
@@ -25,7 +28,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent import SAMPLE_RATE
@@ -33,6 +36,8 @@ from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
 from agent.archive import upload_runner
+from agent.archive.recovery import find_orphans, quarantined, recover
+from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.mic import MicSource, parse_mic_spec
@@ -58,7 +63,8 @@ from agent.errors import AgentError, ControlError
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
-from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
+from agent.supervise import WorkerHealth, supervise
+from agent.visit import Visit, VisitSummary, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,11 @@ class Daemon:
         self._gap_samples = 0
         self._reload_pending = False
         self._queue_length = 0
+        self._needs_appointment = 0
+        self._quarantined = 0
+        self._known_items: set[str] = set()
+        self._workers = {name: WorkerHealth(name) for name in ("tick", "upload_worker", "queue_count")}
+        self._visit_error = ""
         self._ready = False
         self._stalled_logged = False
         self._status_text = ""
@@ -140,6 +151,7 @@ class Daemon:
         self._upload_failures = 0
         self._ended_visits_reconnects = 0
         self._ended_visits_bytes_sent = 0
+        self._ended_visits_archive_lost = 0
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -149,8 +161,12 @@ class Daemon:
         sock = bind_control_socket(Path(self.settings.daemon.control_socket))
         server: asyncio.Server | None = None
         try:
-            for item in await asyncio.to_thread(recover_visits, Path(self.settings.archive.directory), self._queue):
+            recovery = await asyncio.to_thread(recover, Path(self.settings.archive.directory), self._queue)
+            for item in recovery.queued:
                 log.warning("queued the upload of an interrupted earlier visit (%s)", item.item_id[:8])
+            if recovery.orphans or recovery.quarantined:
+                log.warning("%d recording(s) need an appointment, %d file(s) quarantined: see 'medisync-agent "
+                            "uploads list'", len(recovery.orphans), len(recovery.quarantined))  # fmt: skip
             self._client = MediSyncClient(self.settings.api, credentials,
                                           max_upload_bytes=self.settings.upload.max_bytes)  # fmt: skip
             self._capture = await self._start_capture(self.settings.audio)
@@ -160,9 +176,8 @@ class Daemon:
             for sig, handler in ((signal.SIGTERM, self._shutdown.set), (signal.SIGINT, self._shutdown.set),
                                  (signal.SIGHUP, self._on_sighup)):  # fmt: skip
                 loop.add_signal_handler(sig, handler)
-            self._tasks = [asyncio.create_task(self._tick(), name="tick"),
-                           asyncio.create_task(self._uploads(), name="uploads"),
-                           asyncio.create_task(self._count_queue(), name="queue-count")]  # fmt: skip
+            self._tasks = [self._supervised("tick", self._tick), self._supervised("upload_worker", self._uploads),
+                           self._supervised("queue_count", self._count_queue)]  # fmt: skip
             await self._shutdown.wait()
             await self._stop(server)
         finally:
@@ -175,6 +190,9 @@ class Daemon:
                 os.unlink(self.settings.daemon.control_socket)
             await self._close_parts()
         return 0
+
+    def _supervised(self, name: str, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(supervise(work, self._workers[name]), name=name)
 
     async def _start_capture(self, audio: AudioSettings) -> Capture:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
@@ -278,6 +296,7 @@ class Daemon:
             self._state = "idle"
             raise
         self._gap_samples = 0
+        self._visit_error = ""
         visit = Visit(self.settings, appointment_id=appointment_id, source=tap, queue=self._queue,
                       token=token_provider(client) if access.stream_allowed else None,
                       on_output=self._on_visit_output)  # fmt: skip
@@ -285,7 +304,7 @@ class Daemon:
         self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
         self._state = "recording"
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
-        return ok(self.status(), "recording" + ("" if access.online else " (MediSync unreachable: upload waits)"))
+        return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
     def _on_visit_output(self, out: PipelineOutput) -> None:
         """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""
@@ -297,11 +316,13 @@ class Daemon:
             summary = await visit.run()
         except AgentError as exc:
             log.error("visit failed: %s", exc)
+            self._visit_error = str(exc)
             return None
         finally:
             if visit.stream is not None:  # metrics counters run across visits
                 self._ended_visits_reconnects += visit.stream.stats.reconnects
                 self._ended_visits_bytes_sent += visit.stream.stats.bytes_sent
+            self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
             self._upload_wake.set()
         if self._gap_samples:
@@ -319,8 +340,9 @@ class Daemon:
         self._visit.stop()
         summary = await asyncio.shield(task)
         if summary is None:
-            return failure("the visit ended with an error; see the daemon's log")
-        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued")
+            return failure(self._visit_error or "the visit ended with an error; see the daemon's log")
+        missing = "".join(f"; missing from the recording: {m.describe()}" for m in summary.archive_missing)
+        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued{missing}")
 
     # --- status, watchdog, metrics ----------------------------------------------------------------------------
 
@@ -329,6 +351,7 @@ class Daemon:
         active = visit is not None and self._state != "idle"
         stream = visit.stream.stats if active and visit is not None and visit.stream is not None else None
         captured = visit.samples_captured if active and visit is not None else 0
+        archive = visit.archive_health if active and visit is not None else ArchiveHealth()
         return DaemonStatus(
             state=self._state,
             device=capture.description if capture else "",
@@ -342,10 +365,17 @@ class Daemon:
             upload_queue=self._queue_length,
             visit_seconds=captured / SAMPLE_RATE,
             gap_seconds=self._gap_samples / SAMPLE_RATE if active else 0.0,
+            archive_writable=archive.writable,
+            archive_missing_s=archive.missing_samples / SAMPLE_RATE,
+            archive_problem=archive.reason,
             blocks_captured=capture.blocks if capture else 0,
             appointment_id=visit.appointment_id if active and visit is not None else "",
             session_id=visit.session_id if active and visit is not None else "",
             pending_reload=self._reload_pending,
+            upload_worker=self._workers["upload_worker"].describe(),
+            worker_restarts=sum(w.restarts for w in self._workers.values()),
+            needs_appointment=self._needs_appointment,
+            quarantined=self._quarantined,
         )
 
     async def _tick(self) -> None:
@@ -378,6 +408,8 @@ class Daemon:
         text = f"{s.state}; device {s.device_state}; uploads waiting {s.upload_queue}"
         if s.state != "idle":
             text += f"; stream {s.connection}"
+        if not s.archive_writable:
+            text += f"; archive stopped ({s.archive_problem})"
         if text != self._status_text:
             self._status_text = text
             self._notifier.status(text)
@@ -402,19 +434,22 @@ class Daemon:
             upload_queue_length=s.upload_queue,
             uploads_completed=self._uploads_done,
             upload_failures=self._upload_failures,
+            archive_writable=s.archive_writable,
+            archive_samples_lost=self._ended_visits_archive_lost
+            + (round(s.archive_missing_s * SAMPLE_RATE) if s.state != "idle" else 0),
+            upload_worker_up=self._workers["upload_worker"].running,
+            worker_restarts=s.worker_restarts,
+            uploads_unassigned=s.needs_appointment,
+            uploads_quarantined=s.quarantined,
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
 
     async def _uploads(self) -> None:
-        while True:
-            client = self._client
-            assert client is not None
-            try:
-                await upload_runner.run(self._queue, client, wake=self._upload_wake, on_report=self._count_report)
-            except AgentError as exc:
-                log.error("upload runner stopped (%s); restarting it in 30 s", exc)
-                await asyncio.sleep(30.0)
+        """The upload worker (supervised: if it dies, it is logged and started again with backoff)."""
+        client = self._client
+        assert client is not None
+        await upload_runner.run(self._queue, client, wake=self._upload_wake, on_report=self._count_report)
 
     def _count_report(self, report: upload_runner.DrainReport) -> None:
         self._uploads_done += len(report.uploaded)
@@ -422,9 +457,19 @@ class Daemon:
 
     async def _count_queue(self) -> None:
         while True:
-            items = await asyncio.to_thread(self._queue.items)
-            self._queue_length = sum(1 for i in items if i.state is ItemState.PENDING)
+            if await asyncio.to_thread(self._look_at_queue):
+                self._upload_wake.set()  # another process queued an item (uploads add/assign): upload it now
             await asyncio.sleep(QUEUE_POLL_S)
+
+    def _look_at_queue(self) -> bool:
+        """Counts for ``status`` (in a worker thread); True when a pending item appeared since the last look."""
+        archive_dir, queue = Path(self.settings.archive.directory), self._queue
+        pending = {i.item_id for i in queue.items() if i.state is ItemState.PENDING}
+        new = bool(pending - self._known_items)
+        self._queue_length, self._known_items = len(pending), pending
+        self._needs_appointment = len(find_orphans(archive_dir, queue))
+        self._quarantined = len(quarantined(archive_dir, queue))
+        return new
 
     # --- configuration reload ---------------------------------------------------------------------------------
 
@@ -467,4 +512,4 @@ class Daemon:
             await self._client.aclose()
         self._client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
         self._queue = UploadQueue(settings.upload)
-        self._tasks[1] = asyncio.create_task(self._uploads(), name="uploads")
+        self._tasks[1] = self._supervised("upload_worker", self._uploads)

@@ -8,6 +8,7 @@ translated into these at the adapter boundary, so callers catch one family.
     AgentError
     ├── ConfigError                 bad configuration (exit 78, EX_CONFIG)
     ├── InputError                  bad input a person gave: missing file, not a WAV, bad encoding (exit 65)
+    │   └── NoAudioError            a visit ended without capturing any audio: nothing to upload
     ├── DeviceError                 microphone / PortAudio problems (exit 69)
     ├── ArchiveError                the WAV archive cannot be written or repaired (exit 73)
     ├── ApiError                    MediSync / MediSearch HTTP API failures (exit 69)
@@ -21,7 +22,8 @@ translated into these at the adapter boundary, so callers catch one family.
     │   ├── TransportError          connection refused, reset, timeout
     │   ├── UploadTooLargeError     file over the documented limit, refused before sending
     │   ├── AlreadyExistsError      one recording per appointment: the server holds one
-    │   └── RecordingMismatchError  the server holds a different recording for the appointment
+    │   ├── RecordingMismatchError  the server holds a different recording for the appointment
+    │   └── WrongAppointmentError   an upload answer names another appointment than the one uploaded
     └── StreamError                 speech socket failures (exit 69)
         └── ProtocolError           the peer broke the speech protocol
 """
@@ -48,6 +50,10 @@ class ConfigError(AgentError):
 
 class InputError(AgentError):
     exit_code = EX_DATAERR
+
+
+class NoAudioError(InputError):
+    """A visit captured no audio (stopped at once, empty source): nothing is queued, the appointment stays free."""
 
 
 class DeviceError(AgentError):
@@ -110,6 +116,10 @@ class AlreadyExistsError(ApiError):
 
 class RecordingMismatchError(ApiError):
     pass
+
+
+class WrongAppointmentError(ApiError):
+    """MediSync accepted an upload but says it belongs to another appointment: not delivered where it should be."""
 
 
 class StreamError(AgentError):

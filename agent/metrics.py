@@ -52,6 +52,18 @@ class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
     """Visits whose upload was confirmed since start (counter)."""
     upload_failures: int = 0
     """Failed upload attempts since start (counter)."""
+    archive_writable: bool = True
+    """False while the current visit's archive cannot be written (disk full, I/O error)."""
+    archive_samples_lost: int = 0
+    """Visit samples (16 kHz) missing from the archives since start, e.g. while the disk was full (counter)."""
+    upload_worker_up: bool = True
+    """Whether the background upload worker runs now (0 while it waits to be restarted after dying)."""
+    worker_restarts: int = 0
+    """Restarts of background tasks that died, since start (counter)."""
+    uploads_unassigned: int = 0
+    """Recordings no visit journal or queue item accounts for (they need ``uploads assign``)."""
+    uploads_quarantined: int = 0
+    """Unreadable files set aside in the quarantine folders."""
 
 
 _COUNTERS = {
@@ -61,6 +73,8 @@ _COUNTERS = {
     "bytes_sent": "Audio bytes sent on the speech socket.",
     "uploads_completed": "Visit uploads confirmed by the server.",
     "upload_failures": "Failed visit upload attempts.",
+    "archive_samples_lost": "Visit samples (16 kHz) missing from the archive (disk full, I/O error).",
+    "worker_restarts": "Restarts of background tasks (upload worker, tick, queue count) that died.",
 }
 _GAUGES = {
     "vad_speech_ratio": "Share of the visit's frames passed by the voice activity detector (0 to 1).",
@@ -69,6 +83,10 @@ _GAUGES = {
     "stream_connected": "1 while the speech socket is connected.",
     "visit_active": "1 while a visit is being recorded.",
     "upload_queue_length": "Visits waiting to be uploaded.",
+    "archive_writable": "0 while the visit's archive cannot be written (disk full, I/O error); 1 otherwise.",
+    "upload_worker_up": "1 while the background upload worker runs, 0 while it waits to be restarted.",
+    "uploads_unassigned": "Recordings without a visit record, waiting for uploads assign.",
+    "uploads_quarantined": "Unreadable files set aside in the quarantine folders.",
 }
 
 

@@ -7,6 +7,12 @@ after ``duration_s`` of timeline audio (cut to the exact sample), or when :meth:
 another thread or a signal handler). Whatever happens, the archive is finished as a valid WAV under its final name
 (on an error too, before the error propagates), so nothing captured is lost.
 
+With ``resilient_archive`` (a visit) the archive is a :class:`~agent.archive.resilient.ResilientArchiveWriter`:
+a full disk or a write error stops the archive but not the recording, which goes on (and the live stream with it)
+until the end; ``on_archive`` hears each stop and resumption and :attr:`Recorder.archive_health` tells the daemon.
+The summary's ``samples`` is the visit's timeline, ``archived_samples`` what the file holds, and
+``archive_missing`` the stretches the archive lacks.
+
 Each :class:`~agent.audio.pipeline.PipelineOutput` is also handed to ``on_output`` (after its frames were
 archived), which is where the visit code attaches the live stream; ``on_segment`` gets each speech segment as
 the gate closes it.
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent import SAMPLE_RATE
+from agent.archive.resilient import ArchiveHealth, MissingStretch, ResilientArchiveWriter
 from agent.archive.wav import WavArchiveWriter
 from agent.audio.dsp import Gap
 from agent.audio.handoff import HandoffSource
@@ -61,7 +68,7 @@ class RecordSummary:
     path: Path
     """The finished WAV."""
     samples: int
-    """Samples (16 kHz) in the archive = timeline length."""
+    """Samples (16 kHz) of the visit timeline (= in the archive, unless part of it could not be written)."""
     segments: tuple[SpeechSegment, ...]
     speech_frames: int
     """Frames the VAD classified as speech."""
@@ -72,6 +79,10 @@ class RecordSummary:
     stopped_by: StopReason
     source: str
     """The source's description (no patient data)."""
+    archived_samples: int
+    """Samples in the WAV file: ``samples``, less the end of the visit when the archive stopped and never resumed."""
+    archive_missing: tuple[MissingStretch, ...] = ()
+    """Timeline stretches the archive could not hold (disk full, I/O error), in order."""
 
     @property
     def seconds(self) -> float:
@@ -85,6 +96,11 @@ class RecordSummary:
     @property
     def lost_samples(self) -> int:
         return sum(g.end - g.start for g in self.gaps)
+
+    @property
+    def archive_missing_samples(self) -> int:
+        """Timeline samples missing from the archive (silence there, or after its end)."""
+        return sum(m.samples for m in self.archive_missing)
 
 
 class Recorder:
@@ -101,6 +117,8 @@ class Recorder:
         is_speech: IsSpeech | None = None,
         on_output: Callable[[PipelineOutput], None] | None = None,
         on_segment: Callable[[SpeechSegment], None] | None = None,
+        resilient_archive: bool = False,
+        on_archive: Callable[[ArchiveHealth], None] | None = None,
     ) -> None:
         self._source = source
         self._path = Path(archive_path)
@@ -114,6 +132,16 @@ class Recorder:
         self._segments: list[SpeechSegment] = []
         self._open_segment: int | None = None
         self._next_progress = PROGRESS_INTERVAL_SAMPLES
+        self._resilient = resilient_archive
+        self._on_archive = on_archive
+        self._writer: WavArchiveWriter | None = None
+        self._archive_writable = True
+
+    @property
+    def archive_health(self) -> ArchiveHealth:
+        """Whether the archive is being written and how much of the timeline it lacks (any thread may read it)."""
+        writer = self._writer
+        return writer.health if isinstance(writer, ResilientArchiveWriter) else ArchiveHealth()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish soon. Thread-safe and safe in a signal handler (a flag and the source's stop)."""
@@ -151,6 +179,8 @@ class Recorder:
             gaps=tuple(g for g in pipeline.dsp.gaps if g.start < writer.position),
             stopped_by=stopped_by,
             source=source.description,
+            archived_samples=writer.archived_samples,
+            archive_missing=writer.missing if isinstance(writer, ResilientArchiveWriter) else (),
         )
 
     async def run_on_loop(self) -> RecordSummary:
@@ -176,8 +206,10 @@ class Recorder:
     def _open(self, source: Source, *, background_sync: bool = False) -> tuple[AudioPipeline, WavArchiveWriter]:
         pipeline = AudioPipeline(source.sample_rate, self._settings.audio, self._settings.vad,
                                  is_speech=self._is_speech)  # fmt: skip
-        writer = WavArchiveWriter.create(self._path, self._settings.archive, overwrite=self._overwrite,
-                                         background_sync=background_sync)  # fmt: skip
+        kind = ResilientArchiveWriter if self._resilient else WavArchiveWriter
+        writer = kind.create(self._path, self._settings.archive, overwrite=self._overwrite,
+                             background_sync=background_sync)  # fmt: skip
+        self._writer = writer
         log.info("recording %s to %s", source.description, self._path.name)
         return pipeline, writer
 
@@ -259,9 +291,13 @@ class Recorder:
                 frames[-1] = Frame(start=last.start, pcm=last.pcm[: 2 * max(0, limit - last.start)],
                                    capture_time=last.capture_time)  # fmt: skip
         writer.write_frames(frames)
-        if writer.position >= self._next_progress:
-            log.info("archived %d samples", writer.position)
-            self._next_progress = (writer.position // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES
+        if writer.archived_samples >= self._next_progress:
+            log.info("archived %d samples", writer.archived_samples)
+            self._next_progress = (writer.archived_samples // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES
+        if isinstance(writer, ResilientArchiveWriter) and writer.writable != self._archive_writable:
+            self._archive_writable = writer.writable
+            if self._on_archive is not None:
+                self._on_archive(writer.health)
         self._track_segments(out, writer.position)
         if self._on_output is not None:
             self._on_output(out)

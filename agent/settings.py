@@ -61,6 +61,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """File holding the password (must not be readable by group or others); empty: systemd credential ``password``."""
     timeout_s: float = 30.0
     """Seconds before an HTTP request without progress is abandoned."""
+    confirm_timeout_s: float = 5.0
+    """Seconds the checks before a visit (login, subscription, appointment) may take together. A slower MediSync
+    does not hold the recording back: after this the visit records anyway, and the stream and upload catch up."""
 
 
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -38,11 +38,17 @@ def upload_outcome(summary: VisitSummary, state: ItemState) -> str:
     return "queued: will be retried by the daemon or `medisync-agent uploads retry`"
 
 
+def _archive_rows(summary: VisitSummary) -> list[tuple[str, str]]:
+    """The stretches missing from the recording (disk full, I/O error), one row each; none when complete."""
+    return [("MISSING from the recording", m.describe()) for m in summary.archive_missing]
+
+
 def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[str, str] | None = None) -> str:
     stream = summary.stream
     rows: list[tuple[str, str]] = [
         ("recording", summary.record.path.name),
         ("seconds captured", f"{summary.seconds_captured:.1f}"),
+        *_archive_rows(summary),
         ("seconds gated (speech passed)", f"{summary.seconds_gated:.1f}"),
         ("VAD segments", str(len(summary.record.segments))),
     ]

@@ -7,14 +7,22 @@ for file and synth sources, on the event loop for the microphone (woken by the c
 or ``duration_s``), the stream is ended with a bounded wait for ``closed``, the WAV is finished and the visit is
 put on the on-disk upload queue.
 
-A small journal file (``<wav stem>.visit.json`` beside the archive) names the appointment while a visit is
-recording, so a visit cut short by kill -9 or power loss is repaired and queued on the next start
-(:func:`recover_visits`): the recording is the complete record of a visit and must not be lost.
+A full disk (or a failing card) does not end the visit: the archive stops (see :mod:`agent.archive.resilient`),
+capture and the live stream go on, and the part already on disk is queued at once as an item *held* until the
+recording ends (:meth:`~agent.archive.upload_queue.UploadQueue.enqueue_held`), so even a power cut after that
+cannot leave it unqueued. The visit's end releases the item with the final file; the upload runner releases it
+itself if the recording process died (no lock on the file any more).
+
+A small journal file (``<wav stem>.visit.json`` beside the archive, :mod:`agent.archive.journal`) names the
+appointment while a visit is recording, so a visit cut short by kill -9 or power loss is repaired and queued on the
+next start (:mod:`agent.archive.recovery`): the recording is the complete record of a visit and must not be lost.
+A visit that captured no audio at all is not queued: its empty file is removed and the appointment stays free.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -24,35 +32,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import msgspec
-
 from agent import SAMPLE_RATE
-from agent.archive.repair import repair_partial
+from agent.archive.journal import OpenJournal, VisitJournal
+from agent.archive.resilient import ArchiveHealth, MissingStretch
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentFrame
-from agent.errors import ArchiveError, InputError
+from agent.errors import ArchiveError, InputError, NoAudioError
+from agent.ids import appointment_id_problem
 from agent.recorder import Recorder, RecordSummary
 from agent.settings import AgentSettings
 from agent.stream import wire
 from agent.stream.client import SpeechStream, StreamStats, TokenProvider
 
 log = logging.getLogger(__name__)
-
-JOURNAL_SUFFIX = ".visit.json"
-
-
-class VisitJournal(msgspec.Struct, frozen=True, kw_only=True):
-    """What a crashed visit needs to be uploaded on the next start (no patient data: ids only)."""
-
-    appointment_id: str
-    session_id: str
-    started_at: float
-    """Unix seconds."""
-    wav: str
-    """Final archive file name (the ``.partial`` sits beside it while recording)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +70,11 @@ class VisitSummary:
     @property
     def seconds_gated(self) -> float:
         return self.gated_samples / SAMPLE_RATE
+
+    @property
+    def archive_missing(self) -> tuple[MissingStretch, ...]:
+        """Stretches of the visit the recording lacks (disk full, I/O error); empty when it is complete."""
+        return self.record.archive_missing
 
 
 def archive_name(now: float) -> str:
@@ -108,10 +108,11 @@ class Visit:
         self.session_id = str(uuid.uuid4())
         archive_dir = Path(settings.archive.directory)
         self.archive_path = archive_dir / archive_name(clock())
-        self._journal_path = self.archive_path.with_name(self.archive_path.stem + JOURNAL_SUFFIX)
+        self._journal: OpenJournal | None = None
         self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
-                                  is_speech=is_speech, on_output=self._handle_output)  # fmt: skip
+                                  is_speech=is_speech, on_output=self._handle_output, resilient_archive=True,
+                                  on_archive=self._on_archive)  # fmt: skip
         self.stream: SpeechStream | None = None
         if token is not None and settings.stream.enabled:
             self.stream = SpeechStream(settings.stream, speech_url=settings.api.speech_url,
@@ -122,6 +123,14 @@ class Visit:
         self.samples_captured = 0
         self.gated_samples = 0
         self._stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hold: asyncio.Task[None] | None = None
+        self._recording_over = asyncio.Event()
+
+    @property
+    def archive_health(self) -> ArchiveHealth:
+        """Whether the archive is being written now and how much of the visit it lacks (any thread)."""
+        return self._recorder.archive_health
 
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
@@ -129,12 +138,16 @@ class Visit:
         self._recorder.stop()
 
     async def run(self) -> VisitSummary:
+        self._loop = asyncio.get_running_loop()
         self._write_journal()
         if self.stream is not None:
             await self.stream.start()
         try:
             record = await self._record()
         except BaseException:
+            await self._end_hold()
+            if self._journal is not None:
+                self._journal.release()  # kept on disk: the next start recovers the visit
             if self.stream is not None:
                 await self.stream.close()
             raise
@@ -142,7 +155,11 @@ class Visit:
         if self.stream is not None:
             confirmed = await self.stream.finish(final_sample=record.samples)
         item = await self._queue_upload(record)
-        log.info("visit ended: %.1f s captured, upload queued", record.samples / SAMPLE_RATE)
+        if item is None:
+            raise NoAudioError("the visit captured no audio: nothing was queued, the appointment stays free "
+                               "for the real visit")  # fmt: skip
+        missing = "".join(f"; missing from the recording: {m.describe()}" for m in record.archive_missing)
+        log.info("visit ended: %.1f s captured, upload queued%s", record.samples / SAMPLE_RATE, missing)
         return VisitSummary(
             appointment_id=self.appointment_id,
             record=record,
@@ -169,10 +186,54 @@ class Visit:
             await self._queue_upload(record)
             raise
 
-    async def _queue_upload(self, record: RecordSummary) -> UploadItem:
-        """Put the finished WAV on the upload queue; only then is the crash journal no longer needed."""
-        item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
-        self._journal_path.unlink(missing_ok=True)
+    def _on_archive(self, health: ArchiveHealth) -> None:
+        """On the audio thread or the loop: the archive stopped (or resumed). Queue what is on disk now."""
+        loop = self._loop
+        if not health.writable and loop is not None:
+            loop.call_soon_threadsafe(self._start_hold)
+
+    def _start_hold(self) -> None:
+        if self._hold is None and not self._recording_over.is_set():
+            self._hold = asyncio.create_task(self._queue_saved_part(), name="queue-saved-part")
+
+    async def _queue_saved_part(self) -> None:
+        """Put the visit on the upload queue now, held until the recording ends; retried each second while the
+        queue cannot be written (its folder may be on the full disk: the journal covers a power cut meanwhile)."""
+        warned = False
+        while not self._recording_over.is_set():
+            try:
+                item = await asyncio.to_thread(self._queue.enqueue_held, self.appointment_id, self.archive_path)
+            except ArchiveError as exc:
+                if not warned:
+                    log.warning("cannot queue the saved part of the visit yet (%s); trying again every second", exc)
+                    warned = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recording_over.wait(), 1.0)
+                continue
+            log.info("saved part of the visit queued as upload item %s, held until the recording ends",
+                     item.item_id[:8])  # fmt: skip
+            return
+
+    async def _end_hold(self) -> None:
+        """The recording is over: let a running attempt to queue the saved part finish (the end queues it too)."""
+        self._recording_over.set()
+        if self._hold is not None:
+            await self._hold
+
+    async def _queue_upload(self, record: RecordSummary) -> UploadItem | None:
+        """Put the finished WAV on the upload queue (releasing a held item); only then is the crash journal no
+        longer needed.
+
+        A recording without a single sample is removed instead (None): it is not the appointment's recording.
+        """
+        await self._end_hold()
+        if record.samples == 0:
+            await asyncio.to_thread(record.path.unlink, True)
+            item = None
+        else:
+            item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
+        if self._journal is not None:
+            self._journal.remove()
         return item
 
     def _handle_output(self, out: PipelineOutput) -> None:
@@ -188,38 +249,10 @@ class Visit:
             self._on_output(out)
 
     def _write_journal(self) -> None:
+        """Durable (atomic, fsynced) and locked before the first audio byte; ArchiveError if the disk refuses."""
         journal = VisitJournal(appointment_id=self.appointment_id, session_id=self.session_id,
                                started_at=self._clock(), wav=self.archive_path.name)  # fmt: skip
-        try:
-            self.archive_path.parent.mkdir(parents=True, exist_ok=True)
-            self._journal_path.write_bytes(msgspec.json.encode(journal))
-        except OSError as exc:
-            raise ArchiveError(f"cannot write to the archive folder {self.archive_path.parent}: "
-                               f"{exc.strerror or exc}") from exc  # fmt: skip
-
-
-def recover_visits(archive_dir: Path, queue: UploadQueue) -> list[UploadItem]:
-    """Queue the uploads of visits that a crash cut short (repairing their ``.partial``). Returns what was queued."""
-    recovered: list[UploadItem] = []
-    for journal_path in sorted(archive_dir.glob(f"*{JOURNAL_SUFFIX}")):
-        try:
-            journal = msgspec.json.decode(journal_path.read_bytes(), type=VisitJournal)
-        except (OSError, msgspec.DecodeError) as exc:
-            log.error("cannot read visit journal %s (%s); left in place", journal_path.name, exc)
-            continue
-        wav = archive_dir / journal.wav
-        partial = wav.with_name(wav.name + ".partial")
-        if partial.exists():
-            wav = repair_partial(partial).final
-            log.warning("repaired %s left by an interrupted visit", wav.name)
-        if not wav.exists():
-            log.error("visit journal %s names a missing recording; left in place", journal_path.name)
-            continue
-        if queue.find(journal.appointment_id) is None:
-            recovered.append(queue.enqueue(journal.appointment_id, wav))
-            log.warning("queued the upload of interrupted visit %s", wav.name)
-        journal_path.unlink()
-    return recovered
+        self._journal = OpenJournal.write(self.archive_path, journal)
 
 
 def refuse_second_recording(queue: UploadQueue, appointment_id: str) -> None:
@@ -229,6 +262,9 @@ def refuse_second_recording(queue: UploadQueue, appointment_id: str) -> None:
     the queue (idempotent per appointment) keeps the first visit's item, the new recording sits unqueued in the
     archive, and the first visit's upload would be reported as this one's.
     """
+    problem = appointment_id_problem(appointment_id)
+    if problem is not None:
+        raise InputError(problem)
     existing = queue.find(appointment_id)
     if existing is not None:
         raise InputError(

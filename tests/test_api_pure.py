@@ -168,3 +168,61 @@ def test_multipart_body_is_exact_and_reports_progress(tmp_path: Path) -> None:
     assert seen[-1] == (len(data), len(data))
     assert [s for s, _ in seen] == sorted(s for s, _ in seen)
     assert part.content_type == "multipart/form-data; boundary=BOUNDARY"
+
+
+# --- where the answer sits ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"success": True, "data": {"active": False, "plan": "p"}},
+        {"success": True, "subscription": {"active": False, "plan": "p"}},
+        {"success": True, "data": {"subscription": {"active": False, "plan": "p"}}},
+        {"success": True, "active": False, "plan": "p"},
+        {"active": False, "plan": "p"},  # no envelope at all
+    ],
+)
+def test_unwrap_finds_the_object_in_every_documented_place(doc: dict[str, object]) -> None:
+    from agent.api.models import Subscription
+    from agent.api.responses import unwrap
+
+    found = unwrap(doc, Subscription, keys=("subscription",), endpoint="e", what="subscription")
+    assert (found.active, found.plan) == (False, "p")
+
+
+def test_unwrap_never_takes_a_bare_envelope_for_an_all_optional_object() -> None:
+    from agent.api.models import Subscription
+    from agent.api.responses import unwrap
+
+    for doc in ({"success": True}, {"success": True, "data": {}}, {"success": True, "data": "active"}):
+        with pytest.raises(ResponseError, match=r"response has no subscription \(looked under 'data', "
+                                                r"'subscription', the top level\)"):  # fmt: skip
+            unwrap(doc, Subscription, keys=("subscription",), endpoint="e", what="subscription")
+
+
+def test_unwrap_reads_lists_under_data_a_key_or_as_a_bare_array() -> None:
+    from agent.api.models import Note
+    from agent.api.responses import unwrap
+
+    notes = [{"_id": "n1", "notes": "text"}]
+    for doc in ({"data": notes}, {"notes": notes}, notes, {"data": {"notes": notes}}):
+        assert [n.id for n in unwrap(doc, list[Note], keys=("notes",), endpoint="e", what="notes")] == ["n1"]
+
+
+def test_unwrap_mismatch_names_the_path_never_the_value() -> None:
+    from agent.api.models import Appointment
+    from agent.api.responses import unwrap
+
+    with pytest.raises(ResponseError, match=r"appointment not as documented .*\$\._id") as info:
+        unwrap({"data": {"_id": 42, "name": "Jane Doe"}}, Appointment, keys=("appointment",), endpoint="e",
+               what="appointment")  # fmt: skip
+    assert "Jane" not in str(info.value) and "42" not in str(info.value)
+
+
+@pytest.mark.parametrize(("body", "text"), [(b"", "response is empty"), (b"  <html>x</html>", "HTML page"),
+                                            (b"OK", "not valid JSON")])  # fmt: skip
+def test_non_json_body_is_described_not_quoted(body: bytes, text: str) -> None:
+    with pytest.raises(ResponseError, match=text) as info:
+        decode_document(body, endpoint="e")
+    assert "html>x" not in str(info.value)

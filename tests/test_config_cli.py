@@ -45,6 +45,12 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     assert_config_error(run_cli("config", "show", "--config", str(path)), f"{path}:3: not valid TOML: Invalid value")
 
 
+def test_deeply_nested_value_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "[audio]\nsource = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = run_cli("config", "show", "--config", str(path))
+    assert_config_error(result, f"{path}: not valid TOML: values nested too deeply")
+
+
 def test_unknown_key_names_line_and_suggests(tmp_path: Path) -> None:
     path = write(tmp_path, '# clinic room 3\n[audio]\nsource = "mic"\n\n[stream]\nenabled = true\nring_second = 30\n')
     result = run_cli("config", "show", "--config", str(path))

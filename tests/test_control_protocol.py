@@ -112,3 +112,12 @@ def test_level_of_full_scale_and_silence() -> None:
     level = level_dbfs(block_power(tone))
     assert level is not None and math.isclose(level, -23.01, abs_tol=0.05)
     assert level_dbfs(block_power(np.zeros(10, dtype=np.float32))) is None
+
+
+def test_deeply_nested_request_or_answer_is_a_protocol_violation_not_a_recursion_error() -> None:
+    deep = b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b', "cmd": "status"}'
+    assert len(deep) < MAX_LINE_BYTES
+    with pytest.raises(ProtocolViolation, match="nested too deeply"):
+        parse_request(deep)
+    with pytest.raises(ProtocolViolation, match="nested too deeply"):
+        parse_response(deep)

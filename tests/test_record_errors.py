@@ -1,5 +1,7 @@
 """Bad input to ``record``: the exact line a person sees, the exit code, and that nothing recorded is lost.
 
+A WAV source whose header misstates its length is read to its end with one warning line naming both lengths.
+
 Faults are real: a read-only mount and a tiny full tmpfs in a private mount namespace (``unshare -m``, root), and
 a PortAudio library made unloadable by bind-mounting /dev/null over it.
 """
@@ -9,13 +11,14 @@ from __future__ import annotations
 import ctypes.util
 import os
 import shlex
+import struct
 import subprocess
 import wave
 from pathlib import Path
 
 import pytest
 
-from tests.plugins.archive import DIALOGUE, REPO, agent_command, run_agent, soxi_samples, wav_pcm
+from tests.plugins.archive import DIALOGUE, REPO, agent_command, record_in_process, run_agent, soxi_samples, wav_pcm
 
 SUPPORTED = "supported: 16/24/32-bit integer PCM or 32-bit float, 8000-48000 Hz, mono or stereo"
 
@@ -124,3 +127,47 @@ def test_disk_full_keeps_a_valid_wav_of_everything_written(tmp_path: Path, dialo
     assert os.path.getsize(saved) > size_kib * 1024 - 4096
     assert pcm == dialogue_pcm[: len(pcm)]
     assert soxi_samples(saved) == len(pcm) // 2
+
+
+def dialogue_second_with_header(path: Path, declared: int) -> Path:
+    """The dialogue's first second (22.05 kHz mono s16, 44100 bytes) under a header declaring ``declared`` bytes."""
+    with wave.open(str(DIALOGUE), "rb") as w:
+        pcm = w.readframes(22050)
+    riff = min(36 + declared, 0xFFFFFFFF)  # a streaming writer leaves both sizes as placeholders
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, 22050, 44100, 2, 16,
+                         b"data", declared)  # fmt: skip
+    path.write_bytes(header + pcm)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("declared", "line"),
+    [
+        (88200, "{src} is shorter than its WAV header says: the header claims 88200 bytes of audio (2.00 s), the file "
+                "holds 44100 (1.00 s); reading what is there"),
+        (0, "{src} gives no audio length in its WAV header (data size 0, as streaming writers leave it): reading to "
+            "the end of the file, 44100 bytes (1.00 s)"),
+        (0xFFFFFFFF, "{src} gives no audio length in its WAV header (data size 0xFFFFFFFF, as streaming writers leave "
+                     "it): reading to the end of the file, 44100 bytes (1.00 s)"),
+    ],
+    ids=["longer-than-the-file", "zero", "0xFFFFFFFF"],
+)  # fmt: skip
+def test_wav_whose_header_misstates_its_length_is_read_to_its_end_with_one_warning(
+    tmp_path: Path, declared: int, line: str
+) -> None:
+    src = dialogue_second_with_header(tmp_path / "source.wav", declared)
+    honest = dialogue_second_with_header(tmp_path / "honest.wav", 44100)
+    out = tmp_path / "out.wav"
+    result = record(f"file:{src}", out)
+    assert result.returncode == 0, result.stderr
+    warnings = [text.split(" WARNING agent.audio.wavfile: ", 1)[1] for text in result.stderr.splitlines()
+                if " WARNING " in text]  # fmt: skip
+    assert warnings == [line.format(src=src)]
+    assert wav_pcm(out) == record_in_process(f"file:{honest}", tmp_path / "expected.wav")  # every sample there is
+    assert len(wav_pcm(out)) == 2 * 16000
+
+
+def test_wav_with_an_honest_header_gives_no_warning(tmp_path: Path) -> None:
+    src = dialogue_second_with_header(tmp_path / "source.wav", 44100)
+    result = record(f"file:{src}", tmp_path / "out.wav")
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr

@@ -24,7 +24,8 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         closed_port = s.getsockname()[1]
     path = tmp_path / "agent.toml"
     path.write_text(
-        f'[upload]\nqueue_dir = "{tmp_path / "queue"}"\n[api]\napi_url = "http://127.0.0.1:{closed_port}/api"\n'
+        f'[upload]\nqueue_dir = "{tmp_path / "queue"}"\n[archive]\ndirectory = "{tmp_path / "archive"}"\n'
+        f'[api]\napi_url = "http://127.0.0.1:{closed_port}/api"\n'
     )
     monkeypatch.setenv("MEDISYNC_AGENT_CONFIG", str(path))
     monkeypatch.setenv("MEDISYNC_EMAIL", "doc@example.org")

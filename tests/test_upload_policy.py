@@ -36,6 +36,7 @@ from agent.errors import (
     SubscriptionError,
     TransportError,
     UploadTooLargeError,
+    WrongAppointmentError,
 )
 from agent.settings import UploadSettings
 
@@ -63,6 +64,7 @@ def decide(failure: Failure, attempts: int = 1, relogged_in: bool = False, rng: 
         (TransportError("x"), ErrorKind.TRANSPORT),
         (RecordingMismatchError("x"), ErrorKind.MISMATCH),
         (UploadTooLargeError("x"), ErrorKind.TOO_LARGE),
+        (WrongAppointmentError("x", status=200), ErrorKind.WRONG_APPOINTMENT),
         (EnvelopeError("x", status=200), ErrorKind.OTHER),
         (AlreadyExistsError("x", status=409), ErrorKind.OTHER),  # the client resolves it; unresolved is transient
         (ApiError("x"), ErrorKind.OTHER),
@@ -128,6 +130,7 @@ def test_403_blocks_and_rechecks_at_the_cap() -> None:
         (ErrorKind.MISMATCH, "MediSync holds a different recording for this appointment"),
         (ErrorKind.TOO_LARGE, "recording over the upload size limit"),
         (ErrorKind.MISSING_AUDIO, "local audio file missing or changed"),
+        (ErrorKind.WRONG_APPOINTMENT, "MediSync's upload answer names another appointment"),
     ],
 )
 def test_permanent_failures_dead_letter_with_reason(kind: ErrorKind, reason: str) -> None:

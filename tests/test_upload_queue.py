@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadItem, UploadQueue
+from agent.errors import ArchiveError, InputError
 from agent.settings import UploadSettings
 
 T0 = 1_800_000_000.0
@@ -84,14 +87,127 @@ def test_leftover_temp_file_from_torn_write_is_ignored(settings: UploadSettings,
     assert UploadQueue(settings).items() == [item]
 
 
-def test_unreadable_item_is_set_aside_not_deleted(settings: UploadSettings, wav: Path) -> None:
+DEEP = b'{"item_id": "x", "zz": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("0123456789abcdef0123456789abcdef.json", b"\x00garbage", "unreadable queue item"),
+        ("0123456789abcdef0123456789abcdef.json", b'{"item_id": "0123", "appointment_id": "a', "unreadable queue item"),
+        ("0123456789abcdef0123456789abcdef.json", b"", "unreadable queue item: empty"),
+        ("0123456789abcdef0123456789abcdef.json", DEEP[:60_000], "unreadable queue item"),
+        ("0123.json", b"{}", "the file name is not a queue item id"),
+        ("..json", b"{}", "the file name is not a queue item id"),
+    ],
+)  # fmt: skip
+def test_unusable_item_is_quarantined_with_its_bytes_never_deleted(
+    settings: UploadSettings, wav: Path, name: str, content: bytes, reason: str
+) -> None:
     queue = UploadQueue(settings, clock=Clock())
     good = queue.enqueue("apt-42", wav)
-    bad = Path(settings.queue_dir) / "0123.json"
-    bad.write_bytes(b"\x00garbage")
+    bad = Path(settings.queue_dir) / name
+    bad.write_bytes(content)
     assert queue.items() == [good]
     assert not bad.exists()
-    assert (bad.parent / "0123.json.unreadable").read_bytes() == b"\x00garbage"
+    [kept] = queue.quarantined()
+    assert kept.path == Path(settings.queue_dir) / "quarantine" / name
+    assert kept.path.read_bytes() == content and kept.reason.startswith(reason)
+    assert queue.items() == [good] and len(queue.quarantined()) == 1  # settled: not reported twice
+
+
+def item_json(queue: UploadQueue, wav: Path, **fields: object) -> bytes:
+    base = {"item_id": "0" * 32, "appointment_id": "apt-1", "audio_path": str(wav), "sha256": "0" * 64,
+            "size": wav.stat().st_size, "created_at": T0, "owned": True}  # fmt: skip
+    return json.dumps({**base, **fields}).encode()
+
+
+def test_deeply_nested_item_is_quarantined_not_recursion_error(settings: UploadSettings, wav: Path) -> None:
+    queue = UploadQueue(settings, clock=Clock())
+    path = Path(settings.queue_dir) / ("a" * 32 + ".json")
+    path.write_bytes(item_json(queue, wav)[:-1] + b', "zz": ' + b"[" * 20_000 + b"]" * 20_000 + b"}")
+    assert queue.items() == [] and queue.dead_items() == []
+    assert [q.reason for q in queue.quarantined()] == ["unreadable queue item: nested too deeply to be ours"]
+
+
+def test_id_inside_the_file_is_never_a_path(settings: UploadSettings, wav: Path, tmp_path: Path) -> None:
+    queue = UploadQueue(settings, clock=Clock())
+    name = "b" * 32
+    (Path(settings.queue_dir) / f"{name}.json").write_bytes(item_json(queue, wav, item_id="../../escaped"))
+    [item] = queue.items()
+    assert item.item_id == name  # the file name counts
+    queue.save(item)
+    queue.dead_letter(item, "test")
+    assert not list(tmp_path.rglob("escaped*"))
+    assert [p.name for p in Path(settings.queue_dir, "dead").glob("*.json")] == [f"{name}.json"]
+    item.item_id = "../../escaped"
+    with pytest.raises(ArchiveError, match="not 32 hex digits"):
+        queue.save(item)
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+@pytest.mark.parametrize("appointment_id", ["", "..", "a/../../b", "x" * 200])
+def test_item_with_an_impossible_appointment_id_is_quarantined(
+    settings: UploadSettings, wav: Path, appointment_id: str
+) -> None:
+    queue = UploadQueue(settings, clock=Clock())
+    (Path(settings.queue_dir) / ("c" * 32 + ".json")).write_bytes(item_json(queue, wav, appointment_id=appointment_id))
+    assert queue.items() == []
+    [kept] = queue.quarantined()
+    assert kept.reason.startswith("unusable queue item:") and wav.exists()
+    with pytest.raises(InputError):
+        queue.enqueue(appointment_id, wav)
+
+
+def test_fifo_or_link_posing_as_an_item_is_quarantined_without_blocking(settings: UploadSettings) -> None:
+    queue = UploadQueue(settings, clock=Clock())
+    os.mkfifo(Path(settings.queue_dir) / ("d" * 32 + ".json"))
+    (Path(settings.queue_dir) / ("e" * 32 + ".json")).symlink_to("/dev/zero")
+    assert queue.items() == []
+    assert sorted(q.reason for q in queue.quarantined()) == [
+        "unreadable queue item: a symbolic link, not a file the agent wrote",
+        "unreadable queue item: not a regular file",
+    ]
+
+
+def test_items_set_aside_by_an_older_version_are_quarantined(settings: UploadSettings) -> None:
+    queue = UploadQueue(settings, clock=Clock())
+    (Path(settings.queue_dir) / "0123.json.unreadable").write_bytes(b"old")
+    assert queue.items() == []
+    [kept] = queue.quarantined()
+    assert kept.path.read_bytes() == b"old" and "earlier version" in kept.reason
+
+
+def test_queue_files_are_private(tmp_path: Path, wav: Path) -> None:
+    old = os.umask(0)
+    try:
+        queue = UploadQueue(UploadSettings(queue_dir=str(tmp_path / "q" / "nested")), clock=Clock())
+        item = queue.enqueue("apt-1", wav)
+        with queue.uploading():
+            pass
+        queue.dead_letter(item, "test")
+    finally:
+        os.umask(old)
+    created = [p for p in (tmp_path / "q").rglob("*") if p.suffix != ".wav"]  # the audio was the test's file
+    assert {p.suffix for p in created} == {"", ".json", ".txt"} and (tmp_path / "q" / "nested" / ".lock").exists()
+    for path in [tmp_path / "q", *created]:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_item_of_an_older_version_never_moves_or_deletes_its_file(settings: UploadSettings, tmp_path: Path) -> None:
+    operators = make_wav(tmp_path / "operators-own.wav", 0.2)
+    original = operators.read_bytes()
+    queue = UploadQueue(settings, clock=Clock())
+    (Path(settings.queue_dir) / ("f" * 32 + ".json")).write_bytes(
+        item_json(queue, operators, owned=False, state="done", uploaded_at=T0)
+    )
+    assert queue.purge_expired(T0 + 1e9) == 1
+    assert operators.read_bytes() == original
+    (Path(settings.queue_dir) / ("9" * 32 + ".json")).write_bytes(item_json(queue, operators, owned=False))
+    [item] = queue.items()
+    dead = queue.dead_letter(item, "appointment not found on MediSync (HTTP 404)")
+    assert dead.audio_path == str(operators) and operators.read_bytes() == original
 
 
 WRITER = """
@@ -190,6 +306,7 @@ def test_large_visit_is_encoded_at_enqueue(tmp_path: Path) -> None:
     item = queue.enqueue("apt-9", wav)
     assert item.source_path == str(wav) and item.audio_path == str(wav.with_suffix(".mp3"))
     assert item.size == Path(item.audio_path).stat().st_size <= 60_000
+    assert stat.S_IMODE(Path(item.audio_path).stat().st_mode) == 0o600  # patient audio, whatever the umask
     assert UploadQueue(settings).items() == [item]
 
 

@@ -244,9 +244,10 @@ def test_cli_retry_uploads_with_progress_lines(
     monkeypatch.setenv("MEDISYNC_PASSWORD", PASSWORD)
     monkeypatch.setenv("MEDISYNC_AGENT_CONFIG", str(tmp_path / "agent.toml"))
     (tmp_path / "agent.toml").write_text(
-        f'[upload]\nqueue_dir = "{tmp_path / "queue"}"\n[api]\napi_url = "{api_url(server)}"\n'
+        f'[upload]\nqueue_dir = "{tmp_path / "queue"}"\n[archive]\ndirectory = "{tmp_path / "archive"}"\n'
+        f'[api]\napi_url = "{api_url(server)}"\n'
     )
-    assert main(["uploads", "add", appointment_id, str(wav)]) == 0
+    assert main(["uploads", "add", appointment_id, str(wav)]) == 0  # copied into the archive folder, then queued
     assert main(["uploads", "retry"]) == 0
     out, err = capsys.readouterr()
     assert "1 uploaded, 0 failed" in out

@@ -41,7 +41,7 @@ from agent.api.models import (
 )
 from agent.api.multipart import Progress
 from agent.api.recordings import Download, UploadResult
-from agent.api.responses import convert
+from agent.api.responses import Document, unwrap
 from agent.api.secret import Credentials
 from agent.api.transport import AuthedHttp, Call, Session
 from agent.errors import NotFoundError, ResponseError
@@ -72,6 +72,7 @@ class MediSyncClient:
         clock: Callable[[], float] = time.time,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ) -> None:
+        self.settings = settings
         self.http = AuthedHttp(settings, credentials, transport=transport, clock=clock)
         self.max_upload_bytes = max_upload_bytes
 
@@ -94,44 +95,42 @@ class MediSyncClient:
 
     async def subscription(self) -> Subscription:
         """``GET /settings/subscription?uid=``."""
-        doc = await self.http.request(Call("GET", "settings/subscription", "GET settings/subscription", uid=True))
-        return _data(doc, Subscription, "GET settings/subscription")
+        call = Call("GET", "settings/subscription", "GET settings/subscription", uid=True)
+        return _answer(await self.http.request(call), Subscription, call.label, "subscription")
 
     # --- patients --------------------------------------------------------------------------------------------
 
     async def add_patient(self, patient: NewPatient) -> Patient:
         """``POST /patients/add?uid=``."""
         call = Call("POST", "patients/add", "POST patients/add", uid=True, json=to_builtins(patient))
-        return _data(await self.http.request(call), Patient, call.label)
+        return _answer(await self.http.request(call), Patient, call.label, "patient")
 
     async def search_patients(self, query: str) -> list[Patient]:
         """``GET /patients/search?uid=&query=``."""
         call = Call("GET", "patients/search", "GET patients/search", uid=True, params={"query": query})
-        return _data(await self.http.request(call), list[Patient], call.label)
+        return _answer(await self.http.request(call), list[Patient], call.label, "patients", "patient")
 
     async def update_patient(self, patient_id: str, update: PatientUpdate) -> Patient:
         """``PUT /patients/{patient_id}?uid=``."""
         call = Call("PUT", f"patients/{_id(patient_id)}", "PUT patients", uid=True, json=to_builtins(update))
-        return _data(await self.http.request(call), Patient, call.label)
+        return _answer(await self.http.request(call), Patient, call.label, "patient")
 
     # --- appointments ----------------------------------------------------------------------------------------
 
     async def add_appointment(self, appointment: NewAppointment) -> Appointment:
         """``POST /appointments/add?uid=``; the quickstart shows the result under ``appointment``, not ``data``."""
         call = Call("POST", "appointments/add", "POST appointments/add", uid=True, json=to_builtins(appointment))
-        doc = await self.http.request(call)
-        value = doc.get("appointment", doc.get("data"))
-        return convert(value, Appointment, endpoint=call.label, what="appointment")
+        return _answer(await self.http.request(call), Appointment, call.label, "appointment")
 
     async def get_appointment(self, appointment_id: str) -> Appointment:
         """``GET /appointments/get/{appointment_id}``."""
         call = Call("GET", f"appointments/get/{_id(appointment_id)}", "GET appointments/get")
-        return _data(await self.http.request(call), Appointment, call.label)
+        return _answer(await self.http.request(call), Appointment, call.label, "appointment")
 
     async def list_appointments(self) -> list[Appointment]:
         """``GET /appointments/doctors?uid=``: the logged-in doctor's appointments."""
         call = Call("GET", "appointments/doctors", "GET appointments/doctors", uid=True)
-        return _data(await self.http.request(call), list[Appointment], call.label)
+        return _answer(await self.http.request(call), list[Appointment], call.label, "appointments", "appointment")
 
     # --- recordings ------------------------------------------------------------------------------------------
 
@@ -173,11 +172,7 @@ class MediSyncClient:
     async def get_transcription(self, appointment_id: str) -> list[Segment]:
         """``GET /transcriptions/{appointment_id}``: diarised segments (quickstart: top-level ``transcription``)."""
         call = Call("GET", f"transcriptions/{_id(appointment_id)}", "GET transcriptions")
-        doc = await self.http.request(call)
-        value = doc.get("transcription", doc.get("data"))
-        if isinstance(value, dict):
-            value = value.get("transcription")
-        return convert(value, list[Segment], endpoint=call.label, what="transcription segments")
+        return _answer(await self.http.request(call), list[Segment], call.label, "transcription")
 
     async def wait_for_transcription(
         self,
@@ -210,31 +205,33 @@ class MediSyncClient:
             uid=True,
             json={"transcription": text},
         )
-        return _data(await self.http.request(call), TranscriptionRecord, call.label)
+        return _answer(await self.http.request(call), TranscriptionRecord, call.label, "transcription")
 
     # --- notes and diagnosis ---------------------------------------------------------------------------------
 
     async def add_note(self, appointment_id: str, note: NewNote) -> Note:
         """``POST /notes/add/{appointment_id}``."""
         call = Call("POST", f"notes/add/{_id(appointment_id)}", "POST notes/add", json=to_builtins(note))
-        return _data(await self.http.request(call), Note, call.label)
+        return _answer(await self.http.request(call), Note, call.label, "note", "notes")
 
     async def get_notes(self, appointment_id: str) -> list[Note]:
         """``GET /notes/{appointment_id}?uid=``: an array, empty when there are none."""
         call = Call("GET", f"notes/{_id(appointment_id)}", "GET notes", uid=True)
-        return _data(await self.http.request(call), list[Note], call.label)
+        return _answer(await self.http.request(call), list[Note], call.label, "notes")
 
     async def diagnose(self, appointment_id: str) -> DiagnosisPrediction:
         """``POST /notes/diagnosis/{appointment_id}``: the AI diagnosis with its ICD-10 code."""
         call = Call("POST", f"notes/diagnosis/{_id(appointment_id)}", "POST notes/diagnosis")
         doc = await self.http.request(call)
-        value = doc.get("data")
-        if isinstance(value, dict) and "diagnosis_prediction" in value:
-            value = value["diagnosis_prediction"]  # MediSync may answer with the whole notes object
-        return convert(value, DiagnosisPrediction, endpoint=call.label, what="diagnosis")
+        try:  # MediSync may answer with the whole notes object, wherever it puts that
+            note: Note | None = _answer(doc, Note, call.label, "notes", "note")
+        except ResponseError:
+            note = None
+        if note is not None and note.diagnosis_prediction is not None:
+            return note.diagnosis_prediction
+        return _answer(doc, DiagnosisPrediction, call.label, "diagnosis_prediction", "diagnosis")
 
 
-def _data(doc: dict[str, Any], into: type[T], endpoint: str) -> T:
-    if "data" not in doc:
-        raise ResponseError(f"{endpoint}: response has no 'data'")
-    return convert(doc["data"], into, endpoint=endpoint, what="data")
+def _answer(doc: Document, into: type[T], endpoint: str, *keys: str) -> T:
+    """The answer's object under ``data``, one of ``keys`` (the quickstart's names) or at the top level."""
+    return unwrap(doc, into, keys=keys, endpoint=endpoint, what=keys[0] if keys else "data")

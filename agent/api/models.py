@@ -22,7 +22,7 @@ class Envelope(msgspec.Struct, kw_only=True):
 
 
 class Login(msgspec.Struct, kw_only=True):
-    """``POST /login``: fields at the top level, not under ``data``."""
+    """``POST /login``: fields at the top level (the quickstart) or under ``data`` (the reference's envelope)."""
 
     success: bool = True
     token: str
@@ -83,10 +83,10 @@ class Appointment(msgspec.Struct, kw_only=True):
 
 
 class Recording(msgspec.Struct, kw_only=True):
-    """``data`` of ``POST /recordings/add/{appointment_id}``."""
+    """``data`` of ``POST /recordings/add/{appointment_id}``; ``appointment_id`` optional: checked when present."""
 
     id: str = msgspec.field(name="_id")
-    appointment_id: str
+    appointment_id: str | None = None
     recording_url: str | None = None
     recording_key: str | None = None
     createdAt: str | None = None

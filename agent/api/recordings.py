@@ -22,8 +22,17 @@ import httpx
 
 from agent.api.models import Recording
 from agent.api.multipart import CHUNK_BYTES, FilePart, Progress
-from agent.api.responses import convert
-from agent.errors import AlreadyExistsError, InputError, RecordingMismatchError, TransportError, UploadTooLargeError
+from agent.api.responses import unwrap
+from agent.errors import (
+    AlreadyExistsError,
+    ApiError,
+    InputError,
+    RecordingMismatchError,
+    ResponseError,
+    TransportError,
+    UploadTooLargeError,
+    WrongAppointmentError,
+)
 
 if TYPE_CHECKING:
     from agent.api.medisync import MediSyncClient
@@ -85,7 +94,11 @@ async def post(client: MediSyncClient, appointment_id: str, path: Path, *, progr
         headers={"Content-Type": part.content_type, "Content-Length": str(part.content_length)},
     )
     doc = await client.http.request(call)
-    return convert(doc.get("data"), Recording, endpoint=call.label, what="recording")
+    recording = unwrap(doc, Recording, keys=("recording",), endpoint=call.label, what="recording")
+    if recording.appointment_id is not None and recording.appointment_id != appointment_id:
+        # Accepted, but filed elsewhere (or the answer is another upload's): this appointment may still lack it.
+        raise WrongAppointmentError(f"{call.label}: MediSync's answer names another appointment than the one uploaded")
+    return recording
 
 
 async def upload(client: MediSyncClient, appointment_id: str, path: Path, *, progress: Progress | None) -> UploadResult:
@@ -94,6 +107,9 @@ async def upload(client: MediSyncClient, appointment_id: str, path: Path, *, pro
         recording = await post(client, appointment_id, path, progress=progress)
     except AlreadyExistsError:
         log.info("appointment %s already has a recording; comparing it with the local file", appointment_id)
+    except ResponseError as exc:
+        # A 2xx whose body cannot be read: the upload may or may not have landed. Ask what the server holds.
+        return await _verify_unreadable_answer(client, appointment_id, path, size, exc)
     else:
         return UploadResult(appointment_id, size, recording, already_present=False)
     local_digest = await asyncio.to_thread(sha256_file, path)
@@ -106,6 +122,26 @@ async def upload(client: MediSyncClient, appointment_id: str, path: Path, *, pro
         f"({remote.size} bytes, sha256 {remote.sha256[:12]}...) than the local file "
         f"({size} bytes, sha256 {local_digest[:12]}...)"
     )
+
+
+async def _verify_unreadable_answer(
+    client: MediSyncClient, appointment_id: str, path: Path, size: int, unreadable: ResponseError
+) -> UploadResult:
+    """Done if the server holds exactly the local bytes; otherwise the unreadable answer stands (retried later).
+
+    Not a mismatch even when the server holds other bytes: a server that garbles one answer may garble the
+    download too, and the next attempt meets "already exists" and compares again, definitely.
+    """
+    local_digest = await asyncio.to_thread(sha256_file, path)
+    try:
+        remote = await download(client, appointment_id, None)
+    except ApiError as exc:
+        log.info("upload answer unreadable and the recording cannot be fetched to check it (%s)", type(exc).__name__)
+        raise unreadable from None
+    if remote.size == size and remote.sha256 == local_digest:
+        log.info("appointment %s: upload answer unreadable; the server holds exactly this recording", appointment_id)
+        return UploadResult(appointment_id, size, None, already_present=True)
+    raise unreadable
 
 
 async def download(client: MediSyncClient, appointment_id: str, destination: Path | None) -> Download:

@@ -110,12 +110,31 @@ def error_for_status(
     return ApiError(f"{endpoint}: unexpected HTTP status {status}", status=status)
 
 
-def decode_document(body: bytes, *, endpoint: str, status: int | None = None) -> dict[str, Any]:
-    """The JSON object of a 2xx response after checking its ``success`` flag."""
+Document = dict[str, Any] | list[Any]
+"""A decoded 2xx body: a JSON object (its ``success`` flag checked) or, for list endpoints, a bare JSON array."""
+
+ENVELOPE_FIELDS = frozenset({"success", "error", "message"})
+"""Top-level keys of MediSync's envelope: they say nothing about whether the top level is the answer's object."""
+
+
+def _not_json(body: bytes) -> str:
+    """What a person should hear about a 2xx body that is not JSON (never the body itself: it may echo data)."""
+    stripped = body.strip()
+    if not stripped:
+        return "response is empty, not JSON"
+    if stripped[:1] == b"<":
+        return "response is an HTML page, not JSON"
+    return "response is not valid JSON"
+
+
+def decode_answer(body: bytes, *, endpoint: str, status: int | None = None) -> Document:
+    """The JSON of a 2xx response: an object after checking its ``success`` flag, or an array as it is."""
     try:
         doc = _json_decoder.decode(body)
     except msgspec.DecodeError:
-        raise ResponseError(f"{endpoint}: response is not valid JSON", status=status) from None
+        raise ResponseError(f"{endpoint}: {_not_json(body)}", status=status) from None
+    if isinstance(doc, list):
+        return doc
     if not isinstance(doc, dict):
         raise ResponseError(f"{endpoint}: response is not a JSON object", status=status)
     success = doc.get("success", True)
@@ -127,6 +146,60 @@ def decode_document(body: bytes, *, endpoint: str, status: int | None = None) ->
     if success is not True:
         raise ResponseError(f"{endpoint}: response has no boolean 'success'", status=status)
     return doc
+
+
+def decode_document(body: bytes, *, endpoint: str, status: int | None = None) -> dict[str, Any]:
+    """The JSON object of a 2xx response after checking its ``success`` flag."""
+    doc = decode_answer(body, endpoint=endpoint, status=status)
+    if not isinstance(doc, dict):
+        raise ResponseError(f"{endpoint}: response is not a JSON object", status=status)
+    return doc
+
+
+def _field_names(into: Any) -> frozenset[str] | None:
+    """Wire names of a Struct's fields; None for list targets."""
+    if isinstance(into, type) and issubclass(into, msgspec.Struct):
+        return frozenset(f.encode_name for f in msgspec.structs.fields(into)) - ENVELOPE_FIELDS
+    return None
+
+
+def _candidates(doc: Document, keys: tuple[str, ...], names: frozenset[str] | None) -> list[Any]:
+    """Where the answer may sit, most specific first: ``data.<key>``, ``data``, ``<key>``, the top level.
+
+    MediSync's reference puts every answer under ``data``, its quickstart under a named key (``appointment``,
+    ``transcription``) or at the top level (login); servers written from either document differ. For a Struct
+    only dicts holding at least one of its fields count (an all-optional model such as the subscription would
+    otherwise "match" any envelope and hide a wrong answer); for a list only arrays (a bare array body too).
+    """
+    if isinstance(doc, list):
+        return [doc] if names is None else []
+    found: list[Any] = []
+    data = doc.get("data")
+    if isinstance(data, dict):
+        found += [data.get(key) for key in keys]
+    found += [data, *(doc.get(key) for key in keys), doc]
+    if names is None:
+        return [c for c in found if isinstance(c, list)]
+    return [c for c in found if isinstance(c, dict) and names & c.keys()]
+
+
+def unwrap(doc: Document, into: type[T], *, keys: tuple[str, ...] = (), endpoint: str, what: str) -> T:
+    """The answer's object as ``into``, wherever a reasonable reading of MediSync's documents puts it.
+
+    Tries ``data.<key>``, ``data``, ``<key>`` and the top level in that order (see :func:`_candidates`); the first
+    that converts wins. None converting is a :class:`ResponseError` naming the first mismatch (a path, never a
+    value: values may be patient data).
+    """
+    first: msgspec.ValidationError | None = None
+    for candidate in _candidates(doc, keys, _field_names(into)):
+        try:
+            return msgspec.convert(candidate, into)
+        except msgspec.ValidationError as exc:
+            first = first or exc
+    if first is None:
+        places = ", ".join(["'data'", *(f"'{k}'" for k in keys), "the top level"])
+        raise ResponseError(f"{endpoint}: response has no {what} (looked under {places})")
+    raise ResponseError(f"{endpoint}: {what} not as documented ({first})")
 
 
 def convert(value: Any, into: type[T], *, endpoint: str, what: str) -> T:

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 
 from agent.api.models import Login
-from agent.api.responses import convert, decode_document, error_for_status
+from agent.api.responses import Document, decode_answer, decode_document, error_for_status, unwrap
 from agent.api.secret import Credentials, Secret
-from agent.errors import AuthError, EnvelopeError, TransportError
+from agent.errors import ApiError, AuthError, EnvelopeError, NotFoundError, ResponseError, TransportError
 from agent.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,25 @@ logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of a non-2xx body read to find its error text; the rest is discarded."""
+API_URL_EXAMPLE = "https://app.medisync.me/api"
+
+
+def api_base(api_url: str) -> str:
+    """The REST base every request is relative to: ``api_url`` with one trailing ``/api/``.
+
+    MediSync documents its endpoints as ``/api/login`` etc. under ``https://app.medisync.me``, and its base URL
+    as ``https://app.medisync.me/api/``: both readings of ``api_url`` (with or without ``/api``, with or without
+    a trailing slash) name the same endpoints.
+    """
+    base = api_url.strip().rstrip("/")
+    if not base.endswith("/api"):
+        base += "/api"
+    return base + "/"
+
+
+def shown_url(url: httpx.URL) -> str:
+    """A URL for a message: scheme, host, port and path; never user info or a query (uids, search terms)."""
+    return str(url.copy_with(userinfo=b"", query=None, fragment=None))
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,7 @@ class AuthedHttp:
         self.logins = 0
         """How many times this client has logged in (first login included)."""
         self._client = httpx.AsyncClient(
-            base_url=settings.api_url.rstrip("/") + "/",
+            base_url=api_base(settings.api_url),
             timeout=httpx.Timeout(settings.timeout_s),
             transport=transport,
             follow_redirects=False,
@@ -91,23 +110,43 @@ class AuthedHttp:
     def session(self) -> Session | None:
         return self._session
 
+    @property
+    def base_url(self) -> str:
+        """The REST base requests go to (``api_url`` normalised, see :func:`api_base`)."""
+        return shown_url(self._client.base_url)
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def login(self) -> Session:
-        """Log in with the configured credentials (always a new login)."""
+        """Log in with the configured credentials (always a new login).
+
+        Token and uid are read at the top level (the quickstart) or under ``data`` (the reference's envelope).
+        A 404 means ``api_url`` points somewhere that is not MediSync's REST base: the error names the URL that
+        answered (it is not an "unknown appointment" and must not be taken for one).
+        """
         body = {
             "email": self._credentials.email,
             "password": self._credentials.password.reveal(),
             "remember": False,
         }
-        response = await self._send_once(self._client.build_request("POST", "login", json=body), "POST login")
+        request = self._client.build_request("POST", "login", json=body)
+        response = await self._send_once(request, "POST login")
         try:
             raw = await self._read_checked(response, "POST login")
             doc = decode_document(raw, endpoint="POST login", status=response.status_code)
+            login = unwrap(doc, Login, endpoint="POST login", what="token and uid")
         except (AuthError, EnvelopeError) as exc:
             raise AuthError(f"MediSync login refused for the configured account ({exc})", status=exc.status) from None
-        login = convert(doc, Login, endpoint="POST login", what="login fields")
+        except NotFoundError:
+            raise ApiError(
+                f"POST login: {shown_url(request.url)} answered HTTP 404 (not found): is api_url right? It must be "
+                f"MediSync's REST base, like {API_URL_EXAMPLE}",
+                status=404,
+            ) from None
+        except ResponseError as exc:
+            hint = f"{exc} (from {shown_url(request.url)}; is api_url right?)"
+            raise ResponseError(hint, status=exc.status) from None
         self.logins += 1
         self._session = Session(Secret(login.token), login.uid, login.userTitle, login.firstName, login.lastName)
         log.info("logged in to MediSync as uid %s", login.uid)
@@ -125,16 +164,18 @@ class AuthedHttp:
         await self._raise_for_status(response, call.label)
         return response
 
-    async def request(self, call: Call) -> dict[str, Any]:
-        """Send ``call`` and return its checked JSON document."""
+    async def request(self, call: Call) -> Document:
+        """Send ``call`` and return its checked JSON (an object, or an array for list endpoints)."""
         response = await self.open(call)
         try:
             raw = await response.aread()
+        except httpx.DecodingError:
+            raise ResponseError(f"{call.label}: response body cannot be decoded", status=response.status_code) from None
         except httpx.TransportError as exc:
             raise _transport_error(call.label, exc) from None
         finally:
             await response.aclose()
-        return decode_document(raw, endpoint=call.label, status=response.status_code)
+        return decode_answer(raw, endpoint=call.label, status=response.status_code)
 
     async def _current_session(self) -> Session:
         if self._session is not None:
@@ -174,6 +215,8 @@ class AuthedHttp:
         await self._raise_for_status(response, label)
         try:
             return await response.aread()
+        except httpx.DecodingError:
+            raise ResponseError(f"{label}: response body cannot be decoded", status=response.status_code) from None
         except httpx.TransportError as exc:
             raise _transport_error(label, exc) from None
         finally:
@@ -188,7 +231,7 @@ class AuthedHttp:
                 body += chunk
                 if len(body) >= ERROR_BODY_LIMIT:
                     break
-        except httpx.TransportError:
+        except (httpx.TransportError, httpx.DecodingError):
             log.debug("%s: error body unreadable", label)  # the status alone still says what happened
         finally:
             await response.aclose()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lameenc
 
+from agent.archive.wav import FILE_MODE, fsync_directory
 from agent.errors import ArchiveError, InputError, UploadTooLargeError
 from agent.settings import UploadSettings
 
@@ -65,7 +66,9 @@ def encode_to_mp3(wav_path: Path, settings: UploadSettings, *, out_path: Path | 
             duration_s = reader.getnframes() / rate
             kbps = choose_bitrate_kbps(duration_s, settings.max_bytes)
             encoder = _make_encoder(rate, channels, kbps)
-            with open(partial, "wb") as out:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)  # patient audio: private whatever the umask
+            with os.fdopen(fd, "wb") as out:
                 while block := reader.readframes(BLOCK_FRAMES):
                     out.write(encoder.encode(block))
                 out.write(encoder.flush())
@@ -78,7 +81,7 @@ def encode_to_mp3(wav_path: Path, settings: UploadSettings, *, out_path: Path | 
         partial.unlink(missing_ok=True)
         raise ArchiveError(f"cannot encode {wav_path.name} to MP3: {exc.strerror or exc}") from exc
     os.replace(partial, target)
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)
     log.info("encoded %s (%.0f s) to MP3 at %d kbps: %d bytes", wav_path.name, duration_s, kbps, target.stat().st_size)
     return target
 
@@ -92,10 +95,3 @@ def _make_encoder(rate: int, channels: int, kbps: int) -> lameenc.Encoder:
     encoder.set_quality(LAME_QUALITY)
     return encoder
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

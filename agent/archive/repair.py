@@ -6,6 +6,9 @@ frame actually on disk after it, truncates a torn trailing sample, writes the si
 renames atomically to the name without ``.partial``. The format fields (rate, channels, bits) must be sane PCM,
 otherwise the file is not ours and is left untouched. A file whose writer is alive (it holds the writer's
 ``flock``) is refused: repair is only for files whose process is gone.
+
+A visit archive of the agent's own (``canonical=True``) always starts with the writer's 44-byte header for 16 kHz
+mono 16-bit; if a power cut tore that header, repair writes it anew instead of giving the audio up.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error, fsync_directory
+from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.archive.wav import HEADER_BYTES, PARTIAL_SUFFIX, describe_os_error, fsync_directory, wav_header
 from agent.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -94,8 +98,15 @@ def _checked_layout(fmt: tuple[int, int, int, int], data_offset: int, name: str)
     return _Layout(sample_rate=rate, block_align=block_align, data_offset=data_offset)
 
 
-def repair_partial(partial: Path | str) -> RepairResult:
-    """Repair one ``.partial`` into its final WAV (see module doc). Raises ArchiveError with a one-line reason."""
+CANONICAL = _Layout(sample_rate=SAMPLE_RATE, block_align=BYTES_PER_SAMPLE, data_offset=HEADER_BYTES)
+"""What the agent's own visit archive writer puts in every header (agent.archive.wav.wav_header)."""
+
+
+def repair_partial(partial: Path | str, *, canonical: bool = False) -> RepairResult:
+    """Repair one ``.partial`` into its final WAV (see module doc). Raises ArchiveError with a one-line reason.
+
+    ``canonical``: the file is a visit archive the agent wrote; a torn header is replaced by the writer's own.
+    """
     partial = Path(partial)
     final = final_path_of(partial)
     if final.exists():
@@ -109,7 +120,7 @@ def repair_partial(partial: Path | str) -> RepairResult:
     try:
         _lock_or_raise(fd, partial)
         try:
-            result = _repair_open_file(fd, partial, final)
+            result = _repair_open_file(fd, partial, final, canonical=canonical)
         except OSError as exc:
             raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
         try:
@@ -130,9 +141,10 @@ def _lock_or_raise(fd: int, partial: Path) -> None:
 
 
 def is_being_recorded(partial: Path) -> bool:
-    """True if a live writer holds the ``.partial`` (its lock); a crashed writer's lock is gone with its process."""
+    """True if a live writer holds the file's ``flock`` (a ``.partial``, a visit journal); a crashed writer's lock
+    is gone with its process."""
     try:
-        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
@@ -144,9 +156,16 @@ def is_being_recorded(partial: Path) -> bool:
     return False
 
 
-def _repair_open_file(fd: int, partial: Path, final: Path) -> RepairResult:
+def _repair_open_file(fd: int, partial: Path, final: Path, *, canonical: bool) -> RepairResult:
     size = os.fstat(fd).st_size
-    layout = parse_layout(os.pread(fd, _MAX_HEADER_SCAN, 0), str(partial))
+    try:
+        layout = parse_layout(os.pread(fd, _MAX_HEADER_SCAN, 0), str(partial))
+    except ArchiveError:
+        if not canonical or size < HEADER_BYTES:
+            raise
+        log.warning("%s: header torn; writing the archive writer's own header anew", partial.name)
+        layout = CANONICAL
+        os.pwrite(fd, wav_header(0), 0)
     on_disk = max(0, size - layout.data_offset)
     data_bytes = on_disk - on_disk % layout.block_align
     if data_bytes + layout.data_offset > 0xFFFFFFFF:

@@ -15,6 +15,9 @@ never deleted unless MediSync confirmed it holds exactly these bytes):
 * 403 (no subscription): the item is kept and reported *blocked*, re-checked every ``backoff_cap_s``;
 * 404 (appointment gone), a different recording on the server, a file over the limit or a missing file:
   dead-letter with a reason — kept on disk for a person, never retried automatically, never deleted;
+* an upload answer naming another appointment than the one uploaded: dead-letter too. It is not "done" (this
+  appointment may lack the recording), and not a retry: posting the visit again could file the patient's audio
+  under yet another appointment, and what the server did with the first copy needs a person's look;
 * success (including "already exists" resolved by the client as the same bytes): done; the audio is deleted
   ``retention_hours`` later.
 
@@ -37,6 +40,7 @@ from agent.errors import (
     SubscriptionError,
     TransportError,
     UploadTooLargeError,
+    WrongAppointmentError,
 )
 from agent.settings import UploadSettings
 
@@ -65,6 +69,7 @@ class ErrorKind(enum.StrEnum):
     MISMATCH = "mismatch"
     TOO_LARGE = "too_large"
     MISSING_AUDIO = "missing_audio"
+    WRONG_APPOINTMENT = "wrong_appointment"
     OTHER = "other"
 
 
@@ -78,6 +83,7 @@ ERROR_TEXT: dict[ErrorKind, str] = {
     ErrorKind.MISMATCH: "MediSync holds a different recording for this appointment",
     ErrorKind.TOO_LARGE: "recording over the upload size limit",
     ErrorKind.MISSING_AUDIO: "local audio file missing or changed",
+    ErrorKind.WRONG_APPOINTMENT: "MediSync's upload answer names another appointment",
     ErrorKind.OTHER: "upload failed",
 }
 """Fixed texts stored as an item's last error: never the server's own words, which might echo patient data."""
@@ -119,6 +125,8 @@ def classify(exc: ApiError) -> Failure:
         kind = ErrorKind.MISMATCH
     elif isinstance(exc, UploadTooLargeError):
         kind = ErrorKind.TOO_LARGE
+    elif isinstance(exc, WrongAppointmentError):
+        kind = ErrorKind.WRONG_APPOINTMENT
     return Failure(kind, status=exc.status, retry_after=retry_after)
 
 
@@ -158,6 +166,11 @@ class Done:
 
 Decision = Retry | Relogin | Block | DeadLetter | Done
 
+DEAD_ENDS: frozenset[ErrorKind] = frozenset(
+    {ErrorKind.NOT_FOUND, ErrorKind.MISMATCH, ErrorKind.TOO_LARGE, ErrorKind.MISSING_AUDIO, ErrorKind.WRONG_APPOINTMENT}
+)
+"""Failures no retry can fix: the item is dead-lettered for a person (its audio kept)."""
+
 ACCOUNT_WIDE: frozenset[ErrorKind] = frozenset(
     {ErrorKind.AUTH, ErrorKind.SUBSCRIPTION, ErrorKind.RATE_LIMITED, ErrorKind.SERVER, ErrorKind.TRANSPORT}
 )
@@ -194,7 +207,7 @@ def after_failure(
         return Relogin()
     if kind is ErrorKind.SUBSCRIPTION:
         return Block(at=now + settings.backoff_cap_s)
-    if kind in (ErrorKind.NOT_FOUND, ErrorKind.MISMATCH, ErrorKind.TOO_LARGE, ErrorKind.MISSING_AUDIO):
+    if kind in DEAD_ENDS:
         return DeadLetter(reason=failure.text())
     delay = backoff_delay(attempts, settings, rng)
     if kind is ErrorKind.RATE_LIMITED and failure.retry_after is not None:

@@ -1,14 +1,18 @@
 """The on-disk upload queue: visit recordings waiting for MediSync's recordings endpoint, surviving kill -9 and reboot.
 
-Thin I/O around :mod:`agent.archive.upload_policy`. Layout of ``UploadSettings.queue_dir``::
+Thin I/O around :mod:`agent.archive.upload_policy`. Layout of ``UploadSettings.queue_dir`` (folders 0700, files 0600)::
 
-    <item uuid>.json          one item (msgspec JSON), written atomically: temp file, fsync, rename, directory fsync
-    dead/<uuid>.json          dead-lettered item, its audio moved next to it (never deleted) ...
-    dead/<uuid>.reason.txt    ... with the reason in one line, for a person
+    <item id>.json            one item (msgspec JSON), written atomically: temp file, fsync, rename, directory fsync
+    dead/<id>.json            dead-lettered item, its audio moved next to it when the agent owns it (never deleted) ...
+    dead/<id>.reason.txt      ... with the reason in one line, for a person
+    quarantine/<name>         an item file the queue could not use (torn, garbage, too deep, bad id), with
+    quarantine/<name>.reason.txt  the reason; shown by ``uploads list``, never deleted
     .lock                     flock held while a process uploads, so a CLI retry and the daemon never race
 
-File names carry a random uuid only: no patient data. The appointment id (an opaque MediSync id) lives inside.
-The audio itself stays where the archive wrote it until it is uploaded and retention expires, or is dead-lettered.
+An item id is 32 hex digits and is its file's name; the file name is authoritative (an id inside the file is never
+used to build a path). No patient data in names: the appointment id (an opaque MediSync id) lives inside.
+The audio stays where the archive wrote it until it is uploaded and retention expires, or is dead-lettered. Only
+audio the agent created (``owned``: its own visits, its copies of operators' files) is ever moved or deleted.
 
 Use: ``queue.enqueue(appointment_id, wav_path)`` when a visit ends (blocking: may hash and MP3-encode a large
 visit, call it in a worker thread), then :mod:`agent.archive.upload_runner` uploads (``drain`` for one pass, ``run``
@@ -32,6 +36,16 @@ from pathlib import Path
 import msgspec
 
 from agent.archive import encode
+from agent.archive.repair import is_being_recorded, repair_partial
+from agent.archive.storage import (
+    Quarantined,
+    Unreadable,
+    ensure_private_dir,
+    list_quarantine,
+    quarantine,
+    read_state,
+    write_atomic,
+)
 from agent.archive.upload_policy import (
     ErrorKind,
     Failure,
@@ -39,15 +53,20 @@ from agent.archive.upload_policy import (
     is_due,
     retention_expired,
 )
+from agent.archive.wav import describe_os_error, fsync_directory, partial_path
 from agent.errors import ArchiveError, InputError, UploadTooLargeError
+from agent.ids import appointment_id_problem, is_item_id
 from agent.settings import UploadSettings
 
 log = logging.getLogger(__name__)
 
+HELD_RECHECK_S = 10.0
+"""Seconds between looks at a held item (is its recorder gone?) while nothing else is due."""
+
 
 class UploadItem(msgspec.Struct, kw_only=True):
     item_id: str
-    """Random uuid (hex); also the item's file name."""
+    """Random uuid (32 hex digits); also the item's file name, which wins if the two differ."""
     appointment_id: str
     audio_path: str
     """The file that is uploaded (the visit WAV, or its MP3 encoding when the WAV is over the limit)."""
@@ -71,6 +90,13 @@ class UploadItem(msgspec.Struct, kw_only=True):
     recording_id: str = ""
     """MediSync's ``_id`` of the stored recording."""
     dead_reason: str = ""
+    held: bool = False
+    """Queued while its visit is still recording (the archive stopped on a full disk and the part already on disk
+    was queued at once): ``size`` and ``sha256`` are not known yet and nothing is uploaded. :meth:`UploadQueue.release`
+    clears it once no recorder holds the file (at the visit's end, or after a crash)."""
+    owned: bool = False
+    """The agent created ``audio_path`` (a visit archive, a copy of an operator's file): only then may it move or
+    delete it. False for items of older versions, which might point at an operator's own file."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -83,17 +109,6 @@ def sha256_of(path: Path) -> str:
         while block := f.read(1024 * 1024):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that after a crash it holds either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    encode._fsync_dir(path.parent)
 
 
 class UploadQueue:
@@ -111,16 +126,19 @@ class UploadQueue:
         self.rng = rng
         self.directory = Path(settings.queue_dir)
         self.dead_dir = self.directory / "dead"
+        self.quarantine_dir = self.directory / "quarantine"
         try:
-            self.dead_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.dead_dir)
         except OSError as exc:
-            raise ArchiveError(f"cannot create upload queue folder {self.directory}: {exc.strerror}") from exc
+            raise ArchiveError(f"cannot create upload queue folder {self.directory}: {describe_os_error(exc)}") from exc
 
     # --- reading ---------------------------------------------------------------------------------------------
 
     def items(self) -> list[UploadItem]:
-        """Live items (pending, blocked, done), oldest first. Unreadable files are set aside, not deleted."""
+        """Live items (pending, blocked, done), oldest first. Unusable files are quarantined, never deleted."""
         found = []
+        for legacy in self.directory.glob("*.json.unreadable"):  # what older versions set aside
+            self._quarantine(legacy, "set aside as unreadable by an earlier version of the agent")
         for path in self.directory.glob("*.json"):
             item = self._load(path)
             if item is None:
@@ -141,21 +159,47 @@ class UploadQueue:
                 return item
         return None
 
+    def quarantined(self) -> list[Quarantined]:
+        """Item files the queue could not use, each with its reason (kept for a person)."""
+        return list_quarantine(self.quarantine_dir)
+
     def _load(self, path: Path) -> UploadItem | None:
+        """The item in ``path``, or None when it vanished or had to be quarantined."""
+        item_id = path.name.removesuffix(".json")
+        if not is_item_id(item_id):
+            self._quarantine(path, "the file name is not a queue item id")
+            return None
         try:
-            return _decoder.decode(path.read_bytes())
+            item = read_state(path, _decoder)
         except FileNotFoundError:
             return None  # removed by another process between listing and reading
-        except (msgspec.DecodeError, msgspec.ValidationError, OSError) as exc:
-            quarantine = path.with_name(path.name + ".unreadable")
-            log.error("upload queue item %s unreadable (%s); set aside as %s", path.name, exc, quarantine.name)
-            with contextlib.suppress(OSError):
-                os.replace(path, quarantine)
+        except Unreadable as exc:
+            self._quarantine(path, f"unreadable queue item: {exc}")
             return None
+        except OSError as exc:  # permission, I/O error: not the file's fault, so not quarantined
+            raise ArchiveError(f"cannot read upload queue item {path}: {describe_os_error(exc)}") from exc
+        problem = appointment_id_problem(item.appointment_id)
+        if problem is None and not Path(item.audio_path).is_absolute():
+            problem = "its audio path is not absolute"
+        if problem is not None:
+            self._quarantine(path, f"unusable queue item: {problem}")
+            return None
+        if item.item_id != item_id:
+            log.warning("upload queue item %s holds another id inside; its file name counts", item_id)
+            item.item_id = item_id
+        return item
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        try:
+            quarantine(path, self.quarantine_dir, reason)
+        except OSError as exc:
+            raise ArchiveError(f"cannot quarantine the unusable queue file {path}: {describe_os_error(exc)}") from exc
 
     # --- writing ---------------------------------------------------------------------------------------------
 
     def save(self, item: UploadItem) -> None:
+        if not is_item_id(item.item_id):  # never a path built from anything else (``../`` ...)
+            raise ArchiveError("refusing to save an upload queue item whose id is not 32 hex digits")
         folder = self.dead_dir if item.state is ItemState.DEAD else self.directory
         try:
             write_atomic(folder / f"{item.item_id}.json", _encoder.encode(item))
@@ -166,8 +210,15 @@ class UploadQueue:
         """Queue a finished visit for upload; idempotent per appointment (returns the existing item).
 
         Blocking: hashes the file and, when it is over ``max_bytes``, encodes it to MP3 (minutes for a long visit).
+        The agent must own ``wav_path`` (its archive or its copy): a dead letter moves it, retention deletes it.
         """
+        problem = appointment_id_problem(appointment_id)
+        if problem is not None:
+            raise InputError(problem)
+        wav_path = Path(os.path.abspath(wav_path))
         existing = self.find(appointment_id)
+        if existing is not None and existing.held and Path(existing.audio_path) == wav_path:
+            return self.release(existing)
         if existing is not None:
             if Path(existing.audio_path) != wav_path and Path(existing.source_path) != wav_path:
                 log.warning(
@@ -190,11 +241,63 @@ class UploadQueue:
             size=size,
             created_at=now,
             next_attempt_at=now,
+            owned=True,
         )
         self.save(item)  # first, so a crash while encoding still leaves the visit queued
         log.info("queued item %s (%d bytes) for upload", item.item_id, size)
         self.make_uploadable(item)
         return item
+
+    def enqueue_held(self, appointment_id: str, wav_path: Path) -> UploadItem:
+        """Queue a visit that is still recording (its WAV is ``wav_path`` once finished), held until
+        :meth:`release`; idempotent per appointment. Cheap: no hashing (the file is still growing)."""
+        problem = appointment_id_problem(appointment_id)
+        if problem is not None:
+            raise InputError(problem)
+        existing = self.find(appointment_id)
+        if existing is not None:
+            return existing
+        now = self.clock()
+        item = UploadItem(item_id=uuid.uuid4().hex, appointment_id=appointment_id,
+                          audio_path=os.path.abspath(wav_path), sha256="", size=0, created_at=now,
+                          next_attempt_at=now, held=True, owned=True)  # fmt: skip
+        self.save(item)
+        log.info("queued item %s, held until its visit stops recording", item.item_id)
+        return item
+
+    def release(self, item: UploadItem) -> UploadItem:
+        """Make a held item uploadable once no recorder holds its file; returns the item as it is now on disk.
+
+        Still held when the visit is recording (its ``.partial`` is locked). A ``.partial`` left by a recorder
+        that died is repaired first. Serialised across processes (the visit's end and an upload runner may both
+        try): the item is read again under the lock, and one already released is returned as it is.
+        """
+        with self._locked(".release.lock"):
+            current = self._load(self.directory / f"{item.item_id}.json")
+            if current is None or not current.held:
+                return current if current is not None else item
+            final = Path(current.audio_path)
+            partial = partial_path(final)
+            if partial.exists() and not final.exists():
+                if is_being_recorded(partial):
+                    return current
+                try:
+                    repair_partial(partial)
+                except ArchiveError as exc:
+                    if partial.exists():  # else its writer renamed it just now: the final file is there
+                        log.error("upload item %s: its recording cannot be repaired yet: %s", current.item_id, exc)
+                        return current
+            try:
+                current.size, current.sha256 = final.stat().st_size, sha256_of(final)
+            except FileNotFoundError:
+                pass  # make_uploadable dead-letters it with the reason "missing"
+            except OSError as exc:
+                raise ArchiveError(f"cannot read visit recording {final.name}: {exc.strerror}") from exc
+            current.held = False
+            self.save(current)
+            log.info("upload item %s released (%d bytes): its visit stopped recording", current.item_id, current.size)
+            self.make_uploadable(current)  # by the one caller that released it (encoding twice would collide)
+        return current
 
     def make_uploadable(self, item: UploadItem) -> Failure | None:
         """Encode the item's WAV to MP3 if it is over the upload limit and not encoded yet; check the file.
@@ -202,6 +305,10 @@ class UploadQueue:
         Updates and saves the item. An unencodable or missing file dead-letters the item (returns the failure);
         a transient problem (disk full) is returned for the caller to back off.
         """
+        if item.size > self.settings.max_bytes and not item.source_path and not item.owned:
+            failure = Failure(ErrorKind.TOO_LARGE)  # encoding would write beside a file that is not ours
+            self.dead_letter(item, failure.text())
+            return failure
         if item.size > self.settings.max_bytes and not item.source_path:
             try:
                 mp3 = encode.encode_to_mp3(Path(item.audio_path), self.settings)
@@ -234,26 +341,26 @@ class UploadQueue:
     def _dead_letter(self, item: UploadItem, reason: str) -> UploadItem:
         # Each step is idempotent, so a crash anywhere is finished by items() on the next load.
         try:
-            item.audio_path = self._move_into_dead(item.item_id, item.audio_path)
+            item.audio_path = self._move_into_dead(item, item.audio_path)
             if item.source_path:
-                item.source_path = self._move_into_dead(item.item_id, item.source_path)
+                item.source_path = self._move_into_dead(item, item.source_path)
         except OSError as exc:
             raise ArchiveError(f"cannot move audio to the dead-letter folder: {exc.strerror}") from exc
         item.state, item.dead_reason = ItemState.DEAD, reason
         self.save(item)
         (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
-        encode._fsync_dir(self.directory)
+        fsync_directory(self.directory)
         log.error("upload item %s (appointment %s) dead-lettered: %s", item.item_id, item.appointment_id, reason)
         return item
 
-    def _move_into_dead(self, item_id: str, path_text: str) -> str:
+    def _move_into_dead(self, item: UploadItem, path_text: str) -> str:
         source = Path(path_text)
-        if source.parent == self.dead_dir:
-            return path_text
-        target = self.dead_dir / f"{item_id}{source.suffix}"
+        if source.parent == self.dead_dir or not item.owned:
+            return path_text  # a file the agent did not create stays where its owner put it
+        target = self.dead_dir / f"{item.item_id}{source.suffix}"
         if source.exists():
             shutil.move(source, target)  # rename on one file system, copy + remove across file systems
-            encode._fsync_dir(self.dead_dir)
+            fsync_directory(self.dead_dir)
         return str(target)
 
     def _reason_on_file(self, item: UploadItem) -> str:
@@ -269,7 +376,7 @@ class UploadQueue:
         for item in self.items():
             if not retention_expired(item.state, item.uploaded_at, now, self.settings):
                 continue
-            for path_text in (item.audio_path, item.source_path):
+            for path_text in (item.audio_path, item.source_path) if item.owned else ():
                 if path_text:
                     Path(path_text).unlink(missing_ok=True)
             (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
@@ -278,18 +385,32 @@ class UploadQueue:
         return purged
 
     @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold the flock of ``name`` in the queue folder (waits for it)."""
+        try:
+            f = open(self.directory / name, "a+b")  # noqa: SIM115 - closed below, after the caller's block
+        except OSError as exc:
+            raise ArchiveError(f"cannot lock the upload queue: {exc.strerror}") from exc
+        with f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
     def uploading(self) -> Iterator[bool]:
         """Hold the queue's upload lock if free (yields True), else yield False at once."""
-        with open(self.directory / ".lock", "a+b") as f:
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
             try:
                 yield True
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def next_wake(self, now: float) -> float:
         """Seconds from ``now`` until something is due (an attempt or a retention expiry), at most the cap."""
@@ -297,6 +418,8 @@ class UploadQueue:
         for item in self.items():
             if item.state is ItemState.DONE and item.uploaded_at is not None:
                 wake = min(wake, item.uploaded_at + self.settings.retention_hours * 3600.0)
+            elif item.held:
+                wake = min(wake, now + HELD_RECHECK_S)  # its visit's end wakes the runner; a crash is found here
             elif is_due(item.state, item.next_attempt_at, now, self.settings):
                 return 0.0
             else:

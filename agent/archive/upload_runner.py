@@ -119,6 +119,12 @@ async def drain(
             eligible = item.state in (ItemState.PENDING, ItemState.BLOCKED)
             if not (eligible and (force or is_due(item.state, item.next_attempt_at, queue.clock(), queue.settings))):
                 continue
+            if item.held:  # its visit may still be recording: never upload a file that is being written
+                item = await asyncio.to_thread(queue.release, item)
+                if item.state is ItemState.DEAD:  # released, but its audio is missing
+                    _tally(report, item)
+                if item.held or item.state is not ItemState.PENDING:
+                    continue
             progress = progress_for(item) if progress_for is not None else _no_progress
             failure = await _attempt(queue, item, uploader, relogin, progress)
             _tally(report, item)

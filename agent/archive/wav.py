@@ -17,14 +17,16 @@ Durability policy (what a crash can cost):
   The fsync runs on the calling (DSP) thread, whose hand-off ring absorbs its latency; with ``background_sync``
   (the writer driven by an event loop, which must not block) it runs on one worker thread instead, in order, and
   a failure is handled like a failed write at the next write or at ``finish``.
-* Disk full (ENOSPC) or another write error: the writer truncates the file to the last whole sample that reached
-  the disk, fixes the header, fsyncs and renames it to the final name ("sealed"), then raises
-  :class:`~agent.errors.ArchiveError` naming the file and how much audio it holds. Nothing already written is lost
-  and the result is a complete, valid WAV that the upload can take.
+* Disk full (ENOSPC), quota, read-only remount or I/O error: the writer truncates the file to the last whole sample
+  that reached the disk and fixes the header (neither needs free space), fsyncs and renames it to the final name
+  ("sealed"), then raises :class:`~agent.errors.ArchiveError` naming the file and how much audio it holds. Nothing
+  already written is lost and the result is a complete, valid WAV that the upload can take. (A visit must not end
+  there: :class:`agent.archive.resilient.ResilientArchiveWriter` stops writing instead, and resumes.)
 
 While recording, the writer holds an exclusive ``flock`` on the ``.partial`` (released by the kernel when the
 process dies, even by kill -9), so a repair running at the same time (another ``record`` starting in the same
-folder) skips a file that is still being written.
+folder, or the upload queue looking at a visit still being recorded) skips a file that is still being written.
+The rename to the final name happens while the lock is still held.
 
 Timeline: the archive holds every frame, ungated. A frame whose ``start`` lies beyond the current position (the
 caller lost audio: overflow, device loss) is preceded by silence, so archive time always equals timeline time.
@@ -41,7 +43,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, Self
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.audio.types import Frame
@@ -55,8 +57,6 @@ HEADER_BYTES = 44
 FILE_MODE = 0o600
 """Visit audio is patient data: readable by the agent's user only."""
 _SILENCE_CHUNK = bytes(SAMPLE_RATE * BYTES_PER_SAMPLE)
-
-
 def wav_header(data_bytes: int, *, sample_rate: int = SAMPLE_RATE, channels: int = 1, bits: int = 16) -> bytes:
     """The canonical 44-byte PCM WAV header for ``data_bytes`` of sample data."""
     block_align = channels * bits // 8
@@ -123,11 +123,12 @@ class WavArchiveWriter:
 
     @classmethod
     def create(cls, final: Path | str, settings: ArchiveSettings, *, overwrite: bool = False,
-               background_sync: bool = False) -> WavArchiveWriter:  # fmt: skip
+               background_sync: bool = False, **options: Any) -> Self:  # fmt: skip
         """Create ``<final>.partial`` with an empty WAV header, durable (file and folder entry fsynced).
 
         Raises ArchiveError if the folder is missing or not writable, if a ``.partial`` of the same name exists
-        (an earlier crash: repair it first) or if ``final`` exists and ``overwrite`` is false.
+        (an earlier crash: repair it first) or if ``final`` exists and ``overwrite`` is false. ``options`` go to
+        the constructor of a subclass.
         """
         final = Path(final)
         folder = final.parent
@@ -153,11 +154,16 @@ class WavArchiveWriter:
             os.close(fd)
             _remove_quietly(partial)
             raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
-        return cls(final, fd, settings, background_sync=background_sync)
+        return cls(final, fd, settings, background_sync=background_sync, **options)
 
     @property
     def position(self) -> int:
         """Timeline index one past the last sample written (= samples in the archive)."""
+        return self.archived_samples
+
+    @property
+    def archived_samples(self) -> int:
+        """Samples in the archive file."""
         return self._data_bytes // BYTES_PER_SAMPLE
 
     @property
@@ -166,17 +172,72 @@ class WavArchiveWriter:
 
     def write_frame(self, frame: Frame) -> None:
         """Append ``frame``; silence first if it starts after the current position (a gap in the timeline)."""
-        if frame.start < self.position:
-            raise ValueError(f"frame at {frame.start} overlaps the archive, which is at {self.position}")
-        if frame.start > self.position:
-            self.write_silence(frame.start - self.position)
-        self._append(frame.pcm)
+        self.write_frames([frame])
 
     def write_frames(self, frames: Sequence[Frame]) -> None:
         """Append ``frames`` (in timeline order) like :meth:`write_frame` each, with one ``os.write`` per run of
         contiguous frames instead of one per frame: per-call and per-syscall cost is what a live capture pays for."""
+        self._require_open()
+        if not frames:
+            return
+        try:
+            self._write_run(frames)
+        except OSError as exc:
+            self._fault(exc, frames[-1].end)
+
+    def write_silence(self, samples: int) -> None:
+        """Append ``samples`` of silence (audio the caller lost), keeping archive time equal to timeline time."""
+        self._require_open()
+        try:
+            self._append_silence(samples)
+        except OSError as exc:
+            self._fault(exc, self.archived_samples + samples)
+
+    def finish(self) -> Path:
+        """Write the final header, fsync, rename to the final name atomically, fsync the folder. Returns it."""
+        fd = self._require_open()
+        self._seal_final()
+        self._stop_sync_pool()
+        try:
+            self._rename_to_final()  # while the lock is held: nobody repairs a .partial that is being renamed
+        finally:
+            os.close(fd)
+            self._fd = None
+        return self.final
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.finish()
+
+    # -- internals (and the hooks ResilientArchiveWriter overrides) --------------------------------------------
+
+    def _fault(self, exc: OSError, timeline_end: int) -> None:
+        """A write, header rewrite or fsync failed after ``_data_bytes`` reached the file; the frames handed in
+        reached ``timeline_end``. Here: seal and raise ArchiveError."""
+        self._seal_after_error(exc)
+
+    def _seal_final(self) -> None:
+        """The end of :meth:`finish` before the rename: final header and fsync."""
+        fd = self._require_open()
+        try:
+            self._check_syncs(wait_all=True)
+            os.pwrite(fd, wav_header(self._data_bytes), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            self._fault(exc, self.position)
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise ArchiveError(f"archive {self.final} is already finished")
+        return self._fd
+
+    def _write_run(self, frames: Sequence[Frame]) -> None:
+        """Write ``frames`` (silence before any that starts late); OSError propagates (see :meth:`_append`)."""
         run: list[bytes] = []
-        end = self.position
+        end = self.archived_samples
         for frame in frames:
             if frame.start < end:
                 self._append(b"".join(run))
@@ -184,97 +245,58 @@ class WavArchiveWriter:
             if frame.start > end:
                 self._append(b"".join(run))
                 run = []
-                self.write_silence(frame.start - end)
+                self._append_silence(frame.start - end)
             run.append(frame.pcm)
             end = frame.start + len(frame.pcm) // BYTES_PER_SAMPLE
         if run:
             self._append(b"".join(run))
 
-    def write_silence(self, samples: int) -> None:
-        """Append ``samples`` of silence (audio the caller lost), keeping archive time equal to timeline time."""
+    def _append_silence(self, samples: int) -> None:
         remaining = samples * BYTES_PER_SAMPLE
         while remaining > 0:
             piece = min(remaining, len(_SILENCE_CHUNK))
             self._append(_SILENCE_CHUNK[:piece] if piece < len(_SILENCE_CHUNK) else _SILENCE_CHUNK)
             remaining -= piece
 
-    def finish(self) -> Path:
-        """Write the final header, fsync, rename to the final name atomically, fsync the folder. Returns it."""
-        fd = self._require_open()
-        self._check_syncs(wait_all=True)
-        try:
-            os.pwrite(fd, wav_header(self._data_bytes), 0)
-            os.fsync(fd)
-        except OSError as exc:
-            self._seal_after_error(exc)
-        self._stop_sync_pool()
-        os.close(fd)
-        self._fd = None
-        self._rename_to_final()
-        return self.final
-
-    def __enter__(self) -> WavArchiveWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            self.finish()
-
-    # -- internals ---------------------------------------------------------------------------------------------
-
-    def _require_open(self) -> int:
-        if self._fd is None:
-            raise ArchiveError(f"archive {self.final} is already finished")
-        return self._fd
-
     def _append(self, pcm: bytes) -> None:
+        """Write ``pcm`` at the end; an OSError propagates with ``_data_bytes`` counting what reached the file."""
         fd = self._require_open()
         if self._syncs:
             self._check_syncs(wait_all=False)
         view = memoryview(pcm)
         while view:
-            try:
-                written = os.write(fd, view)
-            except OSError as exc:
-                self._seal_after_error(exc)
+            written = os.write(fd, view)
             self._data_bytes += written
             view = view[written:]
         if self._data_bytes >= self._next_header:
-            self._rewrite_header(fd)
+            os.pwrite(fd, wav_header(self._data_bytes), 0)
+            self.header_rewrites += 1
+            self._next_header = (self._data_bytes // self._header_every + 1) * self._header_every
         if self._data_bytes >= self._next_sync:
             self._sync(fd)
-
-    def _rewrite_header(self, fd: int) -> None:
-        try:
-            os.pwrite(fd, wav_header(self._data_bytes), 0)
-        except OSError as exc:
-            self._seal_after_error(exc)
-        self.header_rewrites += 1
-        self._next_header = (self._data_bytes // self._header_every + 1) * self._header_every
 
     def _sync(self, fd: int) -> None:
         if self._sync_pool is not None:
             self._syncs.append(self._sync_pool.submit(os.fdatasync, fd))
         else:
-            try:
-                os.fdatasync(fd)
-            except OSError as exc:
-                self._seal_after_error(exc)
+            os.fdatasync(fd)
         self.fsyncs += 1
         self._next_sync = (self._data_bytes // self._sync_every + 1) * self._sync_every
 
     def _check_syncs(self, *, wait_all: bool) -> None:
-        """Collect finished background fsyncs (all of them with ``wait_all``); a failed one seals the file."""
+        """Collect finished background fsyncs (all of them with ``wait_all``); a failed one raises its OSError."""
         while self._syncs and (wait_all or self._syncs[0].done()):
-            try:
-                self._syncs.popleft().result()
-            except OSError as exc:
-                self._seal_after_error(exc)
+            self._syncs.popleft().result()
+
+    def _drop_syncs(self) -> None:
+        """Wait for background fsyncs still running and forget them (a fault is being handled: their failure is
+        that same fault, and the seal fsyncs again)."""
+        pending, self._syncs = list(self._syncs), deque()
+        wait(pending)
 
     def _stop_sync_pool(self) -> None:
         """Wait for background fsyncs still running (the fd must outlive them) and end the worker thread."""
-        pending, self._syncs = list(self._syncs), deque()
-        wait(pending)
+        self._drop_syncs()
         if self._sync_pool is not None:
             self._sync_pool.shutdown(wait=True)
             self._sync_pool = None
@@ -289,18 +311,17 @@ class WavArchiveWriter:
             raise ArchiveError(f"archive {self.final}: {reason}") from exc
         whole = self._data_bytes - self._data_bytes % BYTES_PER_SAMPLE
         try:
-            os.ftruncate(fd, HEADER_BYTES + whole)  # shrinking needs no free space
-            os.pwrite(fd, wav_header(whole), 0)  # overwrites existing bytes: needs no free space either
-            os.fsync(fd)
-        except OSError as seal_exc:
+            try:
+                seal(fd, whole)
+            except OSError as seal_exc:
+                raise ArchiveError(
+                    f"archive {self.partial} stopped ({reason}) and could not be sealed "
+                    f"({describe_os_error(seal_exc)}): run 'medisync-agent repair' when the disk is fixed"
+                ) from exc
+            self._data_bytes = whole
+            self._rename_to_final()
+        finally:
             os.close(fd)
-            raise ArchiveError(
-                f"archive {self.partial} stopped ({reason}) and could not be sealed "
-                f"({describe_os_error(seal_exc)}): run 'medisync-agent repair' when the disk is fixed"
-            ) from exc
-        os.close(fd)
-        self._data_bytes = whole
-        self._rename_to_final()
         seconds = whole / BYTES_PER_SAMPLE / SAMPLE_RATE
         raise ArchiveError(
             f"{reason} while writing {self.final}: recording stopped, the first {seconds:.2f} s are saved"
@@ -314,6 +335,13 @@ class WavArchiveWriter:
             raise ArchiveError(
                 f"could not rename {self.partial.name} to {self.final.name}: {describe_os_error(exc)}"
             ) from exc
+
+
+def seal(fd: int, data_bytes: int) -> None:
+    """Cut a torn trailing sample and write the sizes into the header, durably: needs no free space."""
+    os.ftruncate(fd, HEADER_BYTES + data_bytes)  # shrinking needs no free space
+    os.pwrite(fd, wav_header(data_bytes), 0)  # overwrites existing bytes: needs no free space either
+    os.fsync(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

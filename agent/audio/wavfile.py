@@ -6,12 +6,15 @@ plain format tags (1 = PCM, 3 = IEEE float) or WAVE_FORMAT_EXTENSIBLE (0xFFFE) w
 Samples are returned as float32 in [-1, 1], shape (frames, channels). Every problem is an
 :class:`agent.errors.InputError` with one line a person understands.
 
-A ``data`` chunk whose declared size runs past the end of the file (a recording cut short by a crash, or a
-streaming writer's placeholder size) is read up to the end of the file.
+Lenient, but never silent: a ``data`` chunk whose declared size runs past the end of the file (a recording cut
+short by a crash or a copy) is read as far as the file goes, and a size of 0 or 0xFFFFFFFF (the placeholder a
+streaming writer leaves when it cannot seek back) means "to the end of the file"; either way one WARNING line
+names the header's length and the file's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -29,6 +32,11 @@ MIN_RATE = 8000
 MAX_RATE = 48000
 MAX_CHANNELS = 2
 SUPPORTED = "16/24/32-bit integer PCM or 32-bit float, 8000-48000 Hz, mono or stereo"
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+"""``data`` sizes that streaming writers leave in the header: the audio runs to the end of the file."""
 
 _FORMAT_NAMES = {0x0002: "Microsoft ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM", 0x0055: "MP3"}
 
@@ -105,10 +113,25 @@ def _info(f: BinaryIO, name: str, fmt: tuple[int, int, int, int], data_size: int
     if not 1 <= channels <= MAX_CHANNELS:
         raise InputError(f"unsupported channel count in {name}: {channels}; supported: 1 (mono) or 2 (stereo)")
     offset = f.tell()
-    available = os.fstat(f.fileno()).st_size - offset
+    available = max(0, os.fstat(f.fileno()).st_size - offset)
     frame_bytes = channels * bits // 8
-    frames = min(data_size, available) // frame_bytes
+    frames = _readable_bytes(name, data_size, available, rate * frame_bytes) // frame_bytes
     return WavInfo(rate, channels, bits, is_float, offset, frames)
+
+
+def _readable_bytes(name: str, declared: int, available: int, bytes_per_s: int) -> int:
+    """How much of the data chunk to read: what the header says, or what the file holds (with one warning)."""
+    if declared in UNKNOWN_SIZES and available > 0:
+        log.warning("%s gives no audio length in its WAV header (data size %s, as streaming writers leave it): "
+                    "reading to the end of the file, %d bytes (%.2f s)", name, f"0x{declared:X}" if declared else "0",
+                    available, available / bytes_per_s)  # fmt: skip
+        return available
+    if declared > available:
+        log.warning("%s is shorter than its WAV header says: the header claims %d bytes of audio (%.2f s), the file "
+                    "holds %d (%.2f s); reading what is there", name, declared, declared / bytes_per_s, available,
+                    available / bytes_per_s)  # fmt: skip
+        return available
+    return declared
 
 
 def _describe(tag: int, bits: int) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from agent import SAMPLE_RATE
 from agent.archive.repair import RepairResult, repair_all
 from agent.audio.sources import open_source
+from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
 from agent.recorder import Recorder, RecordSummary, SpeechSegment
 
@@ -44,7 +45,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--source", required=True, metavar="SRC", help="what to record (see above)")
     parser.add_argument("--out", required=True, metavar="FILE.wav", type=Path, help="the WAV file to write")
-    parser.add_argument("--duration", type=positive_seconds, metavar="S", help="stop after S seconds of audio")
+    parser.add_argument("--duration", metavar="S",
+                        help="stop after S seconds of audio (a finite number, at least one frame)")  # fmt: skip
     parser.add_argument(
         "--pace", choices=("realtime", "fast"), help="file and synth sources: real time or as fast as possible"
     )
@@ -52,16 +54,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace FILE.wav if it exists")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_ms is not None:
         flags["audio.frame_ms"] = args.frame_ms
     settings = load_from_args(args, flags).settings
+    duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     source = open_source(settings.audio.source, settings.audio)  # a bad source fails before any file is touched
     repair_leftovers(out.parent)
-    recorder = Recorder(source, out, settings, duration_s=args.duration, overwrite=args.overwrite,
+    recorder = Recorder(source, out, settings, duration_s=duration_s, overwrite=args.overwrite,
                         on_segment=print_segment)  # fmt: skip
     print(f"recording {source.description} to {out} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     with stop_on_signals(recorder):

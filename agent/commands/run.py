@@ -2,7 +2,9 @@
 
 Until Ctrl-C / SIGTERM or ``--duration``: capture, archive and stream; then end the stream, finish the WAV,
 queue it and upload it at once with a progress bar. If the upload cannot finish now it stays queued (exit 75)
-and the daemon or ``medisync-agent uploads retry`` delivers it later.
+and the daemon or ``medisync-agent uploads retry`` delivers it later. If part of the visit could not be archived
+(disk full, I/O error: capture and the live stream went on, the part on disk was queued at once) the summary names
+the missing stretch and the exit code is 73, even though the visit otherwise completed.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from typing import TextIO
 from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
+from agent.archive.recovery import recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
-from agent.commands.uploads import EX_TEMPFAIL, ProgressView
+from agent.commands._args import duration_seconds
+from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
-from agent.errors import InputError
+from agent.errors import EX_CANTCREAT, InputError
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
-from agent.visit import Visit, VisitSummary, recover_visits, refuse_second_recording
+from agent.visit import Visit, VisitSummary, refuse_second_recording
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Record one visit: capture the source, show MediSync's live transcript, archive the whole visit as a "
             "WAV file and upload it when the visit ends (Ctrl-C or --duration). Audio is never lost: if MediSync "
-            "cannot be reached the recording stays queued for upload."
+            "cannot be reached the recording stays queued for upload. A full disk does not end the visit: capture "
+            "and the live stream go on, the part already on disk is queued at once, the archive resumes when space "
+            "returns, and the summary names the stretch missing from the recording. Exit codes: 0 recorded and "
+            "uploaded; 73 part of the visit is missing from the recording (disk full, I/O error), the rest was "
+            "recorded and queued; 75 recorded, upload still pending (retried later)."
         ),
     )
     add_config_arguments(parser)
@@ -48,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="create a new appointment for this patient id and record it")  # fmt: skip
     parser.add_argument("--source", help="mic, mic:<name>, file:<path.wav> or synth:<recipe> (default: config)")
     parser.add_argument("--pace", choices=["realtime", "fast"], help="file/synth sources: pacing (default realtime)")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of audio")
+    parser.add_argument("--duration", metavar="S",
+                        help="stop after S seconds of audio (a finite number, at least one 20 ms frame)")  # fmt: skip
     parser.add_argument("--api-url", help="MediSync REST base URL, e.g. https://app.medisync.me/api")
     parser.add_argument("--speech-url", help="speech socket base URL, e.g. wss://speech.medisync.me")
     parser.add_argument("--archive-dir", help="folder for the visit WAV files")
@@ -75,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None and not value.strip():
             raise InputError(f"{flag} needs a MediSync id, not an empty string")
     settings = load_from_args(args, _flags(args)).settings
+    duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     credentials = load_credentials(settings.api)
 
     async def main() -> int:
@@ -84,9 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"recording appointment {access.appointment_id}; Ctrl-C ends the visit", file=sys.stderr)
             summary, state = await record_and_upload(
                 settings, client, access.appointment_id, stream=access.stream_allowed,
-                duration_s=args.duration, out=sys.stdout, err=sys.stderr,
+                duration_s=duration_s, out=sys.stdout, err=sys.stderr,
             )  # fmt: skip
             print(format_summary(summary, state), file=sys.stderr)
+            if summary.archive_missing:  # the visit completed, but its recording lacks a stretch
+                return EX_CANTCREAT
             return 0 if state is ItemState.DONE else EX_TEMPFAIL
 
     return asyncio.run(main())
@@ -106,8 +118,7 @@ async def record_and_upload(
 ) -> tuple[VisitSummary, ItemState]:
     """Run one visit (stopping on SIGINT/SIGTERM), then upload its recording once; returns the item's state."""
     queue = UploadQueue(settings.upload)
-    for item in await asyncio.to_thread(recover_visits, Path(settings.archive.directory), queue):
-        print(f"queued an interrupted earlier visit for upload ({item.item_id[:8]})", file=err)
+    report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,

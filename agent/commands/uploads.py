@@ -1,11 +1,15 @@
 """``medisync-agent uploads``: look at and work the visit upload queue by hand.
 
-    medisync-agent uploads list            every queued visit: state, appointment, size, attempts, next try, error
-    medisync-agent uploads retry [--now]   upload due items (all pending and blocked ones with --now), with progress
-    medisync-agent uploads add APPT WAV    queue a WAV for an appointment (what the daemon does when a visit ends)
-    medisync-agent uploads purge           delete local audio of confirmed uploads whose retention has expired
+    medisync-agent uploads list                  every queued visit (state, appointment, size, attempts, next try,
+                                                 error), recordings needing an appointment, quarantined files
+    medisync-agent uploads retry [--now]         upload due items (all pending and blocked ones with --now)
+    medisync-agent uploads add APPT FILE         queue a copy of a WAV, MP3 or M4A file for an appointment
+    medisync-agent uploads assign FILE APPT      queue a recording that needs an appointment (see list)
+    medisync-agent uploads purge                 delete local audio of confirmed uploads whose retention has expired
 
-The daemon uploads on its own; a retry here takes the queue's lock, so the two never upload the same item at once.
+Every action first recovers what a crash or power cut left (agent.archive.recovery). The daemon uploads on its own;
+a retry here takes the queue's lock, so the two never upload the same item at once. No action moves or deletes a
+file the agent did not create.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from agent.archive import intake
+from agent.archive.recovery import Orphan, Recovery, recover
+from agent.archive.storage import Quarantined
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.archive.upload_runner import DrainReport, Progress, Uploader, drain
 from agent.config import add_config_arguments, load_from_args
-from agent.errors import InputError
 from agent.settings import AgentSettings
 
 EX_TEMPFAIL = 75
@@ -54,14 +60,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "uploads",
         help="list and retry queued visit uploads",
         description="Look at and work the queue of visit recordings waiting to be uploaded to MediSync.",
-        epilog="Nothing here deletes audio that MediSync has not confirmed; dead letters stay in <queue_dir>/dead.",
-    )
+        epilog="Nothing here deletes audio that MediSync has not confirmed, nor any file the agent did not create; "
+               "dead letters stay in <queue_dir>/dead, unreadable files in the quarantine folders.",
+    )  # fmt: skip
     actions = parser.add_subparsers(dest="uploads_action", metavar="ACTION")
     show = actions.add_parser(
         "list",
         help="show queued, blocked, done and dead-lettered uploads",
-        description="Show every item of the upload queue, oldest first.",
-    )
+        description="Show every item of the upload queue, oldest first; then recordings that need an appointment "
+                    "(with the command that assigns one) and files quarantined because they could not be read.",
+    )  # fmt: skip
     show.set_defaults(func=cmd_list)
     retry = actions.add_parser(
         "retry",
@@ -74,19 +82,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retry.set_defaults(func=cmd_retry)
     add = actions.add_parser(
         "add",
-        help="queue a visit recording for upload",
-        description="Queue a WAV for an appointment (large files are encoded to MP3 first).",
-    )
+        help="queue a copy of a recording for upload",
+        description="Queue a recording for an appointment: a regular WAV, MP3 or M4A file (judged by its content) "
+                    "within the upload limit. The agent uploads a private copy; your file is never moved or deleted. "
+                    "Bad input is refused with one line and exit code 65.",
+    )  # fmt: skip
     add.add_argument("appointment_id", help="MediSync appointment id")
-    add.add_argument("wav", type=Path, help="the visit's WAV file")
+    add.add_argument("wav", type=Path, metavar="FILE", help="the recording (WAV, MP3 or M4A)")
     add.set_defaults(func=cmd_add)
+    assign = actions.add_parser(
+        "assign",
+        help="queue a recording that needs an appointment",
+        description="Queue a recording that 'uploads list' shows as needing an appointment (audio a power cut "
+                    "left without its visit record) for an appointment; it then uploads like any other.",
+    )  # fmt: skip
+    assign.add_argument("file", type=Path, help="the recording, as 'uploads list' names it")
+    assign.add_argument("appointment_id", help="MediSync appointment id")
+    assign.set_defaults(func=cmd_assign)
     purge = actions.add_parser(
         "purge",
         help="delete audio of confirmed uploads past their retention",
         description="Delete local audio of uploads MediSync confirmed, once retention expired.",
     )
     purge.set_defaults(func=cmd_purge)
-    for sub in (show, retry, add, purge):
+    for sub in (show, retry, add, assign, purge):
         add_config_arguments(sub)
 
     def usage(args: argparse.Namespace) -> int:
@@ -96,9 +115,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=usage)
 
 
-def open_queue(args: argparse.Namespace) -> tuple[AgentSettings, UploadQueue]:
-    settings = load_from_args(args).settings
-    return settings, UploadQueue(settings.upload)
+QueueAndRecovery = tuple[AgentSettings, UploadQueue, Recovery]
+
+
+def open_queue(args: argparse.Namespace, settings: AgentSettings | None = None) -> QueueAndRecovery:
+    """Settings, the queue, and what recovering the storage found (done first by every action)."""
+    settings = load_from_args(args).settings if settings is None else settings
+    queue = UploadQueue(settings.upload)
+    return settings, queue, recover(Path(settings.archive.directory), queue)
+
+
+def report_recovery(recovery: Recovery, err: TextIO) -> None:
+    """What the start recovered or found, one line each, for commands that do not list it in full."""
+    for item in recovery.queued:
+        print(f"queued an interrupted earlier visit for upload ({item.item_id[:8]})", file=err)
+    for name in recovery.discarded:
+        print(f"removed {name}: a recording without any audio", file=err)
+    for problem in recovery.problems:
+        print(f"could not recover now: {problem}", file=err)
+    if recovery.orphans:
+        print(f"{len(recovery.orphans)} recording(s) need an appointment: see 'medisync-agent uploads list'", file=err)
+    if recovery.quarantined:
+        print(f"{len(recovery.quarantined)} unreadable file(s) quarantined: see 'medisync-agent uploads list'",
+              file=err)  # fmt: skip
 
 
 def _when(ts: float | None) -> str:
@@ -127,13 +166,34 @@ def format_rows(items: list[UploadItem], now: float) -> list[str]:
     return rows
 
 
+def format_orphans(orphans: list[Orphan]) -> list[str]:
+    rows = ["NEEDS AN APPOINTMENT (audio without a visit record; queue it with the command shown):"]
+    for orphan in orphans:
+        length = "-" if orphan.seconds is None else f"{orphan.seconds:.1f} s"
+        rows.append(f"  {orphan.path.name}  {_mb(orphan.size)}  {length}")
+        rows.append(f"    medisync-agent uploads assign {orphan.path} APPOINTMENT")
+    return rows
+
+
+def format_quarantine(files: list[Quarantined]) -> list[str]:
+    rows = ["QUARANTINED (could not be read; kept for a person, never uploaded or deleted by the agent):"]
+    rows += [f"  {q.path}  {q.reason}" for q in files]
+    return rows
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    _, queue = open_queue(args)
+    _, queue, recovery = open_queue(args)
+    for line in recovery.problems:
+        print(f"could not recover now: {line}", file=sys.stderr)
     items = queue.items() + queue.dead_items()
-    if not items:
-        print(f"upload queue {queue.directory} is empty")
-        return 0
-    print("\n".join(format_rows(items, time.time())))
+    sections = []
+    if items:
+        sections.append("\n".join(format_rows(items, time.time())))
+    if recovery.orphans:
+        sections.append("\n".join(format_orphans(recovery.orphans)))
+    if recovery.quarantined:
+        sections.append("\n".join(format_quarantine(recovery.quarantined)))
+    print("\n\n".join(sections) if sections else f"upload queue {queue.directory} is empty")
     return 0
 
 
@@ -190,7 +250,8 @@ async def retry_queue(
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    settings, queue = open_queue(args)
+    settings, queue, recovery = open_queue(args)
+    report_recovery(recovery, sys.stderr)
     report = asyncio.run(retry_queue(queue, settings, force=args.now, factory=uploader_factory, out=sys.stderr))
     waiting = [i for i in queue.items() if i.state in (ItemState.PENDING, ItemState.BLOCKED)]
     print(summarize(report) + (f"; {len(waiting)} still waiting" if waiting else ""))
@@ -198,16 +259,30 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    _, queue = open_queue(args)
-    wav: Path = args.wav
-    if not wav.is_file():
-        raise InputError(f"{wav}: no such file")
-    item = queue.enqueue(args.appointment_id, wav.resolve())
-    print(f"queued as item {item.item_id[:8]} ({item.state.value}, {_mb(item.size)})")
+    settings = load_from_args(args).settings
+    appointment_id = intake.valid_appointment_id(args.appointment_id)  # bad input: one line, nothing touched
+    with intake.operator_file(args.wav, settings.upload.max_bytes) as source:
+        _, queue, recovery = open_queue(args, settings)
+        report_recovery(recovery, sys.stderr)
+        item = intake.add_copy(queue, Path(settings.archive.directory), appointment_id, source)
+    print(f"queued a copy of {args.wav} as item {item.item_id[:8]} ({item.state.value}, {_mb(item.size)}); "
+          "the file itself is left as it is")  # fmt: skip
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    settings = load_from_args(args).settings
+    intake.valid_appointment_id(args.appointment_id)
+    _, queue, recovery = open_queue(args, settings)
+    report_recovery(recovery, sys.stderr)
+    item = intake.assign(queue, Path(settings.archive.directory), args.file, args.appointment_id)
+    print(f"queued {Path(item.audio_path).name} as item {item.item_id[:8]} for appointment {item.appointment_id}; "
+          "the daemon uploads it (or run: medisync-agent uploads retry)")  # fmt: skip
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    _, queue = open_queue(args)
+    _, queue, recovery = open_queue(args)
+    report_recovery(recovery, sys.stderr)
     print(f"{queue.purge_expired()} expired recording(s) deleted")
     return 0

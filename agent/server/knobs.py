@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 RestFaultKind = Literal["status", "malformed", "envelope"]
+GarbageKind = Literal["not_json", "array", "wrong_types", "empty", "html", "server_error", "bad_encoding", "stall",
+                      "other_appointment"]
+GARBAGE_KINDS: tuple[GarbageKind, ...] = ("not_json", "array", "wrong_types", "empty", "html", "server_error",
+                                          "bad_encoding", "stall", "other_appointment")
+RestShape = Literal["documented", "data", "named", "top"]
+REST_SHAPES: tuple[RestShape, ...] = ("documented", "data", "named", "top")
 SEARCH_FAULTS = ("error_out_of_tokens", "error_internal", "error_llm", "error_not_enough_articles",
                  "http_429", "http_500")
 
@@ -19,10 +25,17 @@ SEARCH_FAULTS = ("error_out_of_tokens", "error_internal", "error_llm", "error_no
 class RestFault:
     path_prefix: str
     remaining: int
-    kind: RestFaultKind = "status"
+    kind: RestFaultKind | GarbageKind = "status"
     status: int | None = None
     """HTTP status; default 500 for ``status`` faults and 200 for ``malformed`` / ``envelope``."""
     retry_after: float | None = None
+    delay_s: float = 0.0
+    """``stall``: seconds the answer is held back."""
+
+    @property
+    def garbage(self) -> bool:
+        """Garbage replaces the answer after the endpoint did its work (a stored upload stays stored)."""
+        return self.kind in GARBAGE_KINDS
 
 
 @dataclass
@@ -53,6 +66,11 @@ class Knobs:
     """Never select ``medisync.resume.v1``: every connection runs MediSync's documented basic mode."""
     search_faults: list[str] = field(default_factory=list)
     """Next MediSearch requests fail with these codes, one per request, oldest first."""
+    rest_shape: RestShape = "documented"
+    """Where REST answers carry their object: ``documented`` (under ``data``, plus the quickstart's key where the
+    quickstart shows one; login at the top level), only under ``data``, only under the quickstart's key
+    (``named``: ``subscription``, ``appointment``, ``patient``, ``recording``, ``transcription``, ``notes``), or
+    at the top level (``top``: the object's fields beside ``success``, a list endpoint a bare JSON array)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- REST ---------------------------------------------------------------------------------------------------
@@ -63,6 +81,25 @@ class Knobs:
         (``malformed``) or 200 with ``{"success": false, ...}`` (``envelope``)."""
         with self._lock:
             self.rest_faults.append(RestFault(path_prefix, count, kind, status, retry_after))
+
+    def garble_next(self, path_prefix: str, kind: GarbageKind, count: int = 1, *, status: int | None = None,
+                    delay_s: float = 0.0) -> None:
+        """The next ``count`` requests under ``path_prefix`` are served, then answered with garbage of ``kind``:
+        ``not_json`` (200, plain text), ``array`` (200, a JSON array of numbers), ``wrong_types`` (200, the real
+        answer with every value of the wrong JSON type), ``empty`` (200, no body), ``html`` (200, an HTML error
+        page), ``server_error`` (``status`` or 502, an HTML page), ``bad_encoding`` (200, claims gzip, is not),
+        ``stall`` (the real answer after ``delay_s`` seconds), ``other_appointment`` (the real answer with every
+        ``appointment_id`` naming another appointment)."""
+        if kind not in GARBAGE_KINDS:
+            raise ValueError(f"unknown garbage kind {kind!r}; known: {GARBAGE_KINDS}")
+        with self._lock:
+            self.rest_faults.append(RestFault(path_prefix, count, kind, status, delay_s=delay_s))
+
+    def answer_shape(self, shape: RestShape) -> None:
+        """Answer every REST endpoint in ``shape`` from now on (see ``rest_shape``)."""
+        if shape not in REST_SHAPES:
+            raise ValueError(f"unknown answer shape {shape!r}; known: {REST_SHAPES}")
+        self.rest_shape = shape
 
     def take_rest_fault(self, path: str) -> RestFault | None:
         with self._lock:
@@ -131,6 +168,7 @@ class Knobs:
             self.drop_after_frames, self.drop_connections = None, 0
             self.outage_s, self.outage_until = 0.0, 0.0
             self.ack_delay_s, self.withhold_acks, self.force_basic = 0.0, False, False
+            self.rest_shape = "documented"
 
     def apply(self, spec: dict[str, Any]) -> None:
         """Apply a JSON knob spec (the admin endpoint's body); keys mirror the methods' names and arguments."""
@@ -139,6 +177,11 @@ class Knobs:
         for fault in spec.get("fail_next", []):
             self.fail_next(fault["path"], int(fault.get("count", 1)), kind=fault.get("kind", "status"),
                            status=fault.get("status"), retry_after=fault.get("retry_after"))
+        for garble in spec.get("garble_next", []):
+            self.garble_next(garble["path"], garble["kind"], int(garble.get("count", 1)), status=garble.get("status"),
+                             delay_s=float(garble.get("delay_s", 0.0)))
+        if "rest_shape" in spec:
+            self.answer_shape(spec["rest_shape"])
         if "refuse_handshake" in spec:
             ref = spec["refuse_handshake"]
             self.refuse_handshake(int(ref["status"]), retry_after=ref.get("retry_after"),

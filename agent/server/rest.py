@@ -4,6 +4,10 @@ Envelope ``{"success": true, "data": ...}``, errors ``{"success": false, "error"
 shows another shape it wins, and ``data`` carries the same object too: login puts its fields at the top level;
 ``appointments/add`` answers ``{"success": true, "appointment": {...}, "data": {...}}``; ``GET transcriptions``
 answers ``{"success": true, "transcription": [...], "data": [...]}``. Another user's ids answer 404, like unknown ids.
+
+MediSync's documents leave the shape open, so the ``rest_shape`` knob answers every endpoint only under ``data``,
+only under the quickstart's key, or at the top level instead; ``garble_next`` replaces answers with garbage
+(:mod:`agent.server.garbage`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from aiohttp import BodyPartReader, web
 
 from agent import SAMPLE_RATE
 from agent.server.app import json_error
+from agent.server.garbage import garble
 from agent.server.store import Recording, Segment, iso, new_object_id
 from agent.server.transcriber import Span, SpanDetector
 
@@ -35,10 +40,6 @@ MULTIPART_OVERHEAD = 64 * 1024
 """Bytes of multipart framing allowed on top of the file limit when judging Content-Length up front."""
 READ_CHUNK = 256 * 1024
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a"}
-
-
-def ok(data: Any, **extra: Any) -> web.Response:
-    return web.json_response({"success": True, "data": data, **extra})
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -118,7 +119,7 @@ class RestApi:
     @web.middleware
     async def fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         fault = self.server.knobs.take_rest_fault(request.path)
-        if fault is not None:
+        if fault is not None and not fault.garbage:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
             if fault.kind == "malformed":
                 return web.Response(status=fault.status or 200, text='{"success": tru', headers=headers,
@@ -127,12 +128,26 @@ class RestApi:
             return web.json_response(body, status=fault.status or (500 if fault.kind == "status" else 200),
                                      headers=headers)
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPException:
             raise
         except Exception:  # the envelope is the contract even for our own bugs; the traceback goes to the log
             log.exception("internal error serving %s %s", request.method, request.path)
             return web.json_response({"success": False, "error": "Internal server error"}, status=500)
+        return response if fault is None else await garble(fault, response)
+
+    def ok(self, data: Any, key: str, *, quickstart: bool = False) -> web.Response:
+        """A success answer carrying ``data`` in the shape the ``rest_shape`` knob asks for. ``key`` is the
+        quickstart's name for the object; ``quickstart``: the quickstart shows this answer with it (so the
+        documented shape carries it beside ``data``)."""
+        shape = self.server.knobs.rest_shape
+        if shape == "named":
+            return web.json_response({"success": True, key: data})
+        if shape == "top":
+            return web.json_response({"success": True, **data} if isinstance(data, dict) else data)
+        if shape == "documented" and quickstart:
+            return web.json_response({"success": True, key: data, "data": data})
+        return web.json_response({"success": True, "data": data})
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def _appointment(self, uid: str, appointment_id: str) -> dict[str, Any]:
@@ -150,26 +165,28 @@ class RestApi:
         user = self.store.check_password(email, password)
         if user is None:
             raise json_error(401, "Invalid email or password")
-        return web.json_response({"success": True, "token": self.server.issue_token(user.uid), "uid": user.uid,
-                                  "userTitle": user.title, "firstName": user.first_name,
-                                  "lastName": user.last_name})
+        fields = {"token": self.server.issue_token(user.uid), "uid": user.uid, "userTitle": user.title,
+                  "firstName": user.first_name, "lastName": user.last_name}
+        if self.server.knobs.rest_shape == "data":  # the reference's envelope; the quickstart shows the top level
+            return web.json_response({"success": True, "data": fields})
+        return web.json_response({"success": True, **fields})
 
     async def subscription(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request, need_subscription=False)
-        return ok({"uid": user.uid, "active": user.subscription,
-                   "status": "active" if user.subscription else "inactive", "plan": "local-demo"})
+        return self.ok({"uid": user.uid, "active": user.subscription,
+                        "status": "active" if user.subscription else "inactive", "plan": "local-demo"}, "subscription")
 
     # --- patients -----------------------------------------------------------------------------------------------
     async def add_patient(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
-        return ok(self.store.put_doc("patient", user.uid, await json_body(request)))
+        return self.ok(self.store.put_doc("patient", user.uid, await json_body(request)), "patient")
 
     async def search_patients(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
         query = request.query.get("query", "").strip().lower()
         hits = [p for p in self.store.list_docs("patient", user.uid)
                 if query in f"{p.get('firstName', '')} {p.get('lastName', '')}".lower()]
-        return ok(hits)
+        return self.ok(hits, "patients")
 
     async def update_patient(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
@@ -177,7 +194,8 @@ class RestApi:
         old = self.store.get_doc("patient", user.uid, patient_id)
         if old is None:
             raise json_error(404, "Patient not found")
-        return ok(self.store.put_doc("patient", user.uid, {**old, **await json_body(request)}, doc_id=patient_id))
+        doc = self.store.put_doc("patient", user.uid, {**old, **await json_body(request)}, doc_id=patient_id)
+        return self.ok(doc, "patient")
 
     # --- appointments -------------------------------------------------------------------------------------------
     async def add_appointment(self, request: web.Request) -> web.Response:
@@ -188,15 +206,15 @@ class RestApi:
             raise json_error(404, "Patient not found")
         body.setdefault("status", "planned")
         doc = self.store.put_doc("appointment", user.uid, body)
-        return web.json_response({"success": True, "appointment": doc, "data": doc})
+        return self.ok(doc, "appointment", quickstart=True)
 
     async def list_appointments(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
-        return ok(self.store.list_docs("appointment", user.uid))
+        return self.ok(self.store.list_docs("appointment", user.uid), "appointments")
 
     async def get_appointment(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
-        return ok(self._appointment(user.uid, request.match_info["appointment_id"]))
+        return self.ok(self._appointment(user.uid, request.match_info["appointment_id"]), "appointment")
 
     # --- recordings ---------------------------------------------------------------------------------------------
     def _recording_json(self, rec: Recording) -> dict[str, Any]:
@@ -235,7 +253,7 @@ class RestApi:
         finally:
             tmp.unlink(missing_ok=True)
         self.server.spawn(transcribe_recording(self.server, appointment_id, rec.id, final))
-        return ok(self._recording_json(rec))
+        return self.ok(self._recording_json(rec), "recording")
 
     async def _receive_audio(self, request: web.Request, tmp: Path, limit: int) -> tuple[int, str, str, str] | None:
         """Stream the ``audio`` part to ``tmp``; (size, sha256, suffix, content type) or None if absent."""
@@ -280,7 +298,7 @@ class RestApi:
         rec = self._owned_recording(request)
         self.store.delete_recording(rec.appointment_id)
         (self.store.recordings_dir / rec.file_name).unlink(missing_ok=True)
-        return ok(self._recording_json(rec))
+        return self.ok(self._recording_json(rec), "recording")
 
     # --- transcriptions, notes, diagnosis -----------------------------------------------------------------------
     async def get_transcription(self, request: web.Request) -> web.Response:
@@ -288,7 +306,7 @@ class RestApi:
         appointment_id = request.match_info["appointment_id"]
         self._appointment(user.uid, appointment_id)
         segments = [segment_json(s) for s in self.store.segments(appointment_id)]
-        return web.json_response({"success": True, "transcription": segments, "data": segments})
+        return self.ok(segments, "transcription", quickstart=True)
 
     async def add_transcription(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
@@ -303,7 +321,7 @@ class RestApi:
                                                               "transcription": text}, appointment_id)
         self.store.add_segments(appointment_id, [Segment("SPEAKER_0", 0.0, 0.0, text, "manual")])
         self._generate_notes(user.uid, appointment_id)
-        return ok(doc)
+        return self.ok(doc, "transcription")
 
     def _generate_notes(self, uid: str, appointment_id: str) -> dict[str, Any]:
         segments = self.store.segments(appointment_id)
@@ -319,14 +337,14 @@ class RestApi:
         self._appointment(user.uid, appointment_id)
         body = await json_body(request)
         fields: dict[str, Any] = {k: body[k] for k in ("notes", "summary", "feedback_score") if k in body}
-        return ok(self.store.put_doc("note", user.uid, {"appointment_id": appointment_id, **fields},
-                                     appointment_id))
+        return self.ok(self.store.put_doc("note", user.uid, {"appointment_id": appointment_id, **fields},
+                                          appointment_id), "notes")  # fmt: skip
 
     async def get_notes(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
         appointment_id = request.match_info["appointment_id"]
         self._appointment(user.uid, appointment_id)
-        return ok(self.store.list_docs("note", user.uid, appointment_id))
+        return self.ok(self.store.list_docs("note", user.uid, appointment_id), "notes")
 
     async def diagnosis(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
@@ -338,4 +356,4 @@ class RestApi:
             "status": "placeholder", "main_diagnosis": "[placeholder: AI diagnosis would appear here]",
             "icd_code": "R69", "reason": "ICD-10 R69 (illness, unspecified): the local server has no AI model",
         }
-        return ok(self.store.put_doc("note", user.uid, note, appointment_id, doc_id=note["_id"]))
+        return self.ok(self.store.put_doc("note", user.uid, note, appointment_id, doc_id=note["_id"]), "notes")

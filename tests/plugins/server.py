@@ -10,7 +10,8 @@ dir, one demo user with an active subscription, test hooks on):
     srv.knobs                                         agent.server.knobs.Knobs: fail_next(path, n, kind=, status=,
                                                       retry_after=), refuse_handshake(status, retry_after=, count=),
                                                       drop_after(frames, connections=), ack_delay_s, withhold_acks,
-                                                      force_basic, fail_search(*codes), reset()
+                                                      force_basic, fail_search(*codes), reset(),
+                                                      answer_shape(shape), garble_next(path, kind, n, delay_s=)
     srv.server.expire_tokens(); srv.server.add_user(email, password, subscription=True); set_subscription(email, b)
     srv.session_audio(session_id) -> SessionAudio(runs=[(start, pcm)], gaps, frames_stored, next_seq,
                                       frames_received, duplicates_ignored, closed_last_seq); .pcm_at(start, n)

@@ -1,0 +1,259 @@
+"""The agent's own files: private folders, atomic writes, bounded reads of its JSON state, quarantine.
+
+Every file the agent creates holds patient data or ids and is private whatever the umask: files 0600, folders 0700.
+When a person runs a command as root on the service user's storage (``sudo medisync-agent uploads list``), what
+it creates is handed to the owner of the folder it lands in, so the service can still read it afterwards.
+
+State files (queue items, visit journals) are written with :func:`write_atomic` (temporary file, fsync, rename,
+fsync of the folder: after a power cut either the old or the new content is there, never a torn mix) and read with
+:func:`read_state` (a regular file, bounded size, decoded without RecursionError). A state file that cannot be read
+is not skipped in silence: :func:`quarantine` moves it into a quarantine folder with a one-line reason beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from agent.archive.wav import describe_os_error, fsync_directory
+
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+MAX_STATE_BYTES = 64 * 1024
+"""Largest queue item or visit journal accepted, in bytes (ours are under 1 kB)."""
+REASON_SUFFIX = ".reason.txt"
+TMP_SUFFIX = ".tmp"
+COPY_BLOCK = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class Unreadable(ValueError):
+    """A state file whose content cannot be used (torn, garbage, too deep, too large, not a regular file)."""
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents as 0700 folders (chmod after mkdir: the umask may remove bits)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it at the same moment
+        os.chmod(folder, DIR_MODE)
+        _adopt_owner(folder, folder.parent)
+    return path
+
+
+def _adopt_owner(path: Path | int, parent: Path) -> None:
+    """As root, give a new file or folder to the owner of its parent folder (the service user), not to root."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(parent)
+    if owner.st_uid != 0:
+        if isinstance(path, int):
+            os.fchown(path, owner.st_uid, owner.st_gid)
+        else:
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
+def _temp_name(path: Path) -> Path:
+    # Unique per writer: two processes saving the same item never write into one temporary file.
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+
+
+def _write_temp(path: Path, data: bytes) -> tuple[Path, int]:
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        _adopt_owner(fd, path.parent)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, fd
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (0600) so that after a crash it holds either the old or the new content."""
+    tmp, fd = _write_temp(path, data)
+    os.close(fd)
+    _rename_into_place(tmp, path)
+
+
+def write_atomic_locked(path: Path, data: bytes) -> int:
+    """Like :func:`write_atomic`, and return an open descriptor of the new file holding an exclusive ``flock``.
+
+    The lock is taken before the file appears under its name, so a reader never sees it unlocked while its
+    writer lives; the kernel drops it when the writer dies (kill -9, power loss). Close the descriptor to release.
+    """
+    tmp, fd = _write_temp(path, data)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _rename_into_place(tmp, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _rename_into_place(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def read_state(path: Path, decoder: msgspec.json.Decoder[T], *, max_bytes: int = MAX_STATE_BYTES) -> T:
+    """Read and decode one state file. Unreadable for anything wrong with the file itself.
+
+    Not following symlinks and refusing anything but a regular file (a FIFO would block, /dev/zero never ends);
+    FileNotFoundError passes through (another process moved it), other OSErrors (permission, I/O) too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Unreadable("a symbolic link, not a file the agent wrote") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable("not a regular file")
+        if info.st_size > max_bytes:
+            raise Unreadable(f"{info.st_size} bytes, more than the {max_bytes} a state file may have")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise Unreadable(f"more than the {max_bytes} bytes a state file may have")
+    return decode_state(data, decoder)
+
+
+def decode_state(data: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode JSON state; Unreadable (one line) for torn, garbage, empty or too deeply nested content."""
+    if not data.strip():
+        raise Unreadable("empty")
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise Unreadable("nested too deeply to be ours") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unreadable(" ".join(str(exc).split())[:160]) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A file set aside because the agent could not use it; kept for a person."""
+
+    path: Path
+    reason: str
+
+
+def quarantine(path: Path, folder: Path, reason: str) -> Path | None:
+    """Move ``path`` into ``folder`` (created 0700) with ``<name>.reason.txt`` beside it; returns where it went.
+
+    Returns None if ``path`` vanished first (another process quarantined it). Never deletes anything.
+    """
+    ensure_private_dir(folder)
+    target = folder / path.name
+    n = 1
+    while target.exists() or target.with_name(target.name + REASON_SUFFIX).exists():
+        n += 1
+        target = folder / f"{path.name}.{n}"
+    write_atomic(target.with_name(target.name + REASON_SUFFIX), (" ".join(reason.split()) + "\n").encode())
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        target.with_name(target.name + REASON_SUFFIX).unlink(missing_ok=True)
+        return None
+    fsync_directory(folder)
+    fsync_directory(path.parent)
+    log.error("%s could not be used (%s): moved to %s, kept for a person", path.name, reason, target)
+    return target
+
+
+def list_quarantine(folder: Path) -> list[Quarantined]:
+    """What ``folder`` holds, oldest name first, each with its reason (or "reason unknown")."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith(REASON_SUFFIX) or (path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)):
+            continue
+        reason = "reason unknown"
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            reason = path.with_name(path.name + REASON_SUFFIX).read_text().strip() or reason
+        found.append(Quarantined(path, reason))
+    return found
+
+
+def copy_private(source_fd: int, size: int, target: Path) -> None:
+    """Copy ``size`` bytes from ``source_fd`` into a new private ``target`` (atomic: temporary file, fsync, rename).
+
+    Raises ValueError if the source does not hold exactly ``size`` bytes (it changed while being copied).
+    """
+    tmp = _temp_name(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        _adopt_owner(fd, target.parent)
+        copied = 0
+        while copied <= size:
+            block = os.pread(source_fd, COPY_BLOCK, copied)
+            if not block:
+                break
+            copied += len(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+        if copied != size:
+            raise ValueError(f"the file changed while it was copied ({size} bytes expected, {copied} read)")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    _rename_into_place(tmp, target)
+
+
+def remove_stale_temps(folder: Path, older_than_s: float, now: float) -> int:
+    """Delete our own temporary files left by a crash mid-write (``.<name>.<id>.tmp``) older than the given age."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for path in folder.iterdir():
+            if not (path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)):
+                continue
+            try:
+                if now - path.lstat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed += 1
+            except OSError as exc:
+                log.warning("could not remove the leftover %s: %s", path.name, describe_os_error(exc))
+    return removed
