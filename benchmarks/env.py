@@ -60,9 +60,10 @@ class ServerProc:
 
 @contextmanager
 def server_process(data_dir: Path) -> Iterator[ServerProc]:
-    """``medisync-agent serve --no-fsync``: the server's disk cost is not what the scenarios measure."""
-    cmd = [sys.executable, "-m", "agent", "serve", "--port", "0", "--no-fsync", "--data-dir", str(data_dir),
-           "--user", f"{EMAIL}:{PASSWORD}"]  # fmt: skip
+    """``medisync-agent serve --no-fsync --transcriber placeholder``: neither the server's disk cost nor its
+    recogniser's CPU is what the scenarios measure (the recogniser would compete with the agent for the cores)."""
+    cmd = [sys.executable, "-m", "agent", "serve", "--port", "0", "--no-fsync", "--transcriber", "placeholder",
+           "--data-dir", str(data_dir), "--user", f"{EMAIL}:{PASSWORD}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         urls: dict[str, str] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands.demo_words import REPEATED_ROW, WER_ROW
 from tests.plugins.archive import REPO, soxi_samples
 from tests.plugins.visit import wav_samples
 
@@ -51,6 +52,16 @@ def test_demo_in_real_time_shows_zero_lost_and_a_replayed_reconnect(tmp_path: Pa
         line for line in done.stdout.splitlines() if re.match(r"^\[SPEAKER_\d+ \| [\d.]+ --> [\d.]+\]: ", line)
     ]
     assert len(transcript) >= 5
+    # Real words from the [server] extra's recogniser (tests/setup.sh installs it), scored against the script.
+    assert rows["server's transcriber"].startswith("whisper tiny.en")
+    assert "lungs" in done.stdout and "[speech " not in done.stdout
+    wer = re.fullmatch(r"(\d+\.\d) % \((\d+) errors in 104 words; within the 20 % target\)", rows[WER_ROW])
+    assert wer and float(wer[1]) <= 20.0, rows[WER_ROW]
+    assert rows[REPEATED_ROW] == "0"  # the outage's replay was not transcribed twice
+    live, kept = (int(n) for n in rows["transcript lines sent live / kept"].split(" / "))
+    assert kept >= 5 and len(transcript) <= live <= kept  # the last span may finish after the stream closed
+    late = [line for line in done.stdout.splitlines() if line.startswith("after the stream closed: [SPEAKER_0 |")]
+    assert len(transcript) + len(late) >= kept  # every kept line is on screen, live or after the stream closed
     [wav] = (tmp_path / "archive").glob("visit-*.wav")
     assert wav_samples(wav) == dialogue_pcm  # the kept archive is the whole dialogue through the pipeline
     assert soxi_samples(wav) == len(dialogue_pcm) // 2

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tests.plugins.archive import poll
 from tests.plugins.server import RunningServer
 
 
@@ -119,6 +120,8 @@ def test_one_recording_per_appointment_download_and_delete(medisync_server: Runn
     second = doc.upload(appointment, content)
     assert second.status_code == 409 and "already exists" in second.json()["error"]
     assert doc.call("GET", f"/recordings/get/{appointment}").content == content
+    # transcribed after the upload was answered, as MediSync does: poll with a deadline
+    poll(lambda: bool(doc.call("GET", f"/transcriptions/{appointment}").json()["transcription"]), "the transcript")
     segments = doc.call("GET", f"/transcriptions/{appointment}").json()["transcription"]
     assert segments == [{"speaker": "SPEAKER_0", "text": "[speech 0.000-1.000 s]", "start_time": 0.0,
                          "end_time": 1.0, "source": "recording"}]

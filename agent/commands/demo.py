@@ -22,6 +22,7 @@ from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.vad import SegmentFrame
 from agent.audit import StreamAudit, audit_stream
+from agent.commands.demo_words import transcript_check
 from agent.commands.run import record_and_upload
 from agent.server import ServerSettings, ServerThread
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, UploadSettings
@@ -44,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Run a whole visit against a local MediSync server started in-process: the bundled doctor/patient "
             "dialogue is streamed in real time with a live transcript, the connection is cut once to show the "
-            "replay, and the recording is uploaded. Exits 0 only if the server holds every gated sample exactly "
-            "once and the upload is confirmed."
+            "replay, and the recording is uploaded. The summary scores the server's transcript against the "
+            "dialogue's script (word error rate). Exits 0 only if the server holds every gated sample exactly "
+            "once, no utterance was transcribed twice and the upload is confirmed."
         ),
     )
     parser.add_argument("--pace", choices=["realtime", "fast"], default="realtime",
@@ -95,9 +97,12 @@ async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
             held = await client.recording_digest(appointment_id)
         audit = audit_stream(gated, server.server.session_audio(summary.session_id).runs)
         identical = held.sha256 == summary.upload.sha256
+        words = await transcript_check(server, summary.session_id, appointment_id)
+        for line in words.late_lines:
+            print(line, flush=True)
         print("\nvisit summary", file=err)
-        print(format_summary(summary, state, _audit_rows(audit, identical)), file=err)
-        ok = audit.exact and state is ItemState.DONE and identical
+        print(format_summary(summary, state, {**_audit_rows(audit, identical), **words.rows}), file=err)
+        ok = audit.exact and state is ItemState.DONE and identical and words.repeated == 0
         print("demo: OK" if ok else "demo: FAILED (see the summary above)", file=err)
         return 0 if ok else 1
     finally:

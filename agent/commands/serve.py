@@ -10,6 +10,7 @@ import tempfile
 
 from agent.errors import ConfigError
 from agent.server import MediSyncServer, ServerSettings
+from agent.server.recognizer import RecogniserUnavailable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "serve", help="run the local MediSync-compatible server for demo, tests and benchmarks",
         description=("Run a local MediSync-compatible server: REST API under /api, the speech socket "
                      "/ws/transcribe (basic and resume mode) and a MediSearch SSE endpoint. Prints the URLs "
-                     "it listens on ('api: ...', 'speech: ...', 'search: ...') as soon as it listens."),
+                     "it listens on ('api: ...', 'speech: ...', 'search: ...') as soon as it listens, and "
+                     "which transcriber turns speech into text ('transcriber: ...')."),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default 0)")
@@ -36,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--force-basic", action="store_true",
                         help="never select the resume subprotocol: every speech connection runs basic mode")
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync speech frames before acking")
+    parser.add_argument("--transcriber", choices=["auto", "whisper", "placeholder"], default="auto",
+                        help="speech to text: the offline recogniser of the [server] extra when installed, else "
+                        "time spans (auto, default); the recogniser or fail (whisper); time spans only (placeholder)")
     parser.add_argument("--test-hooks", action="store_true",
                         help="enable the /_test admin endpoints (knobs, users, inspection); never in production")
     parser.set_defaults(func=run)
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         data_dir=data_dir, host=args.host, port=args.port, token_ttl_s=args.token_ttl,
         max_upload_bytes=args.max_upload_bytes, test_hooks=args.test_hooks, fsync=not args.no_fsync,
+        transcriber=args.transcriber,
         **({"search_keys": tuple(args.search_key)} if args.search_key else {}),
     )
     logins = [(*_split_login(s), True) for s in args.user] + [(*_split_login(s), False) for s in args.inactive_user]
@@ -68,9 +74,13 @@ async def _serve(settings: ServerSettings, logins: list[tuple[str, str, bool]], 
     for email, password, active in logins:
         server.add_user(email, password, subscription=active)
     server.knobs.force_basic = force_basic
-    urls = await server.start()
-    print(f"api: {urls.api_url}\nspeech: {urls.speech_url}\nsearch: {urls.search_url}\ndata: {settings.data_dir}",
-          flush=True)
+    try:
+        urls = await server.start()
+    except RecogniserUnavailable as exc:
+        await server.stop()
+        raise ConfigError(f"--transcriber whisper: {exc}") from exc
+    print(f"api: {urls.api_url}\nspeech: {urls.speech_url}\nsearch: {urls.search_url}\ndata: {settings.data_dir}\n"
+          f"transcriber: {server.transcription.name}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,7 +10,9 @@ Endpoints (``base`` = ``http://host:port``):
   ``POST transcriptions/add/{appointment_id}?uid=``; ``POST notes/add/{appointment_id}``,
   ``GET notes/{appointment_id}``, ``POST notes/diagnosis/{appointment_id}``.
 - Speech socket ``ws://host:port/ws/transcribe`` (:mod:`agent.server.speech`): basic mode, and resume mode when
-  the client offers ``medisync.resume.v1`` (speech-protocol.md).
+  the client offers ``medisync.resume.v1`` (speech-protocol.md). Words come from the offline recogniser of the
+  ``[server]`` extra (:mod:`agent.server.recognizer`), run in a worker thread (:mod:`agent.server.transcription`);
+  without it, time spans (``ServerSettings.transcriber``).
 - MediSearch SSE ``POST base/sse/medichat`` (:mod:`agent.server.medisearch`).
 - With ``test_hooks``: admin endpoints under ``base/_test`` (:mod:`agent.server.admin`).
 

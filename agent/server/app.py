@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,13 @@ from aiohttp.abc import AbstractAccessLogger
 
 from agent.server import tokens
 from agent.server.knobs import Knobs
+from agent.server.recognizer import TranscriberChoice
 from agent.server.speech_log import SessionAudio, read_session_audio
 from agent.server.store import Store, User
-from agent.server.transcriber import PlaceholderTranscriber, Transcriber
+from agent.server.transcriber import Transcriber
+from agent.server.transcription import TranscriptionWorker
+
+log = logging.getLogger(__name__)
 
 
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +54,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Serve the ``/_test/...`` admin endpoints (knobs, inspection, users) over HTTP."""
     fsync: bool = True
     """fsync each resume-mode frame before acknowledging it (off only for benchmarks of the network path)."""
+    transcriber: TranscriberChoice = "auto"
+    """What turns speech into text: ``auto`` (the offline recogniser when the ``[server]`` extra is installed and
+    its model's SHA-256 matches, else the placeholder), ``whisper`` (the recogniser, or the server does not start)
+    or ``placeholder`` (time spans such as ``[speech 0.500-2.800 s]``, never words)."""
 
 
 @dataclass(frozen=True)
@@ -91,13 +100,14 @@ class MediSyncServer:
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.transcriber: Transcriber = transcriber or PlaceholderTranscriber()
+        self.transcription = TranscriptionWorker(settings.transcriber, transcriber=transcriber)
         self.knobs = Knobs()
         self.store = Store(Path(settings.data_dir))
         self.basic = BasicStats()
         self.session_stats: dict[str, Counter[str]] = {}
         """Per resume session: ``frames_received``, ``duplicates_ignored`` (this process only)."""
         self.sent_transcriptions: dict[str, list[dict[str, Any]]] = {}
+        self.background: set[asyncio.Task[None]] = set()
         self._secret = self.store.token_secret()
         self._runner: web.AppRunner | None = None
         self.urls: ServerUrls | None = None
@@ -180,7 +190,13 @@ class MediSyncServer:
             add_admin_routes(app, self)
         return app
 
+    @property
+    def transcriber(self) -> Transcriber:
+        return self.transcription.transcriber
+
     async def start(self) -> ServerUrls:
+        """Load the transcriber (in its thread), then listen; raises ``RecogniserUnavailable`` for ``whisper``."""
+        await self.transcription.start()
         self._runner = web.AppRunner(self.build_app(), handle_signals=False, shutdown_timeout=1.0,
                                      access_log_class=PathOnlyAccessLogger)
         await self._runner.setup()
@@ -193,11 +209,26 @@ class MediSyncServer:
         self.urls = ServerUrls(base, f"{base}/api", f"ws://{host}:{port}", f"{base}/sse/medichat")
         return self.urls
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (cancelled at ``stop``); a failure is logged, never lost."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work of the server failed", exc_info=task.exception())
+
     async def stop(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.speech.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.transcription.stop()
         self.store.close()
 
 

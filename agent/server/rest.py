@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from agent import SAMPLE_RATE
 from agent.server.app import json_error
 from agent.server.garbage import garble
 from agent.server.store import Recording, Segment, iso, new_object_id
-from agent.server.transcriber import SpanDetector, Transcriber
+from agent.server.transcriber import Span, SpanDetector
 
 if TYPE_CHECKING:
     from agent.server.app import MediSyncServer
@@ -57,21 +57,34 @@ def segment_json(seg: Segment) -> dict[str, Any]:
             "end_time": round(seg.end_s, 3), "source": seg.source}
 
 
-def transcribe_wav(path: Path, transcriber: Transcriber) -> list[Segment]:
-    """Placeholder segments for an uploaded 16 kHz mono s16 WAV, read block by block (never whole in memory)."""
+def wav_spans(path: Path) -> Iterator[list[Span]]:
+    """Speech spans of an uploaded 16 kHz mono s16 WAV, a minute of audio per step (never the whole file in
+    memory); nothing for a file that is not such a WAV."""
     try:
         with wave.open(str(path), "rb") as wav:
             if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (SAMPLE_RATE, 1, 2):
-                return []
-            detector, spans, pos = SpanDetector(), [], 0
-            while block := wav.readframes(SAMPLE_RATE):
-                spans += detector.feed(pos, block)
+                return
+            detector, pos = SpanDetector(), 0
+            while block := wav.readframes(60 * SAMPLE_RATE):
+                yield detector.feed(pos, block)
                 pos += len(block) // 2
-            spans += detector.flush()
-    except (wave.Error, EOFError):
-        return []
-    segments = [seg for span in spans for seg in transcriber.transcribe(span)]
-    return [Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "recording") for s in segments]
+            yield detector.flush()
+    except (wave.Error, EOFError, OSError):
+        return
+
+
+async def transcribe_recording(server: MediSyncServer, appointment_id: str, recording_id: str, path: Path) -> None:
+    """Transcribe an uploaded recording after the upload was answered (as MediSync does: the transcript appears
+    later); one span at a time, so live spans of other visits wait behind at most one of them."""
+    steps = wav_spans(path)
+    while (spans := await asyncio.to_thread(next, steps, None)) is not None:
+        for span in spans:
+            segments = await server.transcription.submit(span)
+            current = server.store.recording(appointment_id)
+            if current is None or current.id != recording_id:  # deleted (or replaced) meanwhile
+                return
+            server.store.add_segments(appointment_id, [
+                Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "recording") for s in segments])
 
 
 def _sync_file(out: IO[bytes]) -> None:
@@ -239,8 +252,7 @@ class RestApi:
                 raise json_error(409, "Recording already exists for this appointment")
         finally:
             tmp.unlink(missing_ok=True)
-        segments = await asyncio.to_thread(transcribe_wav, final, self.server.transcriber)
-        self.store.add_segments(appointment_id, segments)
+        self.server.spawn(transcribe_recording(self.server, appointment_id, rec.id, final))
         return self.ok(self._recording_json(rec), "recording")
 
     async def _receive_audio(self, request: web.Request, tmp: Path, limit: int) -> tuple[int, str, str, str] | None:

@@ -13,7 +13,7 @@ import logging
 import struct
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -23,6 +23,7 @@ from agent.server.app import json_error
 from agent.server.speech_log import FrameVerdict, SessionLog, judge_seq
 from agent.server.store import Segment, User
 from agent.server.transcriber import ChunkRejected, Span, SpanDetector, TranscribedSegment, decode_chunk, format_line
+from agent.server.transcription import TranscriptPipe
 
 if TYPE_CHECKING:
     from agent.server.app import MediSyncServer
@@ -35,10 +36,13 @@ MAX_FRAME_PAYLOAD = 32_000
 CLOSE_TIMEOUT_S = 2.0
 """Seconds to wait for the client's close frame after the server closes."""
 CLOSE_TAKEN_OVER, CLOSE_FUTURE_SEQ, CLOSE_PROTOCOL, CLOSE_FORBIDDEN = 4001, 4409, 4400, 4403
+MAX_UNDELIVERED = 1000
+"""Transcriptions kept per session while no connection is there to take them (sent after the next ``ready``)."""
 
 
 class SpeechHub:
-    """Per-process speech state: open session logs, the live connection per session, span detectors."""
+    """Per-process speech state: open session logs, the live connection per session, span detectors, and per
+    session the transcripts on their way (in span order, to whichever connection owns the session when ready)."""
 
     def __init__(self, server: MediSyncServer) -> None:
         self.server = server
@@ -47,6 +51,33 @@ class SpeechHub:
         self.owners: dict[str, ResumeConnection] = {}
         self.sockets: set[web.WebSocketResponse] = set()
         self.background: set[asyncio.Task[None]] = set()
+        self.pipes: dict[str, TranscriptPipe[None]] = {}
+        self.undelivered: dict[str, deque[dict[str, Any]]] = {}
+
+    def pipe(self, session_id: str, appointment_id: str | None) -> TranscriptPipe[None]:
+        if session_id not in self.pipes:
+            async def deliver(segments: list[TranscribedSegment], _: None) -> None:
+                await self._deliver_live(session_id, appointment_id, segments)
+
+            self.pipes[session_id] = TranscriptPipe(deliver)
+        return self.pipes[session_id]
+
+    async def settled(self, session_id: str) -> None:
+        """Wait until every span of the session transcribed so far has been delivered (or kept undelivered)."""
+        if session_id in self.pipes:
+            await self.pipes[session_id].settled()
+
+    async def _deliver_live(self, session_id: str, appointment_id: str | None,
+                            segments: list[TranscribedSegment]) -> None:  # fmt: skip
+        """Keep the segments for the appointment, then send them to the session's connection, or hold them."""
+        if segments and appointment_id:
+            self.server.store.add_segments(appointment_id, [
+                Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "live") for s in segments])
+        for seg in segments:
+            message = transcription_message(seg, session_id)
+            owner = self.owners.get(session_id)
+            if owner is None or not await owner.send_transcription(message):
+                self.undelivered.setdefault(session_id, deque(maxlen=MAX_UNDELIVERED)).append(message)
 
     def session_log(self, session_id: str, log_name: str) -> SessionLog:
         if session_id not in self.logs:
@@ -79,11 +110,21 @@ class SpeechHub:
         return ws
 
     async def close_all(self) -> None:
+        for pipe in self.pipes.values():
+            pipe.cancel()
         for ws in list(self.sockets):
             await ws.close(code=1001, message=b"server shutting down")
         for session_log in self.logs.values():
             session_log.close()
         self.logs.clear()
+
+
+def transcription_message(seg: TranscribedSegment, session_id: str) -> dict[str, Any]:
+    """Resume mode's ``transcription``: the documented text line plus the same facts as fields, timeline times."""
+    now = time.time()
+    return {"type": "transcription", "text": format_line(seg), "speaker": seg.speaker,
+            "start_time": round(seg.start / SAMPLE_RATE, 3), "end_time": round(seg.end / SAMPLE_RATE, 3),
+            "final": True, "timestamp": now, "audio_file": f"audio_chunks/{session_id}_{int(now * 1000)}.wav"}
 
 
 def abort(request: web.Request) -> None:
@@ -103,20 +144,25 @@ class BasicConnection:
         rate = request.query.get("sample_rate", "")
         self.sample_rate = int(rate) if rate.isdigit() else SAMPLE_RATE
         self.chunks = 0
+        self.pipe: TranscriptPipe[tuple[Span, float, str]] = TranscriptPipe(self._send_line)
 
     async def run(self) -> None:
-        async for msg in self.ws:
-            if msg.type == WSMsgType.BINARY:
-                received = time.time()
-                self.chunks += 1
-                self.hub.server.basic.chunk_counts[hashlib.sha256(msg.data).hexdigest()] += 1
-                if self.drop_after is not None and self.chunks >= self.drop_after:
-                    abort(self.request)
-                    self.hub.server.knobs.dropped()
-                    return
-                await self._answer(msg.data, received)
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.BINARY:
+                    received = time.time()
+                    self.chunks += 1
+                    self.hub.server.basic.chunk_counts[hashlib.sha256(msg.data).hexdigest()] += 1
+                    if self.drop_after is not None and self.chunks >= self.drop_after:
+                        abort(self.request)
+                        self.hub.server.knobs.dropped()
+                        return
+                    await self._answer(msg.data, received)
+        finally:
+            self.pipe.cancel()  # the client resends unanswered chunks on its next connection
 
     async def _answer(self, data: bytes, received: float) -> None:
+        """Queue the chunk's speech for transcription; its one line is sent when ready, chunks in order."""
         try:
             pcm = decode_chunk(data, self.sample_rate)
         except ChunkRejected as exc:
@@ -127,13 +173,22 @@ class BasicConnection:
         if not spans:
             return
         whole = Span(spans[0].start, pcm[spans[0].start * 2: spans[-1].end * 2])
-        segments = self.hub.server.transcriber.transcribe(whole)
+        digest = hashlib.sha256(data).hexdigest()
+        await self.pipe.push([(self.hub.server.transcription.submit(whole), (whole, received, digest))])
+
+    async def _send_line(self, segments: list[TranscribedSegment], chunk: tuple[Span, float, str]) -> None:
+        whole, received, digest = chunk
+        if not segments:  # the recogniser heard no words: like silence, no transcription (the client times out)
+            return
         words = " ".join(s.text for s in segments)
         line = format_line(TranscribedSegment(segments[0].speaker, whole.start, whole.end, words))
         message = {"type": "transcription", "text": line, "timestamp": received,
                    "audio_file": f"audio_chunks/{self.connection_id}_{int(received * 1000)}.wav"}
-        await self.ws.send_json(message)
-        self.hub.server.basic.transcriptions.append({**message, "chunk_sha256": hashlib.sha256(data).hexdigest()})
+        try:
+            await self.ws.send_json(message)
+        except ConnectionResetError:
+            return
+        self.hub.server.basic.transcriptions.append({**message, "chunk_sha256": digest})
 
 
 class ResumeConnection:
@@ -149,6 +204,7 @@ class ResumeConnection:
         self.superseded = False
         self.frames = 0
         self.pending_end: int | None = None
+        self.pipe: TranscriptPipe[None] | None = None
         self._ack_due = asyncio.Event()
 
     async def run(self) -> None:
@@ -225,8 +281,20 @@ class ResumeConnection:
         self.session_id, self.appointment_id = session_id, session.appointment_id
         self.log = self.hub.session_log(session_id, session.log_name)
         self.hub.detectors.setdefault(session_id, SpanDetector())
+        self.pipe = self.hub.pipe(session_id, session.appointment_id)
         self.server.session_stats.setdefault(session_id, Counter())
         await self.ws.send_json({"type": "ready", "session_id": session_id, "next_seq": self.log.next_seq})
+        await self._send_held(session_id)
+
+    async def _send_held(self, session_id: str) -> None:
+        """Send the transcripts that were ready while no connection was there; keep what cannot go (oldest first)."""
+        held = self.hub.undelivered.pop(session_id, deque())
+        while held:
+            if not await self.send_transcription(held[0]):
+                held.extend(self.hub.undelivered.pop(session_id, ()))  # any held meanwhile come after
+                self.hub.undelivered[session_id] = held
+                return
+            held.popleft()
 
     async def _on_frame(self, data: bytes) -> bool:
         """Handle one audio frame; True when the connection was closed or dropped."""
@@ -254,11 +322,13 @@ class ResumeConnection:
         pcm = data[FRAME_HEADER.size:]
         self.log.append_frame(seq, start, pcm)  # written and fsynced before any ack can cover it
         self.frames += 1
+        spans = self.hub.detectors[self._sid()].feed(start, pcm)  # stored audio is transcribed, even if cut now
         if self.drop_after is not None and self.frames >= self.drop_after:
             abort(self.request)
             self.server.knobs.dropped()
+            await self._emit(spans)
             return True
-        await self._emit(self.hub.detectors[self._sid()].feed(start, pcm))
+        await self._emit(spans)
         self._ack_due.set()
         await self._maybe_closed()
         return False
@@ -285,16 +355,18 @@ class ResumeConnection:
         self.pending_end = None
 
     async def _emit(self, spans: list[Span]) -> None:
-        """Transcribe closed spans, send them (visit timeline times) and keep them for the appointment."""
-        segments = [seg for span in spans for seg in self.server.transcriber.transcribe(span)]
-        for seg in segments:
-            now = time.time()
-            message = {"type": "transcription", "text": format_line(seg), "speaker": seg.speaker,
-                       "start_time": round(seg.start / SAMPLE_RATE, 3), "end_time": round(seg.end / SAMPLE_RATE, 3),
-                       "final": True, "timestamp": now,
-                       "audio_file": f"audio_chunks/{self._sid()}_{int(now * 1000)}.wav"}
-            self.server.sent_transcriptions.setdefault(self._sid(), []).append(message)
+        """Hand closed spans to the transcription worker; their transcripts follow in span order, never waited for
+        here (acks and ``closed`` do not wait on the recogniser)."""
+        if spans and self.pipe is not None:
+            await self.pipe.push([(self.server.transcription.submit(span), None) for span in spans])
+
+    async def send_transcription(self, message: dict[str, Any]) -> bool:
+        """Send one transcription on this connection; False if it is no longer the session's live one."""
+        if self.superseded or self.ws.closed:
+            return False
+        try:
             await self.ws.send_json(message)
-        if segments and self.appointment_id:
-            self.server.store.add_segments(self.appointment_id, [
-                Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "live") for s in segments])
+        except ConnectionResetError:
+            return False
+        self.server.sent_transcriptions.setdefault(self._sid(), []).append(message)
+        return True

@@ -1,9 +1,11 @@
 """Speech spans and the pluggable transcriber (pure code: bytes in, segments out).
 
-There is no speech recogniser in the local server. :class:`SpanDetector` finds stretches of audio that are
-louder than near-silence, and the default :class:`PlaceholderTranscriber` names each stretch's time span honestly,
-e.g. ``[speech 12.340-15.020 s]``, where a real service would put words. Anything implementing
-:class:`Transcriber` can replace it (``MediSyncServer(transcriber=...)``).
+:class:`SpanDetector` finds stretches of audio that are louder than near-silence; a :class:`Transcriber` turns each
+into segments. The offline recogniser (:mod:`agent.server.recognizer`, the ``[server]`` extra) puts words there;
+without it, :class:`PlaceholderTranscriber` names each stretch's time span honestly, e.g.
+``[speech 12.340-15.020 s]``, and invents nothing. Anything implementing :class:`Transcriber` can replace them
+(``MediSyncServer(transcriber=...)``); it runs in the server's transcription thread
+(:mod:`agent.server.transcription`), never on its event loop.
 """
 
 from __future__ import annotations

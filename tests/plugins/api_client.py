@@ -33,7 +33,7 @@ DIALOGUE = Path(__file__).resolve().parents[2] / "agent" / "data" / "dialogue.wa
 
 @pytest.fixture
 def api_server(tmp_path: Path) -> Iterator[ServerThread]:
-    with ServerThread(ServerSettings(data_dir=str(tmp_path / "server"))) as running:
+    with ServerThread(ServerSettings(data_dir=str(tmp_path / "server"), transcriber="placeholder")) as running:
         running.server.add_user(EMAIL, PASSWORD, title="Dr.", first_name="John", last_name="Doe")
         running.server.add_user(OTHER_EMAIL, OTHER_PASSWORD)
         yield running

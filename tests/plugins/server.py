@@ -18,7 +18,9 @@ dir, one demo user with an active subscription, test hooks on):
     srv.basic_chunk_counts() -> {sha256(chunk): n};  srv.basic_transcriptions() -> [message dicts]
 
 ``make_medisync_server(**ServerSettings overrides)`` -> a factory for the same with other settings (e.g.
-``max_upload_bytes=4096``, ``token_ttl_s=1``); every server it makes is stopped at teardown.
+``max_upload_bytes=4096``, ``token_ttl_s=1``, ``transcriber="whisper"``); every server it makes is stopped at
+teardown. Servers of these fixtures use the placeholder transcriber (deterministic text, no recogniser CPU) unless
+told otherwise (``transcriber=`` here, ``--transcriber`` in ``server_process``'s ``extra_args``).
 
 ``server_process`` -> factory ``server_process(data_dir=None, extra_args=())`` returning a :class:`ServerProcess`
 running ``python -m agent serve --port 0 --test-hooks --user EMAIL:PASSWORD`` for real: ``.urls`` (parsed from its
@@ -129,7 +131,8 @@ def make_medisync_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
     def make(**overrides: Any) -> RunningServer:
         data_dir = Path(overrides.pop("data_dir", None) or tmp_path_factory.mktemp("medisync-server"))
-        settings = ServerSettings(data_dir=str(data_dir), **{"test_hooks": True, **overrides})
+        settings = ServerSettings(data_dir=str(data_dir), **{"test_hooks": True, "transcriber": "placeholder",
+                                                             **overrides})  # fmt: skip
         thread = ServerThread(settings)
         thread.server.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         started.append(thread)
@@ -161,7 +164,8 @@ class ServerProcess:
         self._log_index += 1
         stderr = open(self.data_dir / f"serve-{self._log_index}.log", "w")  # noqa: SIM115 - owned by the process
         cmd = [sys.executable, "-m", "agent", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-               "--test-hooks", "--user", f"{self.email}:{self.password}", *self.extra_args]
+               "--test-hooks", "--user", f"{self.email}:{self.password}", "--transcriber", "placeholder",
+               *self.extra_args]  # a later --transcriber in extra_args wins
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                      cwd=Path(__file__).resolve().parents[2])
         stderr.close()
