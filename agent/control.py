@@ -75,6 +75,10 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """The current visit's speech session id (resume key; no patient data)."""
     pending_reload: bool = False
     """A SIGHUP arrived during the visit; the new configuration applies when it ends."""
+    draining_streams: int = 0
+    """Live streams of ended visits still replaying their backlog to the speech server (in the background)."""
+    draining_seconds: float = 0.0
+    """Seconds of audio those streams still have to get confirmed (their uploads hold it either way)."""
 
 
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -166,6 +170,9 @@ def format_status(status: DaemonStatus) -> str:
         ("reconnects", str(status.reconnects)),
         ("upload queue", f"{status.upload_queue} visit(s) waiting"),
     ]
+    if status.draining_streams:
+        rows.insert(-1, ("ended visits' streams", f"{status.draining_streams} still confirming "
+                                                  f"{status.draining_seconds:.1f} s of audio"))
     if status.state != "idle":
         rows.insert(1, ("visit", f"appointment {status.appointment_id}, {status.visit_seconds:.1f} s recorded"
                                  + (f", {status.gap_seconds:.1f} s lost to device gaps" if status.gap_seconds else "")))
