@@ -345,6 +345,7 @@ class SpeechStream:
             basic=self._basic,
             start=self._start_msg,
             on_message=self._on_message,
+            on_progress=self._policy.on_progress,
             wake=self._wake,
             clock=self._clock,
         )
@@ -363,9 +364,7 @@ class SpeechStream:
                 self._stats.ignored_messages += conn.ignored_messages
 
     def _on_message(self, msg: wire.ServerMessage | wire.Unknown) -> None:
-        if isinstance(msg, wire.Ack):
-            self._policy.on_progress()
-        elif isinstance(msg, wire.Transcription):
+        if isinstance(msg, wire.Transcription):
             if self._mode == "basic":
                 event = self._basic.on_transcription(msg)
                 if event is not None:

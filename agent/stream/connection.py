@@ -107,13 +107,15 @@ async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnecti
 class Connection:
     def __init__(self, ws: ClientConnection, *, settings: StreamSettings, ring: SendRing, basic: BasicOutbox,
                  start: wire.Start, on_message: Callable[[wire.ServerMessage | wire.Unknown], None],
-                 wake: asyncio.Event, clock: Callable[[], float]) -> None:  # fmt: skip
+                 on_progress: Callable[[], None], wake: asyncio.Event,
+                 clock: Callable[[], float]) -> None:  # fmt: skip
         self.ws = ws
         self.resume = ws.subprotocol == wire.RESUME_SUBPROTOCOL
         self._settings = settings
         self._ring, self._basic = ring, basic
         self._start = start
         self._on_message = on_message
+        self._on_progress = on_progress
         self._wake = wake
         self._clock = clock
         self._session_init = asyncio.Event()
@@ -188,6 +190,8 @@ class Connection:
         elif isinstance(msg, wire.Ack):
             progressed = self._guarded(self._ring.on_ack, msg.seq)
             self.watchdog.update(self._ring.outstanding, progressed, self._clock())
+            if progressed:  # a repeated or stale ack is no reason to trust the connection more
+                self._on_progress()
         elif isinstance(msg, wire.Closed):
             self._on_closed(msg)
         elif isinstance(msg, wire.Error):
@@ -203,8 +207,8 @@ class Connection:
             problem = check_closed(msg.last_seq, self._ring.written_next)
             if problem is not None:
                 raise EndConnection(Ended(Failure.TRANSIENT, problem, protocol_error=True))
-            if msg.last_seq >= 0:  # closed confirms storage up to last_seq, as an ack would
-                self._guarded(self._ring.on_ack, msg.last_seq)
+            if msg.last_seq >= 0 and self._guarded(self._ring.on_ack, msg.last_seq):  # as an ack would
+                self._on_progress()
         self._ring.on_closed()
         if self.end_sent and msg.last_seq >= self._ring.last_seq:
             raise EndConnection(Ended(None, "server confirmed the visit"))
