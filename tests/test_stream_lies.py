@@ -196,8 +196,8 @@ def test_a_huge_retry_after_is_clamped(how: str, medisync_server: RunningServer,
     visit = gated_visit(3.0, seed=34)
 
     async def run() -> tuple[bool, SpeechStream]:
-        stream = SpeechStream(SETTINGS, speech_url=medisync_server.speech_url, appointment_id="a",
-                              session_id="huge", token=LoginTokens(medisync_server.login), sleep=fake_sleep)  # fmt: skip
+        stream = SpeechStream(SETTINGS, speech_url=medisync_server.speech_url, appointment_id="a", session_id="huge",
+                              token=LoginTokens(medisync_server.login), sleep=fake_sleep)  # fmt: skip
         await stream.start()
         stream.feed(visit.events)
         return await stream.finish(final_sample=visit.end), stream
