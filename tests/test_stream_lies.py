@@ -38,25 +38,27 @@ SETTINGS = fast_settings(backoff_first_s=0.25, backoff_cap_s=4.0)
 """The product's first reconnect delay; a 4 s cap keeps the test short (the bound follows the settings)."""
 
 
-def policy_bound(settings: StreamSettings, window_s: float, retry_after: float | None = None) -> int:
-    """Most reconnects the backoff policy allows within ``window_s`` of connections that never make progress."""
-    policy = ReconnectPolicy(settings, lambda: HALF)
+def policy_bound(settings: StreamSettings, window_s: float, floor_s: float = 0.0) -> int:
+    """Most reconnects the contract's backoff allows within ``window_s`` of connections that never make progress:
+    full jitter (drawn at HALF) over ``backoff_first_s`` doubling up to ``backoff_cap_s``, never below the
+    server's ``floor_s`` (its clamped retry_after). Computed from the settings, not by the code under test."""
     elapsed, count = 0.0, 0
     while True:
-        delay = policy.on_failure(Failure.TRANSIENT, now=0.0, retry_after=retry_after).delay_s
-        assert delay is not None
-        elapsed += delay
-        if elapsed > window_s or count >= 100_000:  # a policy without backoff would never get there
+        elapsed += max(HALF * min(settings.backoff_cap_s, settings.backoff_first_s * 2**count), floor_s)
+        if elapsed > window_s:
             return count
         count += 1
 
 
-def test_the_bound_is_a_real_limit() -> None:
+def test_the_bound_is_a_real_limit_and_the_policy_keeps_it() -> None:
     # 0.125 + 0.25 + 0.5 + 1 + 2 + 2 + 2 + 2 = 9.875 s; the next one lands after 10 s. Without the backoff (a
     # retry_after of -5 used as the delay, the old behaviour) the server saw 61 reconnects in one second.
-    assert policy_bound(SETTINGS, WINDOW_S) == 8
-    assert policy_bound(SETTINGS, WINDOW_S, retry_after=-5.0) == 8
-    assert policy_bound(SETTINGS, WINDOW_S, retry_after=3.0) == 3
+    assert policy_bound(SETTINGS, WINDOW_S) == 8 and policy_bound(SETTINGS, WINDOW_S, floor_s=3.0) == 3
+    for retry_after, floor in ((None, 0.0), (-5.0, 0.0), (float("nan"), 0.0), (3.0, 3.0)):
+        policy = ReconnectPolicy(SETTINGS, lambda: HALF)
+        delays = [policy.on_failure(Failure.TRANSIENT, now=0.0, retry_after=retry_after).delay_s for _ in range(20)]
+        expected = [max(HALF * min(4.0, 0.25 * 2**i), floor) for i in range(20)]
+        assert delays == expected
 
 
 @dataclass
@@ -156,7 +158,7 @@ def test_a_retryable_error_with_a_silly_retry_after_causes_no_storm(
         lambda: medisync_server.knobs.tell_lie("retry_error", retry_after_json=retry_after_json)))  # fmt: skip
 
     assert_nothing_skipped(medisync_server, outcome, visit, session)
-    assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S, retry_after=0.0)
+    assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S)
     assert any("server error 'busy'" in r for r in outcome.stream.stats.end_reasons)
     assert_no_traceback(caplog)
 
@@ -177,7 +179,7 @@ def test_a_refused_handshake_with_a_silly_retry_after_header_causes_no_storm(
         lambda: medisync_server.knobs.refuse_handshake(503, retry_after=retry_after, count=-1)))  # fmt: skip
 
     assert_nothing_skipped(medisync_server, outcome, visit, session)
-    assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S, retry_after=0.0)
+    assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S)
     assert_no_traceback(caplog)
 
 
