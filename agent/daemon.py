@@ -69,6 +69,8 @@ TICK_S = 0.25
 """Seconds between looks at the capture counter (watchdog, READY, STATUS, metrics)."""
 QUEUE_POLL_S = 2.0
 """Seconds between counts of the upload queue (a directory listing)."""
+STOP_MARGIN_S = 2.5
+"""Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
 """Seconds the start waits for the first open of the source before going on (it keeps retrying)."""
 
@@ -213,7 +215,7 @@ class Daemon:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 log.error("the visit did not end in time; its recording is queued at the next start")
-        await self._end_draining(budget - (time.monotonic() - started) - 1.0)
+        await self._end_draining(budget - (time.monotonic() - started) - STOP_MARGIN_S)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
