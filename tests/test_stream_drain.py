@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from agent.settings import StreamSettings
 from agent.stream.client import SpeechStream, State
 from tests.plugins.server import RunningServer
 from tests.plugins.stream import LoginTokens, expected_runs, fast_settings, gated_visit
@@ -42,23 +43,29 @@ def test_a_backlog_that_needs_longer_than_end_timeout_is_confirmed_with_progress
     print(f"drain: {gated_s:.1f} s gated, confirmed {waited:.1f} s after the end, progress {reports}")
 
 
+async def finish_during_endless_outage(server: RunningServer, settings: StreamSettings, *,
+                                      give_up: bool = False) -> tuple[bool, float]:  # fmt: skip
+    """Feed a short visit while the speech server refuses every handshake, then end it: (confirmed, seconds the
+    end waited). With ``give_up``, another thread asks the stream to stop waiting (a second Ctrl-C)."""
+    server.knobs.refuse_handshake(503, count=-1)  # the server never comes back
+    visit = gated_visit(4.0, seed=42)
+    stream = SpeechStream(settings, speech_url=server.speech_url, appointment_id="a",
+                          token=LoginTokens(server.login))  # fmt: skip
+    await stream.start()
+    stream.feed(visit.events)
+    started = time.monotonic()
+    finishing = asyncio.create_task(stream.finish(final_sample=visit.end))
+    if give_up:
+        await asyncio.sleep(0)  # finish() starts waiting
+        await asyncio.to_thread(stream.give_up)
+    return await finishing, time.monotonic() - started
+
+
 def test_without_progress_the_wait_ends_after_what_the_backlog_needs_with_one_warning(
     medisync_server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = fast_settings(end_timeout_s=1.0, replay_speed=50.0, backoff_cap_s=0.3, drain_max_s=300.0)
-    medisync_server.knobs.refuse_handshake(503, count=-1)  # the server never comes back
-    visit = gated_visit(5.0, seed=42)
-
-    async def run() -> tuple[bool, float]:
-        stream = SpeechStream(settings, speech_url=medisync_server.speech_url, appointment_id="a",
-                              token=LoginTokens(medisync_server.login))  # fmt: skip
-        await stream.start()
-        stream.feed(visit.events)
-        started = time.monotonic()
-        ok = await stream.finish(final_sample=visit.end)
-        return ok, time.monotonic() - started
-
-    ok, waited = asyncio.run(run())
+    ok, waited = asyncio.run(finish_during_endless_outage(medisync_server, settings))
     assert not ok
     assert waited < 30.0  # grace + pending reconnect + backlog / replay_speed, nowhere near drain_max_s
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -67,37 +74,11 @@ def test_without_progress_the_wait_ends_after_what_the_backlog_needs_with_one_wa
 
 def test_drain_max_s_bounds_the_wait(medisync_server: RunningServer) -> None:
     settings = fast_settings(end_timeout_s=60.0, drain_max_s=1.5)
-    medisync_server.knobs.refuse_handshake(503, count=-1)
-    visit = gated_visit(3.0, seed=43)
-
-    async def run() -> float:
-        stream = SpeechStream(settings, speech_url=medisync_server.speech_url, appointment_id="a",
-                              token=LoginTokens(medisync_server.login))  # fmt: skip
-        await stream.start()
-        stream.feed(visit.events)
-        started = time.monotonic()
-        assert not await stream.finish(final_sample=visit.end)
-        return time.monotonic() - started
-
-    waited = asyncio.run(run())
-    assert 1.5 <= waited < 10.0
+    ok, waited = asyncio.run(finish_during_endless_outage(medisync_server, settings))
+    assert not ok and 1.5 <= waited < 10.0
 
 
 def test_give_up_stops_the_wait_at_once(medisync_server: RunningServer) -> None:
     settings = fast_settings(end_timeout_s=60.0)
-    medisync_server.knobs.refuse_handshake(503, count=-1)
-    visit = gated_visit(3.0, seed=44)
-
-    async def run() -> float:
-        stream = SpeechStream(settings, speech_url=medisync_server.speech_url, appointment_id="a",
-                              token=LoginTokens(medisync_server.login))  # fmt: skip
-        await stream.start()
-        stream.feed(visit.events)
-        finishing = asyncio.create_task(stream.finish(final_sample=visit.end))
-        await asyncio.sleep(0)  # finish() starts waiting
-        started = time.monotonic()
-        await asyncio.to_thread(stream.give_up)  # a second Ctrl-C, from another thread
-        assert not await finishing
-        return time.monotonic() - started
-
-    assert asyncio.run(run()) < 5.0
+    ok, waited = asyncio.run(finish_during_endless_outage(medisync_server, settings, give_up=True))
+    assert not ok and waited < 5.0

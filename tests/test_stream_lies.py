@@ -143,43 +143,31 @@ def test_a_claim_beyond_what_was_sent_is_caught(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("retry_after_json", ["-5", '"NaN"', '"soon"', "0"])
-def test_a_retryable_error_with_a_silly_retry_after_causes_no_storm(
-    retry_after_json: str, medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy],
+@pytest.mark.parametrize(("where", "value"), [("error", "-5"), ("error", '"NaN"'), ("error", '"soon"'), ("error", "0"),
+                                              ("header", "-5"), ("header", "nan")])
+def test_a_silly_retry_after_causes_no_storm(
+    where: str, value: str, medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy],
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
+    """A retryable ``error`` whose retry_after is the JSON ``value``, or handshakes refused (503) with the header
+    ``Retry-After: value``: the jittered backoff still applies."""
     caplog.set_level(logging.INFO)
     proxy = proxied(tcp_proxy, medisync_server)
     visit = gated_visit(12.0, seed=32)
-    session = "retry-after"
+    knobs = medisync_server.knobs
 
-    outcome = asyncio.run(lie_mid_visit(
-        medisync_server, proxy, visit, session,
-        lambda: medisync_server.knobs.tell_lie("retry_error", retry_after_json=retry_after_json)))  # fmt: skip
+    def lie() -> None:
+        if where == "error":
+            knobs.tell_lie("retry_error", retry_after_json=value)
+        else:
+            knobs.refuse_handshake(503, retry_after=float(value), count=-1)
 
-    assert_nothing_skipped(medisync_server, outcome, visit, session)
+    outcome = asyncio.run(lie_mid_visit(medisync_server, proxy, visit, "retry-after", lie))
+
+    assert_nothing_skipped(medisync_server, outcome, visit, "retry-after")
     assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S)
-    assert any("server error 'busy'" in r for r in outcome.stream.stats.end_reasons)
-    assert_no_traceback(caplog)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("retry_after", [-5.0, float("nan")])
-def test_a_refused_handshake_with_a_silly_retry_after_header_causes_no_storm(
-    retry_after: float, medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy],
-    caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
-    caplog.set_level(logging.INFO)
-    proxy = proxied(tcp_proxy, medisync_server)
-    visit = gated_visit(12.0, seed=33)
-    session = "retry-after-header"
-
-    outcome = asyncio.run(lie_mid_visit(
-        medisync_server, proxy, visit, session,
-        lambda: medisync_server.knobs.refuse_handshake(503, retry_after=retry_after, count=-1)))  # fmt: skip
-
-    assert_nothing_skipped(medisync_server, outcome, visit, session)
-    assert 1 <= outcome.handshakes_in_window <= policy_bound(SETTINGS, WINDOW_S)
+    expected = "server error 'busy'" if where == "error" else "handshake refused with HTTP 503"
+    assert any(expected in r for r in outcome.stream.stats.end_reasons)
     assert_no_traceback(caplog)
 
 
@@ -267,9 +255,17 @@ def test_a_message_over_the_socket_limit_ends_the_connection_without_a_storm(
 # --- basic mode: no acks, so a server can only be caught where its results fit no audio sent -------------------
 
 
-def basic_stream(server: RunningServer, transcripts: list[wire.TranscriptEvent]) -> SpeechStream:
-    return SpeechStream(SETTINGS, speech_url=server.speech_url, appointment_id="a",
-                        token=LoginTokens(server.login), on_transcript=transcripts.append)  # fmt: skip
+async def basic_visit(server: RunningServer, visit: Visit, transcripts: list[wire.TranscriptEvent], *,
+                      phantoms: int = 0) -> tuple[bool, SpeechStream]:  # fmt: skip
+    """Stream a whole visit in basic mode, all at once (many chunks outstanding at a time). With ``phantoms``,
+    first wait until that many results arrived before any audio was sent."""
+    stream = SpeechStream(SETTINGS, speech_url=server.speech_url, appointment_id="a",
+                          token=LoginTokens(server.login), on_transcript=transcripts.append)  # fmt: skip
+    await stream.start()
+    if phantoms:
+        await wait_until(lambda: stream.stats.unmatched_transcriptions == phantoms, "the phantom results")
+    stream.feed(visit.events)
+    return await stream.finish(final_sample=visit.end), stream
 
 
 def utterances(visit: Visit) -> int:
@@ -294,14 +290,8 @@ def test_basic_results_for_chunks_never_sent_change_nothing(
     visit = gated_visit(10.0, seed=37)
     transcripts: list[wire.TranscriptEvent] = []
 
-    async def run() -> tuple[bool, SpeechStream]:
-        stream = basic_stream(medisync_server, transcripts)
-        await stream.start()
-        await wait_until(lambda: stream.stats.unmatched_transcriptions == 5, "the phantom results")
-        stream.feed(visit.events)
-        return await stream.finish(final_sample=visit.end), stream
+    confirmed, stream = asyncio.run(basic_visit(medisync_server, visit, transcripts, phantoms=5))
 
-    confirmed, stream = asyncio.run(run())
     assert confirmed and stream.stats.unmatched_transcriptions == 5
     assert not any("phantom" in t.words for t in transcripts)
     assert_one_result_per_chunk_in_order(medisync_server, stream, transcripts, visit)
@@ -316,13 +306,8 @@ def test_basic_a_flood_of_repeated_results_completes_one_chunk_each(
     visit = gated_visit(15.0, seed=38)
     transcripts: list[wire.TranscriptEvent] = []
 
-    async def run() -> tuple[bool, SpeechStream]:
-        stream = basic_stream(medisync_server, transcripts)
-        await stream.start()
-        stream.feed(visit.events)  # all at once: many chunks outstanding while the copies arrive
-        return await stream.finish(final_sample=visit.end), stream
+    confirmed, stream = asyncio.run(basic_visit(medisync_server, visit, transcripts))
 
-    confirmed, stream = asyncio.run(run())
     assert confirmed
     assert_one_result_per_chunk_in_order(medisync_server, stream, transcripts, visit)
     assert stream.stats.duplicates_dropped + stream.stats.unmatched_transcriptions == 3 * utterances(visit)
