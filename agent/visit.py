@@ -129,11 +129,13 @@ class Visit:
         self._stopped = threading.Event()
 
     def stop(self) -> None:
-        """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream.
-
-        Once the recording is queued, a stop means: do not wait any longer for the stream's confirmation."""
+        """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
         self._stopped.set()
         self._recorder.stop()
+
+    def interrupt(self) -> None:
+        """A person's stop (Ctrl-C): end the visit; once it is recorded and queued, stop waiting for the stream."""
+        self.stop()
         if self._final_sample is not None and self.stream is not None:
             self.stream.give_up()
 

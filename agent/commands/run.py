@@ -119,7 +119,7 @@ async def record_and_upload(
         on_visit(visit)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, visit.stop)
+        loop.add_signal_handler(sig, visit.interrupt)
     try:
         summary = await visit.run()
     finally:

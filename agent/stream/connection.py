@@ -233,7 +233,11 @@ class Connection:
             await self.ws.send(wire.encode(self._start))
             async with asyncio.timeout(self._settings.connect_timeout_s):
                 next_seq = await self._ready
+            acked_before = self._ring.acked_next
             self._guarded(self._ring.on_ready, next_seq)
+            if next_seq < acked_before:  # nothing to resend (freed when acked): say so, the upload holds it
+                log.warning("speech server no longer holds audio it had acknowledged (next_seq %d, acknowledged up "
+                            "to seq %d); the live stream continues from there", next_seq, acked_before - 1)
             await self._send_resume()
         else:
             self._basic.on_connected()
