@@ -234,11 +234,13 @@ class SpeechStream:
         """Stop :meth:`finish` waiting (a person asked twice to stop); any thread."""
         if self._loop is None or self._done.is_set():
             return
+
         def stop_waiting() -> None:
             if not self._done.is_set():
                 log.warning("speech stream: stopped waiting for the server's confirmation on request (the "
                             "uploaded recording holds the audio)")
                 self._done.set()
+
         if threading.get_ident() == self._loop_thread:
             stop_waiting()
         else:
