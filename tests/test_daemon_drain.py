@@ -61,7 +61,7 @@ def test_the_next_visit_starts_while_the_last_ones_stream_drains(
 
     assert stopped.ok and "upload queued" in stopped.message and "live stream still confirming" in stopped.message
     assert started.ok and started.status is not None, started.error
-    assert waited < 5.0  # nobody waited for the backlog of the first visit
+    assert waited < 20.0  # the backlog would have held both answers for end_timeout_s = 120 s
     now = status(daemon)
     assert now.state == "recording" and now.draining_streams == 1 and now.draining_seconds >= 1.0
     shown = subprocess.run([sys.executable, "-m", "agent", "status", "--socket", str(daemon.control)],
