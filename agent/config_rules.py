@@ -88,6 +88,7 @@ RULES: Mapping[str, Rule] = {
     "stream.ping_timeout_s": positive(600, "seconds"),
     "stream.session_init_timeout_s": positive(600, "seconds"),
     "stream.end_timeout_s": positive(3600, "seconds"),
+    "stream.drain_max_s": positive(86400, "seconds"),
     "stream.backoff_first_s": positive(3600, "seconds"),
     "stream.backoff_cap_s": positive(86400, "seconds"),
     "stream.connect_timeout_s": positive(600, "seconds"),

@@ -86,6 +86,10 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Recordings in the archive that no visit journal or queue item accounts for (``uploads assign``)."""
     quarantined: int = 0
     """Files (queue items, journals, recordings) that could not be read and were quarantined."""
+    draining_streams: int = 0
+    """Live streams of ended visits still replaying their backlog to the speech server (in the background)."""
+    draining_seconds: float = 0.0
+    """Seconds of audio those streams still have to get confirmed (their uploads hold it either way)."""
 
 
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -189,6 +193,9 @@ def format_status(status: DaemonStatus) -> str:
         ("upload queue", f"{status.upload_queue} visit(s) waiting"),
         ("uploader", f"{status.upload_worker}; {status.worker_restarts} background restart(s)"),
     ]
+    if status.draining_streams:
+        rows.insert(-1, ("ended visits' streams", f"{status.draining_streams} still confirming "
+                                                  f"{status.draining_seconds:.1f} s of audio"))
     if status.needs_appointment or status.quarantined:
         rows.append(("needs a person", f"{status.needs_appointment} recording(s) need an appointment, "
                                         f"{status.quarantined} file(s) quarantined: see 'medisync-agent uploads list'"))

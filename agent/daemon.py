@@ -13,7 +13,10 @@
   at start, and finds recordings that need an appointment.
 - Background tasks (upload worker, tick, queue count) run under :func:`agent.supervise.supervise`: one that dies
   is logged and restarted with backoff; ``status`` and the metrics show the upload worker's health.
-- SIGTERM/SIGINT: stop the visit (archive finished, upload queued), exit within ``stop_timeout_s``.
+- A stopped visit's live stream keeps replaying its backlog in the background (``Visit.finish_stream``, bounded
+  by ``stream.drain_max_s``) while the next visit starts at once; ``status`` lists streams still draining.
+- SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
+  ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
 
 Logs carry no appointment ids, patient data or tokens.
@@ -72,6 +75,8 @@ TICK_S = 0.25
 """Seconds between looks at the capture counter (watchdog, READY, STATUS, metrics)."""
 QUEUE_POLL_S = 2.0
 """Seconds between counts of the upload queue (a directory listing)."""
+STOP_MARGIN_S = 2.5
+"""Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
 """Seconds the start waits for the first open of the source before going on (it keeps retrying)."""
 
@@ -132,6 +137,8 @@ class Daemon:
         self._shutdown = asyncio.Event()
         self._visit: Visit | None = None
         self._visit_task: asyncio.Task[VisitSummary | None] | None = None
+        self._draining: dict[asyncio.Task[None], Visit] = {}
+        """Streams of ended visits still replaying their backlog, by the task that waits for them."""
         self._state = "idle"
         self._gap_samples = 0
         self._reload_pending = False
@@ -226,6 +233,7 @@ class Daemon:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 log.error("the visit did not end in time; its recording is queued at the next start")
+        await self._end_draining(budget - (time.monotonic() - started) - STOP_MARGIN_S)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -313,24 +321,64 @@ class Daemon:
 
     async def _run_visit(self, visit: Visit) -> VisitSummary | None:
         try:
-            summary = await visit.run()
-        except AgentError as exc:
+            summary = await visit.run(finish_stream=False)
+        except BaseException as exc:
+            self._count_ended_stream(visit)  # the visit closed its stream
+            if not isinstance(exc, AgentError):
+                raise
             log.error("visit failed: %s", exc)
             self._visit_error = str(exc)
             return None
         finally:
-            if visit.stream is not None:  # metrics counters run across visits
-                self._ended_visits_reconnects += visit.stream.stats.reconnects
-                self._ended_visits_bytes_sent += visit.stream.stats.bytes_sent
             self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
             self._upload_wake.set()
+        if visit.stream is not None:
+            self._drain_in_background(visit)
         if self._gap_samples:
             log.warning("the visit lost %.1f s of audio to the device (archived as silence)",
                         self._gap_samples / SAMPLE_RATE)  # fmt: skip
         if self._reload_pending:
             await self._apply_reload()
         return summary
+
+    def _drain_in_background(self, visit: Visit) -> None:
+        """The ended visit's stream confirms its backlog while the daemon is free for the next visit."""
+        task = asyncio.create_task(self._drain_stream(visit), name="stream-drain")
+        self._draining[task] = visit
+        task.add_done_callback(lambda t: self._draining.pop(t, None))
+
+    async def _drain_stream(self, visit: Visit) -> None:
+        try:
+            confirmed = await visit.finish_stream()
+        finally:
+            self._count_ended_stream(visit)
+        log.info("live stream of the ended visit %s", "confirmed by the server" if confirmed
+                 else "not confirmed completely (the queued upload holds the whole visit)")  # fmt: skip
+
+    async def _end_draining(self, wait_s: float) -> None:
+        """At shutdown: let the draining streams finish within ``wait_s`` seconds, then end the rest."""
+        tasks = list(self._draining)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, wait_s))
+        if not pending:
+            return
+        left_s = sum(self._unconfirmed_s(self._draining[t]) for t in pending if t in self._draining)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.warning("stopping: ended %d live stream(s) with %.1f s of audio the speech server had not confirmed; "
+                    "the queued uploads hold it", len(pending), left_s)  # fmt: skip
+
+    def _count_ended_stream(self, visit: Visit) -> None:
+        if visit.stream is not None:  # metrics counters run across visits
+            self._ended_visits_reconnects += visit.stream.stats.reconnects
+            self._ended_visits_bytes_sent += visit.stream.stats.bytes_sent
+
+    @staticmethod
+    def _unconfirmed_s(visit: Visit) -> float:
+        return visit.stream.stats.held_samples / SAMPLE_RATE if visit.stream is not None else 0.0
 
     async def _stop_visit(self) -> Response:
         task = self._visit_task
@@ -341,8 +389,11 @@ class Daemon:
         summary = await asyncio.shield(task)
         if summary is None:
             return failure(self._visit_error or "the visit ended with an error; see the daemon's log")
-        missing = "".join(f"; missing from the recording: {m.describe()}" for m in summary.archive_missing)
-        return ok(self.status(), f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued{missing}")
+        message = f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued"
+        message += "".join(f"; missing from the recording: {m.describe()}" for m in summary.archive_missing)
+        if any(v is self._visit for v in self._draining.values()):
+            message += f"; live stream still confirming {self._unconfirmed_s(self._visit):.1f} s of audio"
+        return ok(self.status(), message)
 
     # --- status, watchdog, metrics ----------------------------------------------------------------------------
 
@@ -376,6 +427,8 @@ class Daemon:
             worker_restarts=sum(w.restarts for w in self._workers.values()),
             needs_appointment=self._needs_appointment,
             quarantined=self._quarantined,
+            draining_streams=len(self._draining),
+            draining_seconds=sum(self._unconfirmed_s(v) for v in self._draining.values()),
         )
 
     async def _tick(self) -> None:
@@ -421,14 +474,17 @@ class Daemon:
         rate = capture.sample_rate if capture and capture.sample_rate else SAMPLE_RATE
         visit = self._visit
         stream = visit.stream.stats if visit is not None and visit.stream is not None and s.state != "idle" else None
+        draining = [v.stream.stats for v in self._draining.values() if v.stream is not None]
         return AgentStats(
             frames_captured=round((capture.samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
             frames_dropped=round((capture.lost_samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
             vad_speech_ratio=s.vad_share or 0.0,
             ring_fill_seconds=s.ring_fill_s,
-            reconnects=self._ended_visits_reconnects + (stream.reconnects if stream else 0),
+            reconnects=self._ended_visits_reconnects + sum(d.reconnects for d in draining)
+            + (stream.reconnects if stream else 0),
             ack_lag_seconds=stream.ack_lag_s if stream else 0.0,
-            bytes_sent=self._ended_visits_bytes_sent + (stream.bytes_sent if stream else 0),
+            bytes_sent=self._ended_visits_bytes_sent + sum(d.bytes_sent for d in draining)
+            + (stream.bytes_sent if stream else 0),
             stream_connected=s.connection == "streaming",
             visit_active=s.state != "idle",
             upload_queue_length=s.upload_queue,

@@ -94,7 +94,14 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     session_init_timeout_s: float = 5.0
     """Seconds to wait for ``session_init`` after connecting before proceeding without it."""
     end_timeout_s: float = 15.0
-    """Seconds to wait for ``closed`` after ``end`` when a visit stops."""
+    """Seconds a stopped visit's stream is given on top of what its unconfirmed backlog needs (backlog /
+    ``replay_speed`` + the pending reconnect delay): time to connect, send ``end`` and get ``closed``. Every
+    confirmation from the server restarts that allowance; ``drain_max_s`` bounds the whole wait."""
+    drain_max_s: float = 300.0
+    """Longest wait in seconds, after a visit stops, for the server to confirm the rest of its live stream (a
+    backlog left by an outage is replayed at ``replay_speed``; 300 s covers a full 600 s ring at 4x with
+    reconnects). ``run`` shows the seconds still to confirm meanwhile; the daemon waits in the background and
+    starts the next visit at once. Audio never confirmed is still in the uploaded recording."""
     backoff_first_s: float = 0.25
     """Upper bound in seconds of the first reconnect delay (full jitter)."""
     backoff_cap_s: float = 30.0

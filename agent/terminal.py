@@ -64,6 +64,8 @@ def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[s
             ("gap announced (samples)", str(stream.gap_samples)),
             ("stream confirmed by server", "yes" if summary.stream_confirmed else "no"),
         ]
+        if stream.protocol_errors:
+            rows.append(("server protocol errors caught", str(stream.protocol_errors)))
     rows += list((extra or {}).items())
     rows.append(("upload", upload_outcome(summary, upload_state)))
     width = max(len(k) for k, _ in rows)

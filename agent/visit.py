@@ -4,8 +4,9 @@ The audio path (capture, DSP, gate, WAV archive) runs in :class:`~agent.recorder
 for file and synth sources, on the event loop for the microphone (woken by the capture hand-off; see
 ``Recorder.run_on_loop``), and never waits on the network: each pipeline output is handed to
 :meth:`SpeechStream.feed`, which only appends to an inbox. When the visit stops (``stop()``, the source ends,
-or ``duration_s``), the stream is ended with a bounded wait for ``closed``, the WAV is finished and the visit is
-put on the on-disk upload queue.
+or ``duration_s``), the WAV is finished and put on the on-disk upload queue first; then the stream is ended, with
+a wait bounded by what its unconfirmed backlog needs (``run``), or in the background (the daemon, which starts
+the next visit at once: :meth:`Visit.run` with ``finish_stream=False``, then :meth:`Visit.finish_stream`).
 
 A full disk (or a failing card) does not end the visit: the archive stops (see :mod:`agent.archive.resilient`),
 capture and the live stream go on, and the part already on disk is queued at once as an item *held* until the
@@ -45,7 +46,7 @@ from agent.ids import appointment_id_problem
 from agent.recorder import Recorder, RecordSummary
 from agent.settings import AgentSettings
 from agent.stream import wire
-from agent.stream.client import SpeechStream, StreamStats, TokenProvider
+from agent.stream.client import ProgressCallback, SpeechStream, StreamStats, TokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class VisitSummary:
     stream: StreamStats | None
     """None when streaming was disabled (no subscription, or turned off)."""
     stream_confirmed: bool
-    """The server confirmed every gated sample (resume mode ``closed``, basic mode all chunks done)."""
+    """The server confirmed every gated sample (resume mode ``closed``, basic mode all chunks done); False also
+    while the stream still drains in the background (``run(finish_stream=False)``)."""
     gated_samples: int
     """Samples the voice gate passed to the stream."""
     upload: UploadItem
@@ -98,13 +100,16 @@ class Visit:
         on_output: Callable[[PipelineOutput], None] | None = None,
         duration_s: float | None = None,
         is_speech: IsSpeech | None = None,
+        on_stream_progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self.appointment_id = appointment_id
         self._queue = queue
         self._on_output = on_output
+        self._on_stream_progress = on_stream_progress
         self._clock = clock
+        self._final_sample: int | None = None
         self.session_id = str(uuid.uuid4())
         archive_dir = Path(settings.archive.directory)
         self.archive_path = archive_dir / archive_name(clock())
@@ -137,7 +142,17 @@ class Visit:
         self._stopped.set()
         self._recorder.stop()
 
-    async def run(self) -> VisitSummary:
+    def interrupt(self) -> None:
+        """A person's stop (Ctrl-C): end the visit; once it is recorded and queued, stop waiting for the stream."""
+        self.stop()
+        if self._final_sample is not None and self.stream is not None:
+            self.stream.give_up()
+
+    async def run(self, *, finish_stream: bool = True) -> VisitSummary:
+        """Record until stopped, queue the upload, then (``finish_stream``) wait for the stream's confirmation.
+
+        With ``finish_stream=False`` the stream keeps running: call :meth:`finish_stream` (the daemon does, in the
+        background, so that the next visit need not wait for an outage's backlog)."""
         self._loop = asyncio.get_running_loop()
         self._write_journal()
         if self.stream is not None:
@@ -151,15 +166,21 @@ class Visit:
             if self.stream is not None:
                 await self.stream.close()
             raise
-        confirmed = False
-        if self.stream is not None:
-            confirmed = await self.stream.finish(final_sample=record.samples)
-        item = await self._queue_upload(record)
+        self._final_sample = record.samples
+        try:  # the recording is safe on the upload queue before anything waits on the network
+            item = await self._queue_upload(record)
+        except BaseException:
+            if self.stream is not None:
+                await self.stream.close()
+            raise
         if item is None:
+            if self.stream is not None:
+                await self.stream.close()
             raise NoAudioError("the visit captured no audio: nothing was queued, the appointment stays free "
                                "for the real visit")  # fmt: skip
         missing = "".join(f"; missing from the recording: {m.describe()}" for m in record.archive_missing)
         log.info("visit ended: %.1f s captured, upload queued%s", record.samples / SAMPLE_RATE, missing)
+        confirmed = await self.finish_stream() if finish_stream and self.stream is not None else False
         return VisitSummary(
             appointment_id=self.appointment_id,
             record=record,
@@ -169,6 +190,14 @@ class Visit:
             upload=item,
             session_id=self.session_id,
         )
+
+    async def finish_stream(self) -> bool:
+        """Send the rest and ``end``; wait, bounded by what the backlog needs, for the server's confirmation.
+
+        True if the server confirmed the whole visit. The stream is stopped either way (also when cancelled)."""
+        if self.stream is None:
+            return False
+        return await self.stream.finish(final_sample=self._final_sample, progress=self._on_stream_progress)
 
     async def _record(self) -> RecordSummary:
         """Run the recorder on its own thread; on cancellation stop it and still finish the WAV first."""

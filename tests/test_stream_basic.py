@@ -112,3 +112,37 @@ def test_overflow_drops_oldest_chunks_and_counts_them() -> None:
     feed(box, (0, 40), (32000, 40))
     assert (box.stats.dropped_chunks, box.stats.dropped_samples) == (1, 40 * FRAME)
     assert send_all(box, 0.0) == [1]
+
+
+def test_result_while_nothing_is_outstanding_is_unmatched_and_changes_nothing() -> None:
+    box = outbox()
+    assert box.on_transcription(result("phantom")) is None  # nothing sent yet
+    feed(box, (0, 10))
+    assert box.on_transcription(result("phantom")) is None  # formed but not sent
+    assert box.stats.unmatched == 2 and box.stats.transcribed == 0 and not box.drained
+    send_all(box, 0.0)
+    event = box.on_transcription(result("real"))
+    assert event is not None and event.chunk == 0 and box.drained
+
+
+def test_the_same_message_twice_completes_one_chunk_only() -> None:
+    box = outbox()
+    feed(box, (0, 10), (32000, 10), (64000, 10))
+    send_all(box, 0.0)
+    flood = Transcription(text="[SPEAKER_0 | 0.000 --> 0.150]: hello", timestamp=1000.0)
+    assert box.on_transcription(flood) is not None
+    assert box.on_transcription(flood) is None and box.on_transcription(flood) is None  # a flood of one result
+    assert box.stats.duplicates_dropped == 2 and len(box.outstanding) == 2
+    # The same words at another time are another chunk's result.
+    again = Transcription(text="[SPEAKER_0 | 0.000 --> 0.150]: hello", timestamp=1001.0)
+    event = box.on_transcription(again)
+    assert event is not None and event.chunk == 1
+
+
+def test_a_result_that_fits_no_chunk_completes_only_the_oldest() -> None:
+    box = outbox()
+    feed(box, (0, 10), (32000, 10), (64000, 10))  # three 0.2 s chunks
+    send_all(box, 0.0)
+    event = box.on_transcription(result("far", end=500.0))  # no 0.2 s chunk can hold 500 s
+    assert event is not None and event.chunk == 0
+    assert len(box.outstanding) == 2 and box.stats.timed_out == 0

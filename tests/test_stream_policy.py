@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.settings import StreamSettings
-from agent.stream.policy import STABLE_AFTER_S, AckWatchdog, Failure, Pacer, ReconnectPolicy
+from agent.stream.policy import (
+    MAX_RETRY_AFTER_S,
+    STABLE_AFTER_S,
+    AckWatchdog,
+    DrainWait,
+    Failure,
+    Pacer,
+    ReconnectPolicy,
+    check_ack,
+    check_closed,
+    check_ready,
+    retry_after_s,
+)
 
 SETTINGS = StreamSettings(backoff_first_s=0.25, backoff_cap_s=30.0)
 
@@ -90,3 +104,41 @@ def test_watchdog_fires_only_without_ack_progress_while_outstanding() -> None:
     assert not dog.expired(1017.9) and dog.expired(1018.0)
     dog.update(outstanding=False, progressed=True, now=1018.0)
     assert dog.deadline() is None
+
+
+def test_retry_after_is_a_floor_under_the_jittered_backoff() -> None:
+    policy = ReconnectPolicy(SETTINGS, top)
+    delays = [policy.on_failure(Failure.TRANSIENT, now=0.0, retry_after=-5.0).delay_s for _ in range(8)]
+    assert delays == sorted(delays) and delays[-1] is not None and delays[-1] > 30.0 * 0.99  # grows as without it
+    assert ReconnectPolicy(SETTINGS, lambda: 0.0).on_failure(Failure.TRANSIENT, 0.0, retry_after=7.0).delay_s == 7.0
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(-5, 0.0), (float("nan"), None), (float("inf"), MAX_RETRY_AFTER_S),
+                                                (-float("inf"), 0.0), (1e12, MAX_RETRY_AFTER_S), ("12", 12.0),
+                                                ("later", None), (True, None), (None, None), (3.5, 3.5)])
+def test_retry_after_is_clamped(value: float | str | None, seconds: float | None) -> None:
+    assert retry_after_s(value) == seconds
+    assert MAX_RETRY_AFTER_S == 300.0
+
+
+def test_nan_retry_after_leaves_the_backoff_alone() -> None:
+    decision = ReconnectPolicy(SETTINGS, top).on_failure(Failure.TRANSIENT, 0.0, retry_after=float("nan"))
+    assert decision.delay_s is not None and 0.0 < decision.delay_s <= 0.25
+
+
+def test_claims_beyond_what_was_written_are_protocol_errors() -> None:
+    assert check_ready(0, highest_written=-1) is None and check_ready(1, highest_written=-1) is not None
+    assert check_ready(8, highest_written=7) is None and check_ready(9, highest_written=7) is not None
+    assert check_ready(-1, highest_written=7) is not None
+    assert check_ack(6, written_next=7) is None and check_ack(7, written_next=7) is not None
+    assert check_closed(-1, written_next=0) is None and check_closed(0, written_next=0) is not None
+
+
+def test_drain_wait_is_what_the_backlog_needs_extended_by_progress_and_capped() -> None:
+    wait = DrainWait(replay_speed=4.0, grace_s=15.0, cap_s=300.0, now=0.0)
+    assert wait.update(unconfirmed_s=40.0, reconnect_in_s=5.0, now=0.0) == 15.0 + 5.0 + 10.0
+    assert wait.update(unconfirmed_s=40.0, reconnect_in_s=30.0, now=20.0) == 30.0  # no progress: no more time
+    assert wait.update(unconfirmed_s=20.0, reconnect_in_s=0.0, now=25.0) == 25.0 + 15.0 + 5.0  # progress
+    assert wait.update(unconfirmed_s=1.0, reconnect_in_s=0.0, now=26.0) == 45.0  # never shortened
+    capped = DrainWait(replay_speed=4.0, grace_s=15.0, cap_s=60.0, now=100.0)
+    assert capped.update(unconfirmed_s=600.0, reconnect_in_s=0.0, now=100.0) == 160.0

@@ -231,3 +231,56 @@ def test_counters_after_a_cut_confirmed_by_ready() -> None:
     assert ring.stats.bytes_sent == 15 * FRAME * 2
     assert ring.stats.sent_end == ring.stats.acked_end == 15 * FRAME
     assert ring.next_message() is None
+
+
+def test_ready_beyond_what_was_written_is_refused_and_changes_nothing() -> None:
+    ring = make(message_ms=20)
+    for f in frames(0, 6):
+        ring.push(f)
+    ring.on_ready(0)
+    for _ in range(3):
+        msg = ring.next_message()
+        assert msg is not None
+        ring.mark_sent(msg.seq)
+    ring.on_disconnected()
+    before = (ring.acked_next, ring.send_next, ring.held_bytes, ring.stats.acked_messages)
+    with pytest.raises(ProtocolError, match="beyond the frames written"):
+        ring.on_ready(5)  # formed or not, seq 3 and 4 were never written: the server cannot hold them
+    assert (ring.acked_next, ring.send_next, ring.held_bytes, ring.stats.acked_messages) == before
+    ring.on_ready(3)  # the truth: everything written was stored
+    assert [seq for seq, _, _ in send_all(ring)] == [3, 4, 5] and ring.stats.acked_messages == 3
+
+
+def test_ack_beyond_this_connections_writes_is_refused() -> None:
+    ring = make(message_ms=20)
+    for f in frames(0, 4):
+        ring.push(f)
+    ring.on_ready(0)
+    send_all(ring)
+    ring.on_disconnected()
+    ring.on_ready(1)  # a new connection: only seq 0 is stored, 1..3 must be written again
+    with pytest.raises(ProtocolError):
+        ring.on_ack(2)  # written on the old connection, not on this one
+    msg = ring.next_message()
+    assert msg is not None and msg.seq == 1
+    ring.mark_writing(msg.seq)  # the server may read it, and ack it, before send() returns
+    assert ring.on_ack(1) and ring.acked_next == 2
+
+
+def test_a_message_being_written_is_not_renumbered_when_the_ring_overflows() -> None:
+    ring = make(message_ms=20, ring_bytes=65536)  # about 100 frames
+    ring.on_ready(0)
+    pushed = frames(0, 160)
+    ring.push(pushed[0])
+    first = ring.next_message()
+    assert first is not None
+    ring.mark_writing(first.seq)  # the write is in progress (a slow socket) while capture goes on
+    for f in pushed[1:]:  # more than the ring holds: the oldest audio goes, the one being written too
+        ring.push(f)
+    ring.mark_sent(first.seq)  # the write returns: the server may hold seq 0 = the first frame
+    rest = send_all(ring)
+    assert first.seq not in [seq for seq, _, _ in rest]  # never two different payloads under one seq
+    sent = [(first.start, first.end)] + [(start, start + len(pcm) // 2) for _, start, pcm in rest]
+    gaps = [(g.start, g.end) for g in ring.gaps_to_send()]
+    # Every frame was written or is announced as a gap: none was marked sent under a seq it never went out with.
+    assert all(any(s <= f.start < e for s, e in sent + gaps) for f in pushed)

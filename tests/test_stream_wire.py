@@ -92,3 +92,26 @@ def test_transcription_separate_fields_win_and_offset_applies() -> None:
 def test_transcription_without_bracket_keeps_text() -> None:
     event = wire.parse_transcription(wire.Transcription(text="  just words "))
     assert (event.words, event.speaker, event.start) == ("just words", None, None)
+
+
+def test_deep_nesting_is_refused_before_parsing() -> None:
+    deep = '{"type":"transcription","text":"a","x":' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        wire.decode(deep)
+    brackets_in_text = '{"type":"transcription","text":"' + '[{\\"' * 5000 + '"}'
+    assert isinstance(wire.decode(brackets_in_text), wire.Transcription)  # brackets inside strings do not count
+    nested = b'{"a":[[{"b":"\\\\]"}]]}'  # depth 4; the escaped backslash does not hide the closing quote
+    assert not wire.nesting_exceeds(nested, 4) and wire.nesting_exceeds(nested, 3)
+
+
+def test_oversized_text_is_refused_before_parsing() -> None:
+    big = '{"type":"transcription","text":"' + "x" * wire.MAX_TEXT_BYTES + '"}'
+    with pytest.raises(ProtocolError, match="bytes"):
+        wire.decode(big)
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("-5", 0.0), ("1e999", 300.0), ('"7"', 7.0), ('"NaN"', None),
+                                             ('"soon"', None), ("[1]", None), ("null", None), ("2.5", 2.5)])
+def test_error_retry_after_is_read_leniently_and_clamped(raw: str, seconds: float | None) -> None:
+    msg = wire.decode('{"type":"error","code":"busy","retryable":true,"retry_after":' + raw + "}")
+    assert isinstance(msg, wire.Error) and msg.retryable and msg.retry_after == seconds

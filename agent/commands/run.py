@@ -1,10 +1,12 @@
 """``medisync-agent run``: one visit in the foreground, with the live transcript on the terminal.
 
-Until Ctrl-C / SIGTERM or ``--duration``: capture, archive and stream; then end the stream, finish the WAV,
-queue it and upload it at once with a progress bar. If the upload cannot finish now it stays queued (exit 75)
-and the daemon or ``medisync-agent uploads retry`` delivers it later. If part of the visit could not be archived
-(disk full, I/O error: capture and the live stream went on, the part on disk was queued at once) the summary names
-the missing stretch and the exit code is 73, even though the visit otherwise completed.
+Until Ctrl-C / SIGTERM or ``--duration``: capture, archive and stream; then finish the WAV and queue it, wait for
+the speech server to confirm the live stream (as long as its backlog needs at ``stream.replay_speed``, at most
+``stream.drain_max_s``, with a line every few seconds; a second Ctrl-C stops waiting) and upload the WAV at once
+with a progress bar. If the upload cannot finish now it stays queued (exit 75) and the daemon or
+``medisync-agent uploads retry`` delivers it later. If part of the visit could not be archived (disk full, I/O
+error: capture and the live stream went on, the part on disk was queued at once) the summary names the missing
+stretch and the exit code is 73, even though the visit otherwise completed.
 """
 
 from __future__ import annotations
@@ -123,12 +125,12 @@ async def record_and_upload(
     source = open_source(settings.audio.source, settings.audio)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
                   token=token_provider(client) if stream else None, on_transcript=TranscriptPrinter(out),
-                  on_output=on_output, duration_s=duration_s)  # fmt: skip
+                  on_output=on_output, duration_s=duration_s, on_stream_progress=_drain_progress(err))  # fmt: skip
     if on_visit is not None:
         on_visit(visit)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, visit.stop)
+        loop.add_signal_handler(sig, visit.interrupt)
     try:
         summary = await visit.run()
     finally:
@@ -138,3 +140,12 @@ async def record_and_upload(
     await drain(queue, client, progress_for=view.for_item)
     final = queue.find(appointment_id)
     return summary, final.state if final is not None else summary.upload.state
+
+
+def _drain_progress(err: TextIO) -> Callable[[float], None]:
+    """After the visit: one line every few seconds while the speech server confirms the live stream's backlog."""
+
+    def show(left_s: float) -> None:
+        print(f"live stream: {left_s:.1f} s of audio still to be confirmed by the speech server", file=err)
+
+    return show

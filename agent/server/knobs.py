@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 RestFaultKind = Literal["status", "malformed", "envelope"]
 GarbageKind = Literal["not_json", "array", "wrong_types", "empty", "html", "server_error", "bad_encoding", "stall",
@@ -17,6 +17,9 @@ GARBAGE_KINDS: tuple[GarbageKind, ...] = ("not_json", "array", "wrong_types", "e
                                           "bad_encoding", "stall", "other_appointment")
 RestShape = Literal["documented", "data", "named", "top"]
 REST_SHAPES: tuple[RestShape, ...] = ("documented", "data", "named", "top")
+LieKind = Literal["ready_ahead", "ack_ahead", "closed_ahead", "retry_error", "junk", "phantom_transcripts",
+                  "transcript_flood"]
+LIE_KINDS: tuple[str, ...] = get_args(LieKind)
 SEARCH_FAULTS = ("error_out_of_tokens", "error_internal", "error_llm", "error_not_enough_articles",
                  "http_429", "http_500")
 
@@ -46,6 +49,25 @@ class Refusal:
     """Handshakes still to refuse; -1 refuses until cleared."""
 
 
+@dataclass(frozen=True)
+class Lie:
+    """A speech server that lies (tests of the client's checks), one kind per connection:
+
+    - ``ready_ahead`` / ``ack_ahead`` / ``closed_ahead``: resume mode; ``ready.next_seq``, every ``ack.seq`` or
+      ``closed.last_seq`` is ``amount`` higher than what the server stored;
+    - ``retry_error``: resume mode; ``start`` is answered with a retryable ``error`` whose ``retry_after`` is the
+      raw JSON text ``retry_after_json`` (``-5``, ``1e999``, ``"soon"``), then the connection closes (1013);
+    - ``junk``: the messages in ``junk`` (text or binary) are sent right after ``session_init``; then normal;
+    - ``phantom_transcripts``: basic mode; ``amount`` transcriptions right after ``session_init``, before any chunk;
+    - ``transcript_flood``: basic mode; every transcription is sent ``amount`` extra times.
+    """
+
+    kind: LieKind
+    amount: int = 1000
+    retry_after_json: str = "null"
+    junk: tuple[str | bytes, ...] = ()
+
+
 @dataclass
 class Knobs:
     rest_faults: list[RestFault] = field(default_factory=list)
@@ -71,6 +93,10 @@ class Knobs:
     quickstart shows one; login at the top level), only under ``data``, only under the quickstart's key
     (``named``: ``subscription``, ``appointment``, ``patient``, ``recording``, ``transcription``, ``notes``), or
     at the top level (``top``: the object's fields beside ``success``, a list endpoint a bare JSON array)."""
+    lie: Lie | None = None
+    """How the speech socket lies to the next ``lie_connections`` connections (see :class:`Lie`)."""
+    lie_connections: int = 0
+    """Connections the lie still applies to (-1: all until cleared)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # --- REST ---------------------------------------------------------------------------------------------------
@@ -148,6 +174,24 @@ class Knobs:
                 self.drop_connections -= 1
             return self.drop_after_frames
 
+    def tell_lie(self, kind: LieKind | None, *, connections: int = -1, amount: int = 1000,
+                 retry_after_json: str = "null", junk: tuple[str | bytes, ...] = ()) -> None:
+        """Lie to the next ``connections`` speech connections (-1: all until cleared; ``kind`` None clears)."""
+        if kind is not None and kind not in LIE_KINDS:
+            raise ValueError(f"unknown lie {kind!r}; known: {LIE_KINDS}")
+        with self._lock:
+            self.lie = None if kind is None else Lie(kind, amount, retry_after_json, tuple(junk))
+            self.lie_connections = 0 if kind is None else connections
+
+    def take_lie(self) -> Lie | None:
+        """The lie for a connection being opened, if any (counts the connection)."""
+        with self._lock:
+            if self.lie is None or self.lie_connections == 0:
+                return None
+            if self.lie_connections > 0:
+                self.lie_connections -= 1
+            return self.lie
+
     # --- MediSearch ---------------------------------------------------------------------------------------------
     def fail_search(self, *codes: str) -> None:
         """Make the next MediSearch requests fail, one code per request (see ``SEARCH_FAULTS``)."""
@@ -169,6 +213,7 @@ class Knobs:
             self.outage_s, self.outage_until = 0.0, 0.0
             self.ack_delay_s, self.withhold_acks, self.force_basic = 0.0, False, False
             self.rest_shape = "documented"
+            self.lie, self.lie_connections = None, 0
 
     def apply(self, spec: dict[str, Any]) -> None:
         """Apply a JSON knob spec (the admin endpoint's body); keys mirror the methods' names and arguments."""
@@ -197,3 +242,9 @@ class Knobs:
             self.force_basic = bool(spec["force_basic"])
         if "fail_search" in spec:
             self.fail_search(*spec["fail_search"])
+        if "lie" in spec:  # {"kind", "connections": -1, "amount": 1000, "retry_after_json": "-5", "junk": [text]}
+            lie = spec["lie"] or {}
+            self.tell_lie(lie.get("kind"), connections=int(lie.get("connections", -1)),
+                          amount=int(lie.get("amount", 1000)),
+                          retry_after_json=str(lie.get("retry_after_json", "null")),
+                          junk=tuple(str(j) for j in lie.get("junk", ())))

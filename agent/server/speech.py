@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from agent import SAMPLE_RATE
 from agent.server.app import json_error
+from agent.server.knobs import Lie
 from agent.server.speech_log import FrameVerdict, SessionLog, judge_seq
 from agent.server.store import Segment, User
 from agent.server.transcriber import ChunkRejected, Span, SpanDetector, TranscribedSegment, decode_chunk, format_line
@@ -53,6 +54,8 @@ class SpeechHub:
         self.background: set[asyncio.Task[None]] = set()
         self.pipes: dict[str, TranscriptPipe[None]] = {}
         self.undelivered: dict[str, deque[dict[str, Any]]] = {}
+        self.handshake_times: list[float] = []
+        """time.monotonic() of every handshake attempt, refused ones included (tests count reconnect storms)."""
 
     def pipe(self, session_id: str, appointment_id: str | None) -> TranscriptPipe[None]:
         if session_id not in self.pipes:
@@ -86,6 +89,7 @@ class SpeechHub:
         return self.logs[session_id]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.handshake_times.append(time.monotonic())
         refusal = self.server.knobs.take_refusal()
         if refusal is not None:
             headers = {"Retry-After": f"{refusal.retry_after:g}"} if refusal.retry_after is not None else None
@@ -99,10 +103,14 @@ class SpeechHub:
         try:
             await ws.send_json({"type": "session_init", "session_id": connection_id})
             drop_after = self.server.knobs.take_drop()
+            lie = self.server.knobs.take_lie()
+            if lie is not None and lie.kind == "junk":
+                for junk in lie.junk:
+                    await (ws.send_bytes(junk) if isinstance(junk, bytes) else ws.send_str(junk))
             if ws.ws_protocol == RESUME_PROTOCOL:
-                await ResumeConnection(self, request, ws, user, drop_after).run()
+                await ResumeConnection(self, request, ws, user, drop_after, lie).run()
             else:
-                await BasicConnection(self, request, ws, connection_id, drop_after).run()
+                await BasicConnection(self, request, ws, connection_id, drop_after, lie).run()
         except ConnectionResetError:
             log.info("speech connection lost while sending")
         finally:
@@ -137,16 +145,21 @@ class BasicConnection:
     """MediSync's documented mode: one binary message = one chunk, one transcription per chunk with speech."""
 
     def __init__(self, hub: SpeechHub, request: web.Request, ws: web.WebSocketResponse, connection_id: str,
-                 drop_after: int | None) -> None:
+                 drop_after: int | None, lie: Lie | None = None) -> None:
         self.hub, self.request, self.ws = hub, request, ws
         self.connection_id = connection_id
         self.drop_after = drop_after
+        self.lie = lie
         rate = request.query.get("sample_rate", "")
         self.sample_rate = int(rate) if rate.isdigit() else SAMPLE_RATE
         self.chunks = 0
         self.pipe: TranscriptPipe[tuple[Span, float, str]] = TranscriptPipe(self._send_line)
 
     async def run(self) -> None:
+        if self.lie is not None and self.lie.kind == "phantom_transcripts":  # results for chunks never sent
+            for i in range(self.lie.amount):
+                await self.ws.send_json({"type": "transcription", "text": f"[SPEAKER_0 | 0.000 --> 1.000]: phantom {i}",
+                                         "timestamp": time.time()})
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.BINARY:
@@ -186,6 +199,9 @@ class BasicConnection:
                    "audio_file": f"audio_chunks/{self.connection_id}_{int(received * 1000)}.wav"}
         try:
             await self.ws.send_json(message)
+            if self.lie is not None and self.lie.kind == "transcript_flood":
+                for _ in range(self.lie.amount):
+                    await self.ws.send_json(message)
         except ConnectionResetError:
             return
         self.hub.server.basic.transcriptions.append({**message, "chunk_sha256": digest})
@@ -195,9 +211,10 @@ class ResumeConnection:
     """``medisync.resume.v1``: seq-numbered frames stored durably exactly once, cumulative acks, resume by session."""
 
     def __init__(self, hub: SpeechHub, request: web.Request, ws: web.WebSocketResponse, user: User,
-                 drop_after: int | None) -> None:
+                 drop_after: int | None, lie: Lie | None = None) -> None:
         self.hub, self.server, self.request, self.ws, self.user = hub, hub.server, request, ws, user
         self.drop_after = drop_after
+        self.lie = lie
         self.session_id: str | None = None
         self.appointment_id: str | None = None
         self.log: SessionLog | None = None
@@ -283,8 +300,17 @@ class ResumeConnection:
         self.hub.detectors.setdefault(session_id, SpanDetector())
         self.pipe = self.hub.pipe(session_id, session.appointment_id)
         self.server.session_stats.setdefault(session_id, Counter())
-        await self.ws.send_json({"type": "ready", "session_id": session_id, "next_seq": self.log.next_seq})
+        if self.lie is not None and self.lie.kind == "retry_error":
+            await self.ws.send_str('{"type": "error", "code": "busy", "message": "try again later", "retryable": true, '
+                                   f'"retry_after": {self.lie.retry_after_json}}}')
+            await self._close(1013, "try again later")
+            return
+        next_seq = self.log.next_seq + self._lie_offset("ready_ahead")
+        await self.ws.send_json({"type": "ready", "session_id": session_id, "next_seq": next_seq})
         await self._send_held(session_id)
+
+    def _lie_offset(self, kind: str) -> int:
+        return self.lie.amount if self.lie is not None and self.lie.kind == kind else 0
 
     async def _send_held(self, session_id: str) -> None:
         """Send the transcripts that were ready while no connection was there; keep what cannot go (oldest first)."""
@@ -342,7 +368,7 @@ class ResumeConnection:
             if self.server.knobs.withhold_acks or self.superseded or self.log is None or self.log.next_seq == 0:
                 continue
             try:
-                await self.ws.send_json({"type": "ack", "seq": self.log.next_seq - 1})
+                await self.ws.send_json({"type": "ack", "seq": self.log.next_seq - 1 + self._lie_offset("ack_ahead")})
             except ConnectionResetError:
                 return
 
@@ -351,7 +377,7 @@ class ResumeConnection:
             return
         await self._emit(self.hub.detectors[self._sid()].flush())
         self.server.store.close_speech_session(self._sid(), self.pending_end)
-        await self.ws.send_json({"type": "closed", "last_seq": self.pending_end})
+        await self.ws.send_json({"type": "closed", "last_seq": self.pending_end + self._lie_offset("closed_ahead")})
         self.pending_end = None
 
     async def _emit(self, spans: list[Span]) -> None:

@@ -17,12 +17,21 @@ Public API (everything else is internal)::
     stream.feed(events)                       # ANY thread, never blocks: agent.audio.vad gate events
                                               # (SegmentStart / SegmentFrame / SegmentEnd) or bare Frames
                                               # (resume mode only); batch them, a few calls per second
-    ok = await stream.finish(final_sample)    # send the rest + ``end``, wait <= end_timeout_s for ``closed``;
+    ok = await stream.finish(final_sample,    # send the rest + ``end``; wait for ``closed`` as long as the
+                             progress=cb)     # unconfirmed backlog needs (end_timeout_s + pending reconnect
+                                              # delay + backlog / replay_speed, extended by progress, at most
+                                              # drain_max_s); cb(seconds still unconfirmed) every few seconds;
                                               # True if the server confirmed the whole visit; stops the stream
+    stream.give_up()                          # ANY thread: stop finish() waiting (a second Ctrl-C)
     await stream.close()                      # stop at once (shutdown), no ``end``
     stream.stats                              # StreamStats snapshot: state, mode, connections, reconnects,
                                               # sent/resent/acked messages, chunk counters, dropped_samples,
-                                              # gap_samples, gaps, last_error, end_reasons, retry_delays
+                                              # gap_samples, gaps, held_samples, protocol_errors,
+                                              # ignored_messages, last_error, end_reasons, retry_delays
+
+A server's claims are checked: a ``ready``/``ack``/``closed`` beyond what was written is a protocol error (one
+WARNING, reconnect with backoff, nothing freed); ``retry_after`` is clamped to [0, 300] s and is a floor under the
+jittered backoff; unusable server messages are ignored with one WARNING per connection (see ``connection``).
 
 Pass SegmentEnd events promptly: in basic mode a chunk (one utterance) is sent when its segment ends. States:
 ``connecting``, ``streaming``, ``backoff`` (transient, retried for ever), ``forbidden`` (403: dialling stopped,

@@ -7,8 +7,11 @@ result belongs to the oldest chunk outstanding on this connection) or it was out
 ``basic_chunk_timeout_s`` (no speech in it). A new connection resends every chunk not done, oldest first.
 
 Attribution help: a result whose end time lies beyond the oldest outstanding chunk's length cannot be for it, so
-that chunk held no speech and is done. Dedupe: a result identical to the one accepted for the previous chunk, when
-that chunk was sent more than once, is the server answering a resend it had already answered; it is dropped.
+that chunk held no speech and is done (a result that fits no outstanding chunk goes to the oldest, in order, and
+completes only that one). A result while no chunk is outstanding belongs to no audio this client sent: it is
+counted as unmatched and changes nothing. Dedupe: the previous chunk's result sent again (same text and
+``timestamp``) is dropped, and so is a result with the text accepted for the previous chunk when that chunk was
+sent more than once (the server answering a resend it had already answered).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Chunk:
     """Times written on any connection."""
     sent_at: float | None = None
     """Monotonic seconds when written on the current connection; None: not yet written on it."""
-    accepted: list[str] = field(default_factory=list)
+    accepted: list[tuple[str, float | None]] = field(default_factory=list)
+    """Results accepted for this chunk: (text, timestamp)."""
 
     @property
     def seconds(self) -> float:
@@ -99,6 +103,8 @@ class BasicStats:
     transcribed: int = 0
     timed_out: int = 0
     duplicates_dropped: int = 0
+    unmatched: int = 0
+    """Results that arrived while no chunk was outstanding (ignored)."""
     dropped_chunks: int = 0
     dropped_samples: int = 0
 
@@ -139,6 +145,11 @@ class BasicOutbox:
         return not self._chunks
 
     @property
+    def held_bytes(self) -> int:
+        """PCM bytes of the chunks not done yet."""
+        return self._bytes
+
+    @property
     def outstanding(self) -> list[Chunk]:
         return [c for c in self._chunks if c.sent_at is not None]
 
@@ -164,22 +175,33 @@ class BasicOutbox:
     def on_transcription(self, msg: Transcription) -> TranscriptEvent | None:
         """Attribute a result to its chunk; None if it is a repeat (dropped) or matches nothing outstanding."""
         outstanding = self.outstanding
-        while outstanding:
-            chunk = outstanding[0]
-            event = parse_transcription(msg, chunk=chunk.index)
-            if event.end is None or event.end <= chunk.seconds + _END_SLACK_S or len(outstanding) == 1:
-                break
-            self._done(chunk, transcribed=False)
-            outstanding.pop(0)
-        else:
+        if not outstanding:
+            self.stats.unmatched += 1
             return None
-        prev = self._last_done
-        if prev is not None and prev.sends > 1 and msg.text in prev.accepted:
+        if self._is_repeat(msg):
             self.stats.duplicates_dropped += 1
             return None
-        chunk.accepted.append(msg.text)
+        end = parse_transcription(msg).end
+        fits = [c for c in outstanding if end is None or end <= c.seconds + _END_SLACK_S]
+        # Nothing fits: times on another basis (a server timing from the session's start) or an invented result;
+        # either way the in-order rule gives it to the oldest chunk, and one result never completes several.
+        chunk = fits[0] if fits else outstanding[0]
+        for skipped in outstanding[: outstanding.index(chunk)]:
+            self._done(skipped, transcribed=False)  # too short for the result: it held no speech
+        chunk.accepted.append((msg.text, msg.timestamp))
         self._done(chunk, transcribed=True)
         return parse_transcription(msg, offset_s=chunk.start / SAMPLE_RATE, chunk=chunk.index)
+
+    def _is_repeat(self, msg: Transcription) -> bool:
+        """The previous chunk's result again: the same message (same ``timestamp``, which MediSync sets when it
+        receives a chunk) sent twice, or the same text when that chunk was sent more than once (a resend the
+        server had answered already)."""
+        prev = self._last_done
+        if prev is None:
+            return False
+        if msg.timestamp is not None and (msg.text, msg.timestamp) in prev.accepted:
+            return True
+        return prev.sends > 1 and any(text == msg.text for text, _ in prev.accepted)
 
     def expire(self, now: float) -> int:
         """Chunks outstanding for longer than the timeout are done (no speech); returns how many."""

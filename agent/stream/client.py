@@ -10,6 +10,7 @@ the other is dropped. A later connection that picks the other mode is treated as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -29,7 +30,7 @@ from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.basic import BasicOutbox
 from agent.stream.connection import Connection, Ended, dial, transcribe_url
-from agent.stream.policy import Failure, ReconnectPolicy
+from agent.stream.policy import DrainWait, Failure, ReconnectPolicy
 from agent.stream.ring import SendRing
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ TokenProvider = Callable[[bool], Awaitable[str]]
 """``await token(force_login)`` -> bearer token; ``force_login=True`` after a 401 (the cached token was refused)."""
 TranscriptCallback = Callable[[wire.TranscriptEvent], None]
 Sleep = Callable[[float], Awaitable[None]]
+ProgressCallback = Callable[[float], None]
+"""Called while :meth:`SpeechStream.finish` waits, with the seconds of audio the server has yet to confirm."""
+
+PROGRESS_EVERY_S = 3.0
+"""Seconds between progress reports while a finished visit's backlog drains."""
 
 
 class State(enum.Enum):
@@ -82,7 +88,13 @@ class StreamStats:
     """Samples announced to the server as lost (resume mode)."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
     held_samples: int = 0
-    """Resume mode: samples in the send ring not yet confirmed by the server (ring fill)."""
+    """Samples held for sending that the server has not confirmed yet (ring fill; basic mode: chunks not done)."""
+    protocol_errors: int = 0
+    """Connections ended because the server claimed something impossible (e.g. audio stored that was never sent)."""
+    ignored_messages: int = 0
+    """Server messages ignored as unusable (binary, malformed, oversized, nested too deep)."""
+    unmatched_transcriptions: int = 0
+    """Basic mode: transcriptions that arrived while no chunk was outstanding (ignored)."""
     rejected_frames: int = 0
     """Frames refused because their timeline index went backwards (a caller bug, logged)."""
     last_error: str = ""
@@ -118,6 +130,7 @@ class SpeechStream:
         self._connection: Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
+        self._retry_at: float | None = None
         self._finishing = False
         self._final_sample: int | None = None
         self._stats = StreamStats()
@@ -159,13 +172,16 @@ class SpeechStream:
             s = self._stats
             return StreamStats(**{name: getattr(s, name) for name in StreamStats.__slots__})
 
-    async def finish(self, final_sample: int | None = None, wait_s: float | None = None) -> bool:
+    async def finish(self, final_sample: int | None = None, wait_s: float | None = None,
+                     progress: ProgressCallback | None = None) -> bool:  # fmt: skip
         """End the visit: send what is left, ``end``, and wait (bounded) for the server's confirmation.
 
         ``final_sample`` is one past the visit's last captured sample (default: the end of the last frame fed).
-        Waits at most ``wait_s`` seconds (default ``end_timeout_s``). Returns True if the server confirmed
-        everything, False on timeout or if streaming had stopped; the
-        stream is shut down either way.
+        The wait is what the unconfirmed backlog needs (:class:`~agent.stream.policy.DrainWait`: ``end_timeout_s``
+        plus the pending reconnect delay plus the backlog at ``replay_speed``, extended while the server confirms
+        audio), at most ``drain_max_s``; ``wait_s`` replaces that cap. ``progress`` gets the seconds still
+        unconfirmed every :data:`PROGRESS_EVERY_S`. Returns True if the server confirmed everything, False on
+        timeout or if streaming had stopped; the stream is shut down either way (also when cancelled).
         """
         self._drain()
         self._basic.flush()
@@ -176,12 +192,60 @@ class SpeechStream:
             self._connection.final_sample = self._end_sample()
         self._wake.set()
         try:
-            async with asyncio.timeout(self._settings.end_timeout_s if wait_s is None else wait_s):
-                await self._done.wait()
-        except TimeoutError:
-            log.warning("speech stream not confirmed within the end timeout")
-        await self.close()
+            await self._wait_confirmed(self._settings.drain_max_s if wait_s is None else wait_s, progress)
+        finally:
+            await self.close()
         return self.stats.state is State.DONE
+
+    async def _wait_confirmed(self, cap_s: float, progress: ProgressCallback | None) -> None:
+        started = self._clock()
+        grace = self._settings.end_timeout_s
+        if self._mode == "basic":  # a chunk without speech is done only after its timeout
+            grace = max(grace, self._settings.basic_chunk_timeout_s)
+        wait = DrainWait(replay_speed=self._settings.replay_speed, grace_s=grace, cap_s=cap_s, now=started)
+        next_report = started + PROGRESS_EVERY_S
+        while not self._done.is_set():
+            now = self._clock()
+            unconfirmed = self._unconfirmed_s()
+            reconnect_in = max(0.0, self._retry_at - now) if self._retry_at is not None else 0.0
+            deadline = wait.update(unconfirmed, reconnect_in, now)
+            if now >= deadline:
+                log.warning("speech stream: %.1f s of audio not confirmed by the server %.0f s after the visit "
+                            "ended; stopped waiting (the uploaded recording holds it)", unconfirmed, now - started)
+                return
+            if progress is not None and now >= next_report:
+                progress(unconfirmed)
+                next_report = now + PROGRESS_EVERY_S
+            wake_at = min(deadline, now + 1.0)  # at least once a second: the deadline moves with the progress
+            if progress is not None:
+                wake_at = min(wake_at, next_report)
+            try:
+                async with asyncio.timeout(max(0.01, wake_at - now)):
+                    await self._done.wait()
+            except TimeoutError:
+                pass
+
+    def _unconfirmed_s(self) -> float:
+        """Seconds of audio held for sending that the server has not confirmed (or declared done) yet."""
+        held = self._basic.held_bytes if self._mode == "basic" else self._ring.held_bytes
+        return held / (SAMPLE_RATE * 2)
+
+    def give_up(self) -> None:
+        """Stop :meth:`finish` waiting (a person asked twice to stop); any thread."""
+        if self._loop is None or self._done.is_set():
+            return
+
+        def stop_waiting() -> None:
+            if not self._done.is_set():
+                log.warning("speech stream: stopped waiting for the server's confirmation on request (the "
+                            "uploaded recording holds the audio)")
+                self._done.set()
+
+        if threading.get_ident() == self._loop_thread:
+            stop_waiting()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is waiting any more
+                self._loop.call_soon_threadsafe(stop_waiting)
 
     async def close(self) -> None:
         """Stop at once (no ``end``); used on shutdown."""
@@ -229,7 +293,13 @@ class SpeechStream:
                 self._done.set()
                 return
             decision = self._policy.on_failure(ended.failure, self._clock(), ended.retry_after)
-            log.info("speech connection ended (%s)", ended.reason)
+            if ended.protocol_error:
+                log.warning("speech server broke the protocol (%s): reconnecting, nothing counted as delivered",
+                            ended.reason)
+                with self._lock:
+                    self._stats.protocol_errors += 1
+            else:
+                log.info("speech connection ended (%s)", ended.reason)
             if decision.delay_s is None:
                 self._set(state=State.FORBIDDEN if ended.failure is Failure.FORBIDDEN else State.FAILED)
                 log.warning("speech streaming stopped: %s", ended.reason)
@@ -239,7 +309,11 @@ class SpeechStream:
             with self._lock:
                 self._stats.retry_delays = [*self._stats.retry_delays[-99:], decision.delay_s]
             self._set(state=State.BACKOFF)
-            await self._sleep(decision.delay_s)
+            self._retry_at = self._clock() + decision.delay_s
+            try:
+                await self._sleep(decision.delay_s)
+            finally:
+                self._retry_at = None
 
     async def _connect_once(self, force_login: bool) -> Ended:
         self._set(state=State.CONNECTING)
@@ -273,6 +347,7 @@ class SpeechStream:
             basic=self._basic,
             start=self._start_msg,
             on_message=self._on_message,
+            on_progress=self._policy.on_progress,
             wake=self._wake,
             clock=self._clock,
         )
@@ -287,11 +362,11 @@ class SpeechStream:
             return await conn.run()
         finally:
             self._connection = None
+            with self._lock:
+                self._stats.ignored_messages += conn.ignored_messages
 
     def _on_message(self, msg: wire.ServerMessage | wire.Unknown) -> None:
-        if isinstance(msg, wire.Ack):
-            self._policy.on_progress()
-        elif isinstance(msg, wire.Transcription):
+        if isinstance(msg, wire.Transcription):
             if self._mode == "basic":
                 event = self._basic.on_transcription(msg)
                 if event is not None:
@@ -315,4 +390,5 @@ class SpeechStream:
         s.chunks_transcribed, s.chunks_timed_out = b.transcribed, b.timed_out
         s.dropped_samples = r.dropped_samples + b.dropped_samples
         s.gap_samples, s.gaps = r.gap_samples_announced, list(r.gaps)
-        s.held_samples = self._ring.held_bytes // 2
+        s.held_samples = (self._basic.held_bytes if self._mode == "basic" else self._ring.held_bytes) // 2
+        s.unmatched_transcriptions = b.unmatched

@@ -4,6 +4,11 @@
 :class:`Connection` then runs three tasks until the first of them ends: the receiver (always reading, so pongs and
 acks are never starved), the sender (reads only from the send ring / basic outbox, paced) and the ack watchdog. The
 moment one ends the others are cancelled: nothing more is written into a connection that is being replaced.
+
+A server's claims are checked (:mod:`agent.stream.policy`): a ``ready``, ``ack`` or ``closed`` beyond what was
+written ends the connection as a protocol error (the supervisor reconnects with backoff; no audio is freed). A
+message that cannot be used (binary, malformed, oversized, nested too deep) is ignored with one WARNING per
+connection (the rest are counted); only a message over the socket's size limit fails the connection.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.errors import ProtocolError
 from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.basic import BasicOutbox
-from agent.stream.policy import AckWatchdog, Failure, Pacer
+from agent.stream.policy import AckWatchdog, Failure, Pacer, check_closed, retry_after_s
 from agent.stream.ring import SendRing
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ class Ended:
     """None: the visit was confirmed complete (``closed`` / every chunk done)."""
     reason: str
     retry_after: float | None = None
+    protocol_error: bool = False
+    """The server claimed something that cannot be true (logged as a WARNING by the supervisor)."""
 
 
 class EndConnection(Exception):
@@ -58,16 +66,16 @@ def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str
 
 
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), clamped by
+    :func:`~agent.stream.policy.retry_after_s`; None if absent or unreadable."""
     if not value:
         return None
+    seconds = retry_after_s(value.strip())
+    if seconds is not None:
+        return seconds
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now_wall)
-    except (TypeError, ValueError):
+        return retry_after_s(parsedate_to_datetime(value).timestamp() - now_wall)
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -83,7 +91,7 @@ async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnecti
             close_timeout=2.0,
             compression=None,
             proxy=None,
-            max_size=1 << 20,
+            max_size=wire.MAX_MESSAGE_BYTES,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -99,13 +107,15 @@ async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnecti
 class Connection:
     def __init__(self, ws: ClientConnection, *, settings: StreamSettings, ring: SendRing, basic: BasicOutbox,
                  start: wire.Start, on_message: Callable[[wire.ServerMessage | wire.Unknown], None],
-                 wake: asyncio.Event, clock: Callable[[], float]) -> None:  # fmt: skip
+                 on_progress: Callable[[], None], wake: asyncio.Event,
+                 clock: Callable[[], float]) -> None:  # fmt: skip
         self.ws = ws
         self.resume = ws.subprotocol == wire.RESUME_SUBPROTOCOL
         self._settings = settings
         self._ring, self._basic = ring, basic
         self._start = start
         self._on_message = on_message
+        self._on_progress = on_progress
         self._wake = wake
         self._clock = clock
         self._session_init = asyncio.Event()
@@ -115,6 +125,8 @@ class Connection:
         self.end_sent = False
         self.finishing = False
         self.final_sample = 0
+        self.ignored_messages = 0
+        """Server messages ignored as unusable on this connection."""
 
     async def run(self) -> Ended:
         tasks = [asyncio.create_task(t) for t in (self._receive(), self._send(), self._watch())]
@@ -143,17 +155,31 @@ class Connection:
     async def _receive(self) -> None:
         try:
             async for raw in self.ws:
-                if isinstance(raw, bytes):
-                    continue  # the protocol has no server-to-client audio
-                self._dispatch(wire.decode(raw))
-        except ConnectionClosed:
-            pass
-        except ProtocolError as exc:
-            raise EndConnection(Ended(Failure.TRANSIENT, str(exc))) from None
+                if isinstance(raw, bytes):  # the protocol has no server-to-client audio
+                    self._ignore(f"server sent a binary message of {len(raw)} bytes")
+                    continue
+                try:
+                    msg = wire.decode(raw)
+                except ProtocolError as exc:
+                    self._ignore(str(exc))
+                    continue
+                self._dispatch(msg)
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                log.warning("speech server sent a message over %d bytes: connection closed", wire.MAX_MESSAGE_BYTES)
+                raise EndConnection(Ended(Failure.TRANSIENT, "server sent an oversized message")) from None
         code = self.ws.close_code
         if code == CLOSE_FORBIDDEN:
             raise EndConnection(Ended(Failure.FORBIDDEN, "server closed: no active subscription"))
         raise EndConnection(Ended(Failure.TRANSIENT, f"connection closed (code {code})"))
+
+    def _ignore(self, reason: str) -> None:
+        """An unusable server message: one WARNING per connection (a flood must not flood the log), all counted."""
+        self.ignored_messages += 1
+        if self.ignored_messages == 1:
+            log.warning("%s; ignored (further ones on this connection are counted, not logged)", reason)
+        else:
+            log.debug("%s; ignored", reason)
 
     def _dispatch(self, msg: wire.ServerMessage | wire.Unknown) -> None:
         if isinstance(msg, wire.SessionInit):
@@ -162,20 +188,38 @@ class Connection:
             if not self._ready.done():
                 self._ready.set_result(msg.next_seq)
         elif isinstance(msg, wire.Ack):
-            progressed = self._ring.on_ack(msg.seq)
+            progressed = self._guarded(self._ring.on_ack, msg.seq)
             self.watchdog.update(self._ring.outstanding, progressed, self._clock())
+            if progressed:  # a repeated or stale ack is no reason to trust the connection more
+                self._on_progress()
         elif isinstance(msg, wire.Closed):
-            self._ring.on_closed()
-            if self.end_sent and msg.last_seq >= self._ring.last_seq:
-                raise EndConnection(Ended(None, "server confirmed the visit"))
+            self._on_closed(msg)
         elif isinstance(msg, wire.Error):
-            retry_after = msg.retry_after
             failure = Failure.TRANSIENT if msg.retryable else Failure.FATAL
-            raise EndConnection(Ended(failure, f"server error {msg.code!r}", retry_after))
+            raise EndConnection(Ended(failure, f"server error {msg.code!r}", msg.retry_after))
         elif isinstance(msg, wire.ServerWarning):
             log.warning("speech server warning (code %s)", msg.code)
         self._on_message(msg)
         self._wake.set()
+
+    def _on_closed(self, msg: wire.Closed) -> None:
+        if self.resume:
+            problem = check_closed(msg.last_seq, self._ring.written_next)
+            if problem is not None:
+                raise EndConnection(Ended(Failure.TRANSIENT, problem, protocol_error=True))
+            if msg.last_seq >= 0 and self._guarded(self._ring.on_ack, msg.last_seq):  # as an ack would
+                self._on_progress()
+        self._ring.on_closed()
+        if self.end_sent and msg.last_seq >= self._ring.last_seq:
+            raise EndConnection(Ended(None, "server confirmed the visit"))
+
+    @staticmethod
+    def _guarded(apply: Callable[[int], bool | None], value: int) -> bool:
+        """Apply a server's claim to the ring; a claim the ring refuses ends the connection as a protocol error."""
+        try:
+            return bool(apply(value))
+        except ProtocolError as exc:
+            raise EndConnection(Ended(Failure.TRANSIENT, str(exc), protocol_error=True)) from None
 
     # --- sending -------------------------------------------------------------------------------------------------
 
@@ -189,7 +233,11 @@ class Connection:
             await self.ws.send(wire.encode(self._start))
             async with asyncio.timeout(self._settings.connect_timeout_s):
                 next_seq = await self._ready
-            self._ring.on_ready(next_seq)
+            acked_before = self._ring.acked_next
+            self._guarded(self._ring.on_ready, next_seq)
+            if next_seq < acked_before:  # nothing to resend (freed when acked): say so, the upload holds it
+                log.warning("speech server no longer holds audio it had acknowledged (next_seq %d, acknowledged up "
+                            "to seq %d); the live stream continues from there", next_seq, acked_before - 1)
             await self._send_resume()
         else:
             self._basic.on_connected()
@@ -218,6 +266,7 @@ class Connection:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue  # the ring may have changed meanwhile (acks, drops)
+            self._ring.mark_writing(msg.seq)  # the server may read (and ack) it before send() returns
             await self.ws.send(wire.encode_audio(msg.seq, msg.start, msg.pcm))
             if replay:
                 pacer.spend(audio_s, self._clock())

@@ -9,11 +9,17 @@
   message; live audio (1x) never waits.
 - :class:`AckWatchdog`: no ack progress for ``ack_timeout_s`` while messages are outstanding means the connection
   is dead even if TCP says otherwise.
+- :func:`retry_after_s`: a server's ``Retry-After`` / ``retry_after`` as seconds, clamped to
+  ``[0, MAX_RETRY_AFTER_S]``; it is a floor under the jittered backoff, never a replacement for it.
+- :func:`check_ready`, :func:`check_ack`, :func:`check_closed`: a server's claims about what it stored, checked
+  against what was written. A claim beyond it is a protocol error (reconnect), never audio skipped.
+- :class:`DrainWait`: how long a finished visit's stream may keep replaying its backlog before it is abandoned.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +27,7 @@ from agent.settings import StreamSettings
 
 STABLE_AFTER_S = 2.0
 """Seconds a connection must stay up (and advance the ack) before the backoff starts from the beginning again."""
-MAX_RETRY_AFTER_S = 3600.0
+MAX_RETRY_AFTER_S = 300.0
 """Longest server-requested wait honoured, in seconds (a larger value is taken as this)."""
 
 
@@ -79,10 +85,10 @@ class ReconnectPolicy:
             return Decision(None)
         if failure is Failure.UNAUTHORIZED and previous is not Failure.UNAUTHORIZED:
             return Decision(0.0, relogin=True)
-        delay = self._jitter()
+        # The server's wait is a floor: a retry_after of 0 (or -5, or garbage) from a server that keeps refusing
+        # must not turn the backoff into a tight loop.
+        delay = max(self._jitter(), retry_after_s(retry_after) or 0.0)
         self._attempt += 1
-        if retry_after is not None:
-            delay = min(max(retry_after, 0.0), MAX_RETRY_AFTER_S)
         return Decision(delay, relogin=failure is Failure.UNAUTHORIZED)
 
     def _jitter(self) -> float:
@@ -133,3 +139,74 @@ class AckWatchdog:
     def expired(self, now: float) -> bool:
         deadline = self.deadline()
         return deadline is not None and now >= deadline
+
+
+def retry_after_s(value: float | int | str | None) -> float | None:
+    """Seconds a server asked to wait, clamped to ``[0, MAX_RETRY_AFTER_S]``; None when absent or not a number.
+
+    Accepts a number or a numeric string (``"7"``, ``"1e999"``); NaN is not a number of seconds (None), an
+    infinite or huge wait is taken as ``MAX_RETRY_AFTER_S``, a negative one as 0.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+# --- what the server claims to hold (resume mode) --------------------------------------------------------------
+
+
+def check_ready(next_seq: int, highest_written: int) -> str | None:
+    """Why ``ready.next_seq`` cannot be true (None when it can): the server cannot hold a frame never written."""
+    if next_seq < 0:
+        return f"ready.next_seq {next_seq} is negative"
+    if next_seq > highest_written + 1:
+        return f"ready.next_seq {next_seq} is beyond the frames written (up to seq {highest_written})"
+    return None
+
+
+def check_ack(seq: int, written_next: int) -> str | None:
+    """Why ``ack.seq`` cannot be true; ``written_next`` is one past the highest seq written on this connection
+    (a write in progress included: the server may read it before the write call returns)."""
+    if seq >= written_next:
+        return f"ack of seq {seq} is beyond the frames written on this connection (up to seq {written_next - 1})"
+    return None
+
+
+def check_closed(last_seq: int, written_next: int) -> str | None:
+    """Why ``closed.last_seq`` cannot be true: it confirms storage up to ``last_seq``, like an ack."""
+    if last_seq >= written_next:
+        return f"closed.last_seq {last_seq} is beyond the frames written on this connection"
+    return None
+
+
+# --- the end of a visit ----------------------------------------------------------------------------------------
+
+
+class DrainWait:
+    """When a finished visit's stream is abandoned (its audio is in the upload either way). Pure.
+
+    The wait is what the unconfirmed audio needs: ``grace_s`` (a connection, the last acks, ``closed``) plus the
+    reconnect delay still pending plus the audio at ``replay_speed``. It is recomputed whenever the server confirms
+    more audio (progress buys more time), never shortened, and never runs past ``cap_s`` from the start.
+    """
+
+    def __init__(self, *, replay_speed: float, grace_s: float, cap_s: float, now: float) -> None:
+        self._speed = replay_speed
+        self._grace = grace_s
+        self._hard = now + cap_s
+        self._deadline = now
+        self._unconfirmed: float | None = None
+
+    def update(self, unconfirmed_s: float, reconnect_in_s: float, now: float) -> float:
+        """The monotonic time to give up at, given the audio still unconfirmed and the pending reconnect delay."""
+        if self._unconfirmed is None or unconfirmed_s < self._unconfirmed:
+            need = self._grace + max(0.0, reconnect_in_s) + unconfirmed_s / self._speed
+            self._deadline = max(self._deadline, now + need)
+            self._unconfirmed = unconfirmed_s
+        return min(self._deadline, self._hard)

@@ -14,11 +14,16 @@ Positions kept in separate variables (never derived from each other):
 
 - ``acked_next``: first seq the server has not confirmed (``ack`` + 1, or ``ready.next_seq``);
 - ``send_next``: next seq to write on the current connection; rewound to ``ready.next_seq`` on every connection;
-- ``base_seq``: seq of the oldest message still held; ``assign_next``: seq the next formed message gets.
+- ``base_seq``: seq of the oldest message still held; ``assign_next``: seq the next formed message gets;
+- ``written_next``: one past the highest seq whose write *began* on this connection (the server may read a
+  message before the write call returns), and ``highest_written``: the highest seq whose write began on any
+  connection since the numbers were last reassigned. They bound what a server can truthfully claim to hold: an
+  ``ack`` at or beyond ``written_next``, or a ``ready.next_seq`` beyond ``highest_written + 1``, is a protocol
+  error (:mod:`agent.stream.policy`), and the ring refuses it rather than free audio the server never had.
 
-A send is two steps: :meth:`SendRing.next_message` peeks (forming if needed) and :meth:`SendRing.mark_sent`
-advances the cursor after the write returned. A write that fails half-way leaves the message where it was, formed
-once, so it cannot be queued twice.
+A send is three steps: :meth:`SendRing.next_message` peeks (forming if needed), :meth:`SendRing.mark_writing`
+records that the write begins, and :meth:`SendRing.mark_sent` advances the cursor after the write returned. A write
+that fails half-way leaves the message where it was, formed once, so it cannot be queued twice.
 
 Overflow (``ring_seconds`` / ``ring_bytes``, whichever is reached first) drops the oldest audio and records a gap.
 A dropped message that was already sent may still be stored by the server: its gap entry keeps the seq and is
@@ -36,6 +41,7 @@ from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.audio.types import Frame
 from agent.errors import ProtocolError
 from agent.settings import StreamSettings
+from agent.stream.policy import check_ack, check_ready
 from agent.stream.wire import MAX_PAYLOAD_BYTES, Gap
 
 
@@ -89,8 +95,6 @@ class RingStats:
     dropped_frames: int = 0
     dropped_samples: int = 0
     gap_samples_announced: int = 0
-    seq_jumps: int = 0
-    """Times the server's ``ready.next_seq`` was beyond anything sent (server anomaly, counted, survived)."""
     gaps: list[tuple[int, int]] = field(default_factory=list)
     """Timeline ranges (start, end) announced as gaps, merged: several announcements of one gap are listed once."""
 
@@ -108,6 +112,8 @@ class SendRing:
         self._acked_next = 0
         self._send_next = 0
         self._highest_sent = -1
+        self._highest_written = -1
+        self._written_next = 0
         self._timeline_end = 0
         self._connected = False
         self._gaps: list[_GapEntry] = []
@@ -142,11 +148,12 @@ class SendRing:
             msg = self._formed.popleft()
             self._formed_bytes -= len(msg.pcm)
             samples = len(msg.pcm) // BYTES_PER_SAMPLE
-            if self._connected and msg.seq >= self._send_next:
+            if self._connected and msg.seq >= self._written_next:
                 # Not written on this connection, so the server does not hold this seq or any later one: the
                 # remaining messages move down a number instead of leaving a hole the server would refuse.
                 self._gaps.append(_GapEntry(msg.start, msg.end, None))
                 self._formed = deque(OutMessage(m.seq - 1, m.start, m.pcm, m.capture_time) for m in self._formed)
+                self._highest_written = min(self._highest_written, msg.seq - 1)
             else:
                 self._gaps.append(_GapEntry(msg.start, msg.end, msg.seq))
                 self._base_seq += 1
@@ -172,6 +179,16 @@ class SendRing:
     @property
     def send_next(self) -> int:
         return self._send_next
+
+    @property
+    def highest_written(self) -> int:
+        """Highest seq whose write began (on any connection) under the current numbering; -1 if none."""
+        return self._highest_written
+
+    @property
+    def written_next(self) -> int:
+        """One past the highest seq whose write began on this connection."""
+        return self._written_next
 
     @property
     def assign_next(self) -> int:
@@ -201,18 +218,20 @@ class SendRing:
         return self.assign_next - 1
 
     def on_ready(self, next_seq: int) -> None:
-        """A new connection's ``ready``: free what the server holds, resume sending at ``next_seq``."""
-        if next_seq < 0:
-            raise ProtocolError(f"ready.next_seq {next_seq} is negative")
+        """A new connection's ``ready``: free what the server holds, resume sending at ``next_seq``.
+
+        ProtocolError (and nothing changed) if ``next_seq`` claims audio never written."""
+        problem = check_ready(next_seq, self._highest_written)
+        if problem is not None:
+            raise ProtocolError(problem)
         self._resolve_gaps_stored_below(next_seq)
         # Messages stored before the previous connection died are confirmed by next_seq rather than by an ack.
         self.stats.acked_messages += max(0, min(next_seq, self._highest_sent + 1) - self._acked_next)
         self._free_below(next_seq)
-        if next_seq != self._base_seq:
-            # Either the server lacks dropped messages (next_seq < base) or is ahead of anything formed (anomaly):
-            # the numbers from next_seq on were never stored, so the held messages take them.
-            if next_seq > self._base_seq:
-                self.stats.seq_jumps += 1
+        if next_seq < self._base_seq:
+            # The server lacks messages dropped from the ring: the numbers from next_seq on were never stored, so
+            # the held messages take them. (next_seq is never beyond them: check_ready bounds it by what was
+            # written, and everything written is formed or was freed.)
             self._formed = deque(
                 OutMessage(next_seq + i, m.start, m.pcm, m.capture_time) for i, m in enumerate(self._formed)
             )
@@ -220,8 +239,10 @@ class SendRing:
             for gap in self._gaps:
                 gap.seq = None
             self._highest_sent = min(self._highest_sent, next_seq - 1)
+            self._highest_written = min(self._highest_written, next_seq - 1)
         self._acked_next = next_seq
         self._send_next = next_seq
+        self._written_next = next_seq
         self._connected = True
         for gap in self._gaps:
             gap.confirm_seq = None
@@ -234,8 +255,9 @@ class SendRing:
         """Cumulative ``ack``; returns True if it confirmed something new."""
         if seq < self._acked_next:
             return False
-        if seq >= self.assign_next:
-            raise ProtocolError(f"ack {seq} for audio never sent (next seq to send is {self._send_next})")
+        problem = check_ack(seq, self._written_next)
+        if problem is not None:
+            raise ProtocolError(problem)
         self._resolve_gaps_stored_below(seq + 1)
         self._gaps = [g for g in self._gaps if g.confirm_seq is None or g.confirm_seq > seq]
         self.stats.acked_messages += seq + 1 - self._acked_next
@@ -306,8 +328,14 @@ class SendRing:
         self._formed_bytes += size
         return msg
 
+    def mark_writing(self, seq: int) -> None:
+        """The write of message ``seq`` begins: from now on the server may hold it (and ack it)."""
+        self._written_next = max(self._written_next, seq + 1)
+        self._highest_written = max(self._highest_written, seq)
+
     def mark_sent(self, seq: int, *, paced: bool = False) -> None:
         """The write of message ``seq`` returned (which proves nothing about delivery)."""
+        self.mark_writing(seq)
         self._send_next = max(self._send_next, seq + 1)
         self.stats.paced_messages += paced
         if 0 <= seq - self._base_seq < len(self._formed):

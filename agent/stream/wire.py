@@ -2,7 +2,8 @@
 
 Text messages are JSON objects tagged by ``type``. Decoding never fails on what a newer server may add: unknown
 fields are ignored and an unknown ``type`` decodes to :class:`Unknown`. Only a message that is not a JSON object
-at all, or a known type with fields of the wrong kind, raises :class:`~agent.errors.ProtocolError`.
+at all, a known type with fields of the wrong kind, or a message longer than :data:`MAX_TEXT_BYTES` or nested
+deeper than :data:`MAX_DEPTH` (both checked before parsing) raises :class:`~agent.errors.ProtocolError`.
 
 Binary audio messages in resume mode carry a 16-byte header: ``seq`` (u64 LE) and ``start`` (u64 LE, timeline
 index of the first sample), then s16le PCM of at most one second.
@@ -18,12 +19,19 @@ import msgspec
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.errors import ProtocolError
+from agent.stream.policy import retry_after_s
 
 RESUME_SUBPROTOCOL = "medisync.resume.v1"
 HEADER = struct.Struct("<QQ")
 """Resume-mode binary header: seq, start."""
 MAX_PAYLOAD_BYTES = SAMPLE_RATE * BYTES_PER_SAMPLE
 """At most one second of audio per binary message."""
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest server message the socket accepts, in bytes; a larger one fails the connection (close code 1009)."""
+MAX_TEXT_BYTES = 256 * 1024
+"""Largest server text message parsed, in bytes; a longer one is refused before parsing."""
+MAX_DEPTH = 32
+"""Deepest nesting of JSON arrays and objects parsed; the protocol's messages are flat (depth 1)."""
 
 
 # --- client to server -------------------------------------------------------------------------------------------
@@ -108,6 +116,16 @@ class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     message: str = ""
     retryable: bool = False
     retry_after: float | None = None
+    """Seconds, already clamped by :func:`~agent.stream.policy.retry_after_s` (None: absent or not a number)."""
+
+
+class _ErrorIn(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    """``error`` as sent: ``retry_after`` taken raw, so that -5, 1e999 or "7" are clamped instead of refused."""
+
+    code: str | int | None = None
+    message: str = ""
+    retryable: bool = False
+    retry_after: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class Closed(msgspec.Struct, tag="closed", tag_field="type", kw_only=True):
@@ -132,24 +150,71 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
-_decoders: dict[str, msgspec.json.Decoder[ServerMessage]] = {
-    tag: msgspec.json.Decoder(cls)  # type: ignore[misc]
+_decoders: dict[str, msgspec.json.Decoder[ServerMessage | _ErrorIn]] = {
+    tag: msgspec.json.Decoder(_ErrorIn if cls is Error else cls)  # type: ignore[misc]
     for tag, cls in _KNOWN.items()
 }
+_NESTING = re.compile(rb'["\\\[\]{}]')
+
+
+def nesting_exceeds(data: bytes, limit: int) -> bool:
+    """True if JSON text ``data`` nests arrays/objects deeper than ``limit`` (brackets inside strings do not count).
+
+    Checked before parsing: a parser recursing into 100 000 nested arrays fails with RecursionError."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case, at C speed
+    depth, in_string, escaped_at = 0, False, -1
+    for match in _NESTING.finditer(data):
+        char, at = match[0], match.start()
+        if in_string:
+            if char == b"\\" and escaped_at != at:
+                escaped_at = at + 1  # the next character is escaped
+            elif char == b'"' and escaped_at != at:
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def decode(text: str | bytes) -> ServerMessage | Unknown:
+    """One server text message; ProtocolError (a one-line reason without the message's content) if unusable."""
+    data = text.encode() if isinstance(text, str) else text
+    if len(data) > MAX_TEXT_BYTES:
+        raise ProtocolError(f"server sent a text message of {len(data)} bytes (limit {MAX_TEXT_BYTES})")
+    if nesting_exceeds(data, MAX_DEPTH):
+        raise ProtocolError(f"server sent a text message nested deeper than {MAX_DEPTH} levels")
     try:
-        tag = _envelope_decoder.decode(text).type
+        tag = _envelope_decoder.decode(data).type
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"server sent a text message that is not a typed JSON object: {exc}") from None
     decoder = _decoders.get(tag)
     if decoder is None:
         return Unknown(tag)
     try:
-        return decoder.decode(text)
+        msg = decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"server sent a malformed {tag!r} message: {exc}") from None
+    if isinstance(msg, _ErrorIn):
+        return Error(code=msg.code, message=msg.message, retryable=msg.retryable,
+                     retry_after=retry_after_s(_raw_scalar(msg.retry_after)))  # fmt: skip
+    return msg
+
+
+def _raw_scalar(raw: msgspec.Raw) -> str | None:
+    """A raw JSON value as text for :func:`retry_after_s`: a string's content, a number's digits, else None."""
+    text = bytes(raw).decode("utf-8", "replace").strip()
+    if text.startswith('"'):
+        try:
+            return str(msgspec.json.decode(text))
+        except msgspec.DecodeError:
+            return None
+    return None if text in ("", "null") else text
 
 
 # --- transcripts -------------------------------------------------------------------------------------------------
