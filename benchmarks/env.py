@@ -61,9 +61,9 @@ class ServerProc:
 @contextmanager
 def server_process(data_dir: Path) -> Iterator[ServerProc]:
     """``medisync-agent serve --no-fsync``: the server's disk cost is not what the scenarios measure."""
-    cmd = [sys.executable, "-m", "agent", "serve", "--port", "0", "--no-fsync", "--data-dir", str(data_dir),
-           "--user", f"{EMAIL}:{PASSWORD}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cmd = [sys.executable, "-m", "agent", "serve", "--port", "0", "--no-fsync", "--data-dir", str(data_dir)]
+    env = {**os.environ, "MEDISYNC_SERVER_USERS": f"{EMAIL}:{PASSWORD}"}  # never a password in the process list
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         urls: dict[str, str] = {}
         assert proc.stdout is not None

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 
 from agent import SAMPLE_RATE
+from agent.archive.storage import FILE_MODE
 from agent.server.app import json_error
 from agent.server.garbage import garble
 from agent.server.store import Recording, Segment, iso, new_object_id
@@ -72,6 +73,12 @@ def transcribe_wav(path: Path, transcriber: Transcriber) -> list[Segment]:
         return []
     segments = [seg for span in spans for seg in transcriber.transcribe(span)]
     return [Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "recording") for s in segments]
+
+
+def _create_private(path: Path) -> IO[bytes]:
+    """A new 0600 file (a recording is patient audio), never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.fdopen(os.open(path, flags, FILE_MODE), "wb")
 
 
 def _sync_file(out: IO[bytes]) -> None:
@@ -252,7 +259,7 @@ class RestApi:
                 await part.release()
                 continue
             digest, size = hashlib.sha256(), 0
-            out = await asyncio.to_thread(open, tmp, "wb")
+            out = await asyncio.to_thread(_create_private, tmp)
             try:
                 while chunk := await part.read_chunk(READ_CHUNK):
                     size += len(chunk)
