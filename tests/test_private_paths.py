@@ -20,20 +20,23 @@ import subprocess
 import sys
 import tempfile
 import wave
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from tests.plugins.archive import DIALOGUE, REPO
+from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import DEMO_EMAIL, DEMO_PASSWORD, RunningServer, ServerProcess, create_appointment, login
 from tests.plugins.visit import AgentHome
 
 GROUP_OTHER = 0o077
 SOCKET_MODE = 0o660
 SOCKET_DIR_MODE = 0o750
+Never = DaemonStatus()
 
 
 def leaks(root: Path, *, ignore: Iterable[Path] = (), allowed: dict[Path, int] | None = None) -> list[str]:
@@ -209,3 +212,33 @@ def test_another_local_user_cannot_read_the_token_secret() -> None:
     finally:
         stop_serve(proc)
         shutil.rmtree(work)
+
+
+@pytest.mark.slow
+def test_daemon_under_umask_000(start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer) -> None:
+    """A visit through the control socket, uploaded; only the socket (0660) and its folder (0750) reach the group."""
+    daemon = start_daemon(umask=0)
+    daemon.wait_ready()
+    work = daemon.config.parent
+    allowed = {daemon.control: SOCKET_MODE, daemon.control.parent: SOCKET_DIR_MODE}
+    appointment = medisync_server.create_appointment()
+    assert daemon.ask(StartVisit(appointment_id=appointment)).ok
+    poll(lambda: (daemon.ask(GetStatus()).status or Never).visit_seconds >= 1.0, "1 s recorded")
+    assert leaks(work, ignore=[daemon.config], allowed=allowed) == []  # mid-visit: the partial archive, journal
+    assert daemon.ask(StopVisit()).ok
+    poll(lambda: medisync_server.server.store.recording(appointment) is not None, "the upload")
+    assert leaks(work, ignore=[daemon.config], allowed=allowed) == []
+    assert daemon.terminate()[0] == 0
+    assert not daemon.control.exists()
+    assert leaks(work, ignore=[daemon.config], allowed={daemon.control.parent: SOCKET_DIR_MODE}) == []
+    assert {p.name for p in work.iterdir()} >= {"recordings", "uploads", "run"}
+
+
+def test_demo_under_umask_000(tmp_path: Path) -> None:
+    """The demo (in-process server, archive, queue) in a folder it creates."""
+    root = private_root(tmp_path, "demo")
+    done = run_umask0([sys.executable, "-m", "agent", "demo", "--pace", "fast", "--no-cut", "--keep",
+                       str(root / "kept" / "demo")], env=dict(os.environ))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (root / "kept" / "demo").iterdir()} >= {"server", "archive", "queue"}
+    assert leaks(root) == []
