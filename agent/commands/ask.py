@@ -23,6 +23,7 @@ from agent.api.medisearch_models import (
     cited_indices,
 )
 from agent.api.secret import Secret, read_secret_file
+from agent.config_rules import has_userinfo
 from agent.errors import AgentError, ConfigError
 from agent.safe_text import clean_line, clean_text
 
@@ -150,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     request = request_from(args)  # refuse bad input before needing a key
     key = api_key(args)
     url = args.url or os.environ.get(URL_ENV, "") or DEFAULT_URL
+    if has_userinfo(url):  # not repeated: it holds a password
+        where = "--url" if args.url else f"environment variable {URL_ENV}"
+        raise ConfigError(f"{where}: an address with a user name or password ('user:password@') is refused; write "
+                          "it without them (the API key has its own file or variable)")
 
     async def main() -> None:
         async with MediSearchClient(key, url=url) as client:
