@@ -15,6 +15,8 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
+import msgspec
+
 from agent.api.secret import read_secret_file
 from agent.errors import ConfigError
 from agent.server import MediSyncServer, ServerSettings
@@ -47,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="largest recording accepted in bytes (default 500 MB, as MediSync)")
     parser.add_argument("--search-key", action="append", default=[], metavar="KEY",
                         help="MediSearch API key to accept (repeatable; default 'demo-medisearch-key')")
+    parser.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                        help="close a connection without a complete request head for this long (default 15)")
+    parser.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="answer 408 and close when a request body stalls this long (default 30)")
     parser.add_argument("--force-basic", action="store_true",
                         help="never select the resume subprotocol: every speech connection runs basic mode")
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync speech frames before acking")
@@ -88,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         data_dir=data_dir, host=args.host, port=args.port, token_ttl_s=args.token_ttl,
         max_upload_bytes=args.max_upload_bytes, test_hooks=args.test_hooks, fsync=not args.no_fsync,
-        **({"search_keys": tuple(args.search_key)} if args.search_key else {}),
+        idle_timeout_s=args.idle_timeout, body_timeout_s=args.body_timeout,
     )
+    if args.search_key:
+        settings = msgspec.structs.replace(settings, search_keys=tuple(args.search_key))
     try:
         asyncio.run(_serve(settings, logins, args.force_basic))
     except OSError as exc:

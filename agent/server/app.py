@@ -49,6 +49,17 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Serve the ``/_test/...`` admin endpoints (knobs, inspection, users) over HTTP."""
     fsync: bool = True
     """fsync each resume-mode frame before acknowledging it (off only for benchmarks of the network path)."""
+    idle_timeout_s: float = 15.0
+    """Seconds a connection may go without a complete request head (idle between requests, or headers sent a
+    byte at a time) before it is closed."""
+    body_timeout_s: float = 30.0
+    """Seconds a request body may go without a byte arriving before the request is answered 408 and closed."""
+    login_failures_per_account: int = 5
+    """Failed logins for one e-mail address within ``login_window_s`` after which logins answer 429."""
+    login_failures_per_address: int = 20
+    """Failed logins from one client address (any accounts) within ``login_window_s`` after which it gets 429."""
+    login_window_s: float = 60.0
+    """Sliding window of the login limits, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,10 @@ class MediSyncServer:
         """Per resume session: ``frames_received``, ``duplicates_ignored`` (this process only)."""
         self.sent_transcriptions: dict[str, list[dict[str, Any]]] = {}
         self._secret = self.store.token_secret()
+        from agent.server.limits import LoginLimiter
+
+        self.logins = LoginLimiter(per_account=settings.login_failures_per_account,
+                                   per_address=settings.login_failures_per_address, window_s=settings.login_window_s)
         self._runner: web.AppRunner | None = None
         self.urls: ServerUrls | None = None
         from agent.server.speech import SpeechHub
@@ -182,7 +197,11 @@ class MediSyncServer:
 
     async def start(self) -> ServerUrls:
         self._runner = web.AppRunner(self.build_app(), handle_signals=False, shutdown_timeout=1.0,
-                                     access_log_class=PathOnlyAccessLogger)
+                                     access_log_class=PathOnlyAccessLogger,
+                                     # closes a connection idle between requests and one whose head dribbles in
+                                     keepalive_timeout=self.settings.idle_timeout_s,
+                                     # after an early answer (413, 408), the rest of a body is drained this long
+                                     lingering_time=min(10.0, self.settings.idle_timeout_s))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
