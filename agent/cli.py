@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from agent import __version__, commands
 from agent.errors import AgentError
+from agent.safe_text import SafeFormatter, clean_line
 
 PROG = "medisync-agent"
 
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # These libraries log request URLs (search terms, ids) and, at DEBUG, headers with the bearer token.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except AgentError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {clean_line(str(exc))}", file=sys.stderr)  # may quote a server's answer
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
-from agent.config_rules import RULES, check_cross_field
+from agent.config_rules import CREDENTIAL_FREE_KEYS, RULES, check_cross_field, has_userinfo, mask_userinfo
 from agent.errors import ConfigError
 from agent.settings import AgentSettings
 
@@ -72,6 +72,7 @@ def describe_type(tp: Any) -> str:
 
 def _short(value: object) -> str:
     text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    text = mask_userinfo(text)  # an error message never repeats a password
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -208,6 +209,12 @@ def _flag_layer(flags: Mapping[str, object], types: dict[str, dict[str, Any]]) -
 
 
 def _check_rules(values: Mapping[str, Any], origins: Mapping[str, Origin]) -> None:
+    for dotted in CREDENTIAL_FREE_KEYS:
+        if has_userinfo(values[dotted]):  # the value is not repeated: it holds a password
+            raise ConfigError(
+                f"{origins[dotted].where}: {dotted}: an address with a user name or password ('user:password@') is "
+                "refused; write it without them (the password belongs in api.password_file or the systemd credential)"
+            )
     for dotted, rule in RULES.items():
         value = values[dotted]
         if not rule.accepts(value):

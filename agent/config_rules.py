@@ -43,6 +43,27 @@ def url(schemes: tuple[str, ...]) -> Rule:
     return Rule(lambda v: bool(pattern.match(v)), "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
 
 
+CREDENTIAL_FREE_KEYS = ("api.api_url", "api.speech_url", "daemon.metrics_address")
+"""Addresses that must not carry a user name or password (``https://user:password@host``): configuration files,
+``config show``, logs and the process list would all show it. The password has its own private file."""
+
+_SCHEME_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s@]*@")
+_BARE_USERINFO = re.compile(r"^[^/?#\s@]*@")
+
+
+def has_userinfo(address: str) -> bool:
+    """True when ``address`` names a user (``scheme://user[:password]@host...`` or ``user[:password]@host:port``)."""
+    text = address.strip()
+    if "://" in text:
+        return _SCHEME_USERINFO.match(text) is not None
+    return _BARE_USERINFO.match(text) is not None
+
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with the user information of every ``scheme://...@`` in it replaced by ``***``."""
+    return _SCHEME_USERINFO.sub(lambda m: m["scheme"] + "***@", text)
+
+
 def _source_ok(value: str) -> bool:
     if value == "mic":
         return True

@@ -133,6 +133,8 @@ def parse_request(line: bytes) -> Request:
         raise ProtocolViolation("bad request: not a JSON object") from None
     except RecursionError:  # msgspec skips unknown fields recursively: deep nesting must not reach the daemon
         raise ProtocolViolation("bad request: nested too deeply") from None
+    except UnicodeDecodeError:  # msgspec decodes strings lazily: invalid UTF-8 inside one raises this
+        raise ProtocolViolation("bad request: not UTF-8 text") from None
     if isinstance(request, StartVisit):
         return StartVisit(appointment_id=validate_appointment_id(request.appointment_id))
     return request

@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -56,13 +55,13 @@ from agent.control import (
     Response,
     StartVisit,
     StopVisit,
-    encode_response,
     failure,
     ok,
     parse_request,
 )
+from agent.control_socket import bind_control_socket, serve_connection
 from agent.device_watch import Capture
-from agent.errors import AgentError, ControlError
+from agent.errors import AgentError
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
@@ -93,34 +92,6 @@ def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], So
         return open_source(spec, audio)
 
     return open_
-
-
-def bind_control_socket(path: Path) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0660, parent created; refuses if another daemon answers there."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # left by a daemon that died
-        else:
-            raise ControlError(f"another medisync-agent daemon is already listening on {path}")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)  # the socket is never reachable with wider permissions than 0660
-    try:
-        sock.bind(str(path))
-    except OSError as exc:
-        sock.close()
-        raise ControlError(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o660)
-    sock.listen(8)
-    sock.setblocking(False)
-    return sock
 
 
 class Daemon:
@@ -251,23 +222,7 @@ class Daemon:
     # --- control socket ---------------------------------------------------------------------------------------
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    break
-                except asyncio.LimitOverrunError:
-                    writer.write(encode_response(failure(f"request longer than {MAX_LINE_BYTES} bytes")))
-                    break
-                writer.write(encode_response(await self._answer(line)))
-                await writer.drain()
-        except ConnectionError:
-            log.info("control client went away")
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await serve_connection(reader, writer, self._answer)
 
     async def _answer(self, line: bytes) -> Response:
         try:

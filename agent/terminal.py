@@ -5,15 +5,20 @@ from __future__ import annotations
 from typing import TextIO
 
 from agent.archive.upload_policy import ItemState
+from agent.safe_text import clean_line
 from agent.stream.wire import TranscriptEvent
 from agent.visit import VisitSummary
 
 
 def format_transcript(event: TranscriptEvent) -> str:
-    """``[SPEAKER_0 | 12.340 --> 15.020]: words`` on the visit timeline (the documented MediSync format)."""
+    """``[SPEAKER_0 | 12.340 --> 15.020]: words`` on the visit timeline (the documented MediSync format).
+
+    Speaker and words come from the server: one clean line, without escape sequences or control characters.
+    """
+    speaker, words = clean_line(event.speaker or "") or "SPEAKER_?", clean_line(event.words)
     if event.start is None or event.end is None:
-        return f"[{event.speaker or 'SPEAKER_?'}]: {event.words}"
-    return f"[{event.speaker or 'SPEAKER_?'} | {event.start:.3f} --> {event.end:.3f}]: {event.words}"
+        return f"[{speaker}]: {words}"
+    return f"[{speaker} | {event.start:.3f} --> {event.end:.3f}]: {words}"
 
 
 class TranscriptPrinter:

@@ -63,8 +63,9 @@ def server_process(data_dir: Path) -> Iterator[ServerProc]:
     """``medisync-agent serve --no-fsync --transcriber placeholder``: neither the server's disk cost nor its
     recogniser's CPU is what the scenarios measure (the recogniser would compete with the agent for the cores)."""
     cmd = [sys.executable, "-m", "agent", "serve", "--port", "0", "--no-fsync", "--transcriber", "placeholder",
-           "--data-dir", str(data_dir), "--user", f"{EMAIL}:{PASSWORD}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           "--data-dir", str(data_dir)]  # fmt: skip
+    env = {**os.environ, "MEDISYNC_SERVER_USERS": f"{EMAIL}:{PASSWORD}"}  # never a password in the process list
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         urls: dict[str, str] = {}
         assert proc.stdout is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -331,7 +332,12 @@ def test_streamed_upload_memory_stays_flat(api_server: ServerThread, tmp_path: P
     and the in-process server alike), so a peak far below the file size shows neither side held the file."""
     size = 400 * 1024 * 1024
     big = tmp_path / "long-visit.wav"
+    # A WAV header (the server judges the content), then sparse silence; 48 kHz stereo, which the local server's
+    # placeholder transcriber skips (it reads 16 kHz mono uploads through, which would take long for 400 MB).
     with big.open("wb") as file:
+        file.write(b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 2, 48000,
+                                                                                     192000, 4, 16)
+                   + b"data" + struct.pack("<I", size - 44))
         file.truncate(size)
     progress: list[int] = []
 

@@ -54,6 +54,9 @@ def test_wire_form_is_documented_json() -> None:
         (b'{"cmd":"visit_start","appointment_id":"a b"}', "appointment id may only contain"),
         (b'{"cmd":"visit_start","appointment_id":"' + b"a" * 129 + b'"}', "appointment id longer than 128"),
         (b'{"cmd":"status","pad":"' + b"x" * MAX_LINE_BYTES + b'"}', "request longer than"),
+        (b'{"cmd":"visit_start","appointment_id":"\xff\xfe"}', "bad request: not UTF-8 text"),
+        (b'{"cmd":"\xc3\x28"}', "bad request: not UTF-8 text"),
+        (b"\x00\x01\x02\xfe\xff", "bad request: not a JSON object"),
     ],
 )
 def test_bad_requests_get_one_line_reasons(line: bytes, message: str) -> None:

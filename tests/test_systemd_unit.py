@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "medisync-agent.service"
 INSTALLED_BINARY = "/opt/medisync-agent/venv/bin/medisync-agent"
-MAX_EXPOSURE = 2.5
+MAX_EXPOSURE = 1.5
+"""The bound issue 10 set for `systemd-analyze security` (the unit scores 1.5 today; see its hardening notes)."""
 
 
 def tool(name: str) -> str:

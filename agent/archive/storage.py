@@ -257,3 +257,43 @@ def remove_stale_temps(folder: Path, older_than_s: float, now: float) -> int:
             except OSError as exc:
                 log.warning("could not remove the leftover %s: %s", path.name, describe_os_error(exc))
     return removed
+
+
+def private_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not a private folder of this user (None when it is), phrased to follow the folder's name.
+
+    A symbolic link, not a folder, owned by another user, or with any group/other permission bit.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link, not a folder"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if info.st_uid != os.geteuid():
+        return f"is owned by another user (uid {info.st_uid}, this process runs as uid {os.geteuid()})"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return f"is accessible by group or others (mode {mode:04o}); run: chmod 700 {path}"
+    return None
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` as an empty 0600 file if it does not exist (never through a symlink); make it 0600 if it does.
+
+    For files that another library then opens by name (SQLite), so they never exist with wider permissions.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def open_private_append(path: Path) -> int:
+    """A descriptor appending to ``path``, created 0600 if missing (never through a symlink)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd

@@ -23,7 +23,9 @@ from agent.api.medisearch_models import (
     cited_indices,
 )
 from agent.api.secret import Secret, read_secret_file
+from agent.config_rules import has_userinfo
 from agent.errors import AgentError, ConfigError
+from agent.safe_text import clean_line, clean_text
 
 KEY_FILE_ENV = "MEDISEARCH_API_KEY_FILE"
 KEY_ENV = "MEDISEARCH_API_KEY"
@@ -102,9 +104,10 @@ def request_from(args: argparse.Namespace) -> SearchRequest:
 
 
 def format_article(number: int, article: Article) -> str:
-    details = ", ".join(str(x) for x in (article.journal, article.year) if x)
-    line = f"[{number}] {article.title}" + (f" ({details})" if details else "")
-    return line + (f"\n    {article.url}" if article.url else "")
+    """Two lines at most; every part comes from MediSearch, so each is cleaned for the terminal."""
+    details = ", ".join(clean_line(str(x)) for x in (article.journal, article.year) if x)
+    line = f"[{number}] {clean_line(article.title)}" + (f" ({details})" if details else "")
+    return line + (f"\n    {clean_line(article.url)}" if article.url else "")
 
 
 def print_articles(text: str, articles: list[Article], out: TextIO) -> None:
@@ -128,7 +131,7 @@ async def stream_answer(client: MediSearchClient, request: SearchRequest, out: T
                 if event.restart:
                     out.write("\n")  # the answer was rewritten: start it again on a fresh line
                 text = event.text if event.restart else text + event.text
-                out.write(event.text)
+                out.write(clean_text(event.text))
                 out.flush()
             elif isinstance(event, ArticlesEvent):
                 out.write("\n")
@@ -136,7 +139,7 @@ async def stream_answer(client: MediSearchClient, request: SearchRequest, out: T
             elif isinstance(event, FollowupsEvent) and event.questions:
                 print("\nFollow-up questions:", file=out)
                 for question in event.questions:
-                    print(f"  - {question}", file=out)
+                    print(f"  - {clean_line(question)}", file=out)
     except AgentError:
         if text:
             out.write("\n")  # keep the error line off the end of a partial answer
@@ -148,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     request = request_from(args)  # refuse bad input before needing a key
     key = api_key(args)
     url = args.url or os.environ.get(URL_ENV, "") or DEFAULT_URL
+    if has_userinfo(url):  # not repeated: it holds a password
+        where = "--url" if args.url else f"environment variable {URL_ENV}"
+        raise ConfigError(f"{where}: an address with a user name or password ('user:password@') is refused; write "
+                          "it without them (the API key has its own file or variable)")
 
     async def main() -> None:
         async with MediSearchClient(key, url=url) as client:

@@ -28,6 +28,7 @@ from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
 from agent.device_watch import block_power, level_dbfs
 from agent.errors import AgentError, AuthError, ResponseError, SubscriptionError
+from agent.safe_text import clean_line
 from agent.settings import AgentSettings
 from agent.stream import wire
 from agent.stream.connection import Ended, dial, transcribe_url
@@ -77,7 +78,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def format_table(rows: list[CheckRow]) -> str:
     width = max(len(row.name) for row in rows)
-    lines = [f"{row.label}  {row.name:<{width}}  {row.detail}" for row in rows]
+    lines = [f"{row.label}  {row.name:<{width}}  {clean_line(row.detail)}" for row in rows]  # details quote servers
     failed = sum(not row.ok for row in rows)
     warned = sum(row.ok and row.warn for row in rows)
     lines.append(f"{failed} check(s) failed" if failed else

@@ -24,7 +24,7 @@ from agent.config import (
     field_types,
     load_from_args,
 )
-from agent.config_rules import RULES
+from agent.config_rules import CREDENTIAL_FREE_KEYS, RULES, has_userinfo, mask_userinfo
 from agent.errors import ConfigError
 from agent.settings import AgentSettings
 
@@ -94,6 +94,17 @@ def _login_note(loaded: LoadedConfig, environ: Mapping[str, str]) -> str:
     return f"# login: e-mail and password readable (password {MASK})"
 
 
+def _without_userinfo(dotted: str, value: object) -> object:
+    """``value`` with the ``user:password@`` of any address in it masked (validation refuses them in addresses;
+    this makes sure ``config show`` never prints one, however a value got in)."""
+    if not isinstance(value, str):
+        return value
+    masked = mask_userinfo(value)
+    if dotted in CREDENTIAL_FREE_KEYS and "://" not in masked and has_userinfo(masked):
+        return "***@" + masked.split("@", 1)[1]
+    return masked
+
+
 def render_effective(loaded: LoadedConfig, environ: Mapping[str, str]) -> str:
     """The effective settings as TOML, each value annotated with where it came from; the password masked."""
     source = str(loaded.path) if loaded.path else f"none ({DEFAULT_CONFIG_PATH} absent: defaults)"
@@ -102,7 +113,8 @@ def render_effective(loaded: LoadedConfig, environ: Mapping[str, str]) -> str:
     for section, table in values.items():
         lines += ["", f"[{section}]"]
         for key, value in table.items():
-            lines.append(f"{key} = {toml_value(value)}  # {loaded.origins[f'{section}.{key}'].where}")
+            shown = toml_value(_without_userinfo(f"{section}.{key}", value))
+            lines.append(f"{key} = {shown}  # {loaded.origins[f'{section}.{key}'].where}")
     return "\n".join(lines) + "\n"
 
 

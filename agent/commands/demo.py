@@ -18,6 +18,7 @@ from agent.account import prepare_visit
 from agent.api.medisync import MediSyncClient
 from agent.api.models import NewAppointment, NewPatient
 from agent.api.secret import Credentials, Secret
+from agent.archive.storage import ensure_private_dir
 from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.vad import SegmentFrame
@@ -59,8 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.keep:
-        root = Path(args.keep)
-        root.mkdir(parents=True, exist_ok=True)
+        root = ensure_private_dir(Path(args.keep))  # it will hold a recording and the server's secret
         return asyncio.run(run_demo(root, pace=args.pace, cut=not args.no_cut))
     with tempfile.TemporaryDirectory(prefix="medisync-demo-") as tmp:
         return asyncio.run(run_demo(Path(tmp), pace=args.pace, cut=not args.no_cut))

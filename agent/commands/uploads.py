@@ -31,6 +31,7 @@ from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.archive.upload_runner import DrainReport, Progress, Uploader, drain
 from agent.config import add_config_arguments, load_from_args
+from agent.safe_text import clean_line, clean_text
 from agent.settings import AgentSettings
 
 EX_TEMPFAIL = 75
@@ -161,7 +162,7 @@ def format_rows(items: list[UploadItem], now: float) -> list[str]:
         error = item.dead_reason if item.state is ItemState.DEAD else item.last_error
         rows.append(
             f"{item.item_id[:8]:8}  {item.state.value:7}  {item.appointment_id[:24]:24}  {_mb(item.size):>9}  "
-            f"{item.attempts:>5}  {when:19}  {error or '-'}"
+            f"{item.attempts:>5}  {when:19}  {clean_line(error or '-')}"
         )
     return rows
 
@@ -193,7 +194,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         sections.append("\n".join(format_orphans(recovery.orphans)))
     if recovery.quarantined:
         sections.append("\n".join(format_quarantine(recovery.quarantined)))
-    print("\n\n".join(sections) if sections else f"upload queue {queue.directory} is empty")
+    print(clean_text("\n\n".join(sections)) if sections else f"upload queue {queue.directory} is empty")
     return 0
 
 

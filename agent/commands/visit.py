@@ -26,6 +26,7 @@ from agent.control import (
     validate_appointment_id,
 )
 from agent.errors import ControlError, InputError
+from agent.safe_text import clean_line, clean_text
 
 REQUEST_TIMEOUT_S = 120.0
 """Seconds to wait for the daemon's answer: a start checks the account, a stop waits for the stream to close."""
@@ -72,13 +73,13 @@ def print_response(response: Response, as_json: bool) -> int:
     """Print the answer (text or JSON) and return the exit code: 0 if the daemon did it, 1 if it refused."""
     if as_json:
         print(msgspec.json.encode(response).decode())
-    elif response.ok:
+    elif response.ok:  # the daemon's words may quote MediSync's: cleaned for the terminal
         if response.message:
-            print(response.message)
+            print(clean_line(response.message))
         if response.status is not None:
-            print(format_status(response.status))
+            print(clean_text(format_status(response.status)))
     else:
-        print(f"medisync-agent: error: {response.error}", file=sys.stderr)
+        print(f"medisync-agent: error: {clean_line(response.error)}", file=sys.stderr)
     return 0 if response.ok else 1
 
 

@@ -13,31 +13,35 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from agent.server.app import json_error
+from agent.server.limits import JSON_BODY_LIMIT, decode_json, read_body
 
 if TYPE_CHECKING:
     from agent.server.app import MediSyncServer
 
 
 def add_admin_routes(app: web.Application, server: MediSyncServer) -> None:
+    async def body_of(request: web.Request) -> Any:
+        return decode_json(await read_body(request, JSON_BODY_LIMIT, server.settings.body_timeout_s))
+
     async def knobs(request: web.Request) -> web.Response:
         try:
-            server.knobs.apply(await request.json())
+            server.knobs.apply(await body_of(request))
         except (ValueError, KeyError, TypeError) as exc:
             raise json_error(400, f"bad knob spec: {exc}") from exc
         return web.json_response({"success": True})
 
     async def users(request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await body_of(request)
         user = server.add_user(body["email"], body["password"], bool(body.get("subscription", True)))
         return web.json_response({"success": True, "uid": user.uid})
 
     async def subscription(request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await body_of(request)
         server.set_subscription(body["email"], bool(body["active"]))
         return web.json_response({"success": True})
 

@@ -58,6 +58,17 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """What turns speech into text: ``auto`` (the offline recogniser when the ``[server]`` extra is installed and
     its model's SHA-256 matches, else the placeholder), ``whisper`` (the recogniser, or the server does not start)
     or ``placeholder`` (time spans such as ``[speech 0.500-2.800 s]``, never words)."""
+    idle_timeout_s: float = 15.0
+    """Seconds a connection may go without a complete request head (idle between requests, or headers sent a
+    byte at a time) before it is closed."""
+    body_timeout_s: float = 30.0
+    """Seconds a request body may go without a byte arriving before the request is answered 408 and closed."""
+    login_failures_per_account: int = 5
+    """Failed logins for one e-mail address within ``login_window_s`` after which logins answer 429."""
+    login_failures_per_address: int = 20
+    """Failed logins from one client address (any accounts) within ``login_window_s`` after which it gets 429."""
+    login_window_s: float = 60.0
+    """Sliding window of the login limits, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,10 @@ class MediSyncServer:
         self.sent_transcriptions: dict[str, list[dict[str, Any]]] = {}
         self.background: set[asyncio.Task[None]] = set()
         self._secret = self.store.token_secret()
+        from agent.server.limits import LoginLimiter
+
+        self.logins = LoginLimiter(per_account=settings.login_failures_per_account,
+                                   per_address=settings.login_failures_per_address, window_s=settings.login_window_s)
         self._runner: web.AppRunner | None = None
         self.urls: ServerUrls | None = None
         from agent.server.speech import SpeechHub
@@ -198,7 +213,11 @@ class MediSyncServer:
         """Load the transcriber (in its thread), then listen; raises ``RecogniserUnavailable`` for ``whisper``."""
         await self.transcription.start()
         self._runner = web.AppRunner(self.build_app(), handle_signals=False, shutdown_timeout=1.0,
-                                     access_log_class=PathOnlyAccessLogger)
+                                     access_log_class=PathOnlyAccessLogger,
+                                     # closes a connection idle between requests and one whose head dribbles in
+                                     keepalive_timeout=self.settings.idle_timeout_s,
+                                     # after an early answer (413, 408), the rest of a body is drained this long
+                                     lingering_time=min(10.0, self.settings.idle_timeout_s))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from agent.server.limits import JSON_BODY_LIMIT, decode_json, read_body
+
 if TYPE_CHECKING:
     from agent.server.app import MediSyncServer
 
@@ -156,10 +158,7 @@ def _http_error(status: int, message: str, headers: dict[str, str] | None = None
 
 def add_search_routes(app: web.Application, server: MediSyncServer) -> None:
     async def medichat(request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _http_error(400, "request body must be JSON") from exc
+        body = decode_json(await read_body(request, JSON_BODY_LIMIT, server.settings.body_timeout_s))
         if not isinstance(body, dict) or body.get("key") not in server.settings.search_keys:
             raise _http_error(403, "Unable to authenticate the request")
         fault = server.knobs.take_search_fault()

@@ -13,22 +13,22 @@ only under the quickstart's key, or at the top level instead; ``garble_next`` re
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from agent import SAMPLE_RATE
 from agent.server.app import json_error
 from agent.server.garbage import garble
+from agent.server.limits import body_limit, decode_json, read_body, too_many_logins
 from agent.server.store import Recording, Segment, iso, new_object_id
 from agent.server.transcriber import Span, SpanDetector
+from agent.server.upload_body import receive_audio
 
 if TYPE_CHECKING:
     from agent.server.app import MediSyncServer
@@ -38,15 +38,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes of multipart framing allowed on top of the file limit when judging Content-Length up front."""
-READ_CHUNK = 256 * 1024
-AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a"}
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise json_error(400, "Request body must be JSON") from exc
+async def json_body(request: web.Request, idle_s: float) -> dict[str, Any]:
+    """The request's JSON object: 400 if it is not one (or nests too deeply), 413 over the endpoint's limit."""
+    body = decode_json(await read_body(request, body_limit(request.path), idle_s))
     if not isinstance(body, dict):
         raise json_error(400, "Request body must be a JSON object")
     return body
@@ -85,11 +81,6 @@ async def transcribe_recording(server: MediSyncServer, appointment_id: str, reco
                 return
             server.store.add_segments(appointment_id, [
                 Segment(s.speaker, s.start / SAMPLE_RATE, s.end / SAMPLE_RATE, s.text, "recording") for s in segments])
-
-
-def _sync_file(out: IO[bytes]) -> None:
-    out.flush()
-    os.fsync(out.fileno())
 
 
 class RestApi:
@@ -150,6 +141,9 @@ class RestApi:
         return web.json_response({"success": True, "data": data})
 
     # --- helpers ------------------------------------------------------------------------------------------------
+    async def json_body(self, request: web.Request) -> dict[str, Any]:
+        return await json_body(request, self.server.settings.body_timeout_s)
+
     def _appointment(self, uid: str, appointment_id: str) -> dict[str, Any]:
         doc = self.store.get_doc("appointment", uid, appointment_id)
         if doc is None:
@@ -158,13 +152,19 @@ class RestApi:
 
     # --- login & settings ---------------------------------------------------------------------------------------
     async def login(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
+        body = await self.json_body(request)
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise json_error(400, "email and password are required")
-        user = self.store.check_password(email, password)
+        address, limiter = request.remote or "unknown", self.server.logins
+        wait = limiter.retry_after(email, address, self.server.clock())
+        if wait is not None:  # checked before the password: a guess now tells nothing
+            raise too_many_logins(wait)
+        user = await asyncio.to_thread(self.store.check_password, email, password)  # PBKDF2: off the loop
         if user is None:
+            limiter.failed(email, address, self.server.clock())
             raise json_error(401, "Invalid email or password")
+        limiter.succeeded(email)
         fields = {"token": self.server.issue_token(user.uid), "uid": user.uid, "userTitle": user.title,
                   "firstName": user.first_name, "lastName": user.last_name}
         if self.server.knobs.rest_shape == "data":  # the reference's envelope; the quickstart shows the top level
@@ -179,7 +179,7 @@ class RestApi:
     # --- patients -----------------------------------------------------------------------------------------------
     async def add_patient(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
-        return self.ok(self.store.put_doc("patient", user.uid, await json_body(request)), "patient")
+        return self.ok(self.store.put_doc("patient", user.uid, await self.json_body(request)), "patient")
 
     async def search_patients(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
@@ -194,13 +194,13 @@ class RestApi:
         old = self.store.get_doc("patient", user.uid, patient_id)
         if old is None:
             raise json_error(404, "Patient not found")
-        doc = self.store.put_doc("patient", user.uid, {**old, **await json_body(request)}, doc_id=patient_id)
+        doc = self.store.put_doc("patient", user.uid, {**old, **await self.json_body(request)}, doc_id=patient_id)
         return self.ok(doc, "patient")
 
     # --- appointments -------------------------------------------------------------------------------------------
     async def add_appointment(self, request: web.Request) -> web.Response:
         user = self.server.authenticate(request)
-        body = await json_body(request)
+        body = await self.json_body(request)
         patient_id = body.get("patient_id")
         if patient_id is not None and self.store.get_doc("patient", user.uid, str(patient_id)) is None:
             raise json_error(404, "Patient not found")
@@ -239,14 +239,13 @@ class RestApi:
         rec_id = new_object_id()
         tmp = self.store.recordings_dir / f"{rec_id}.upload"
         try:
-            stored = await self._receive_audio(request, tmp, limit)
+            stored = await receive_audio(request, tmp, limit, self.server.settings.body_timeout_s)
             if stored is None:
                 raise json_error(400, "Missing multipart field 'audio'")
-            size, digest, suffix, content_type = stored
-            final = tmp.with_suffix(suffix)
+            final = tmp.with_suffix(stored.format.suffix)  # named by its content, not by the client's file name
             os.replace(tmp, final)
-            rec = Recording(rec_id, appointment_id, user.uid, final.name, size, digest, content_type,
-                            self.server.clock())
+            rec = Recording(rec_id, appointment_id, user.uid, final.name, stored.size, stored.sha256,
+                            stored.content_type, self.server.clock())
             if not self.store.add_recording(rec):
                 final.unlink()
                 raise json_error(409, "Recording already exists for this appointment")
@@ -254,31 +253,6 @@ class RestApi:
             tmp.unlink(missing_ok=True)
         self.server.spawn(transcribe_recording(self.server, appointment_id, rec.id, final))
         return self.ok(self._recording_json(rec), "recording")
-
-    async def _receive_audio(self, request: web.Request, tmp: Path, limit: int) -> tuple[int, str, str, str] | None:
-        """Stream the ``audio`` part to ``tmp``; (size, sha256, suffix, content type) or None if absent."""
-        reader = await request.multipart()
-        result = None
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name != "audio" or result is not None:
-                await part.release()
-                continue
-            digest, size = hashlib.sha256(), 0
-            out = await asyncio.to_thread(open, tmp, "wb")
-            try:
-                while chunk := await part.read_chunk(READ_CHUNK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise json_error(413, f"File too large (max {limit} bytes)")
-                    digest.update(chunk)
-                    await asyncio.to_thread(out.write, chunk)
-                await asyncio.to_thread(_sync_file, out)
-            finally:
-                out.close()
-            suffix = Path(part.filename or "").suffix.lower()
-            content_type = part.headers.get("Content-Type", "application/octet-stream")
-            result = (size, digest.hexdigest(), suffix if suffix in AUDIO_SUFFIXES else ".wav", content_type)
-        return result
 
     def _owned_recording(self, request: web.Request) -> Recording:
         user = self.server.authenticate(request)
@@ -312,7 +286,7 @@ class RestApi:
         user = self.server.authenticate(request)
         appointment_id = request.match_info["appointment_id"]
         self._appointment(user.uid, appointment_id)
-        text = (await json_body(request)).get("transcription")
+        text = (await self.json_body(request)).get("transcription")
         if not isinstance(text, str):
             raise json_error(400, "transcription (text) is required")
         if self.store.list_docs("transcription", user.uid, appointment_id):
@@ -335,7 +309,7 @@ class RestApi:
         user = self.server.authenticate(request)
         appointment_id = request.match_info["appointment_id"]
         self._appointment(user.uid, appointment_id)
-        body = await json_body(request)
+        body = await self.json_body(request)
         fields: dict[str, Any] = {k: body[k] for k in ("notes", "summary", "feedback_score") if k in body}
         return self.ok(self.store.put_doc("note", user.uid, {"appointment_id": appointment_id, **fields},
                                           appointment_id), "notes")  # fmt: skip

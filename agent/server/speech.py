@@ -249,7 +249,7 @@ class ResumeConnection:
     async def _on_text(self, text: str) -> None:
         try:
             message: Any = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             await self.ws.send_json({"type": "warning", "message": "text message is not JSON"})
             return
         kind = message.get("type") if isinstance(message, dict) else None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from agent.archive.storage import open_private_append
+
 HEADER = struct.Struct("<cQQI")
 FRAME, GAP = b"F", b"G"
 
@@ -71,7 +73,7 @@ class SessionLog:
         self.end_sample = 0
         """Timeline index just after the last stored sample."""
         valid = self._scan()
-        self._file = open(path, "ab")  # noqa: SIM115 - held open for the session's life
+        self._file = os.fdopen(open_private_append(path), "ab")  # held open for the session's life
         if self._file.tell() != valid:
             self._file.truncate(valid)
             self._file.seek(valid)

@@ -1,6 +1,11 @@
 """SQLite persistence of the local server: users, documents (patients, appointments, transcriptions, notes),
 recordings, transcript segments and speech sessions. Files (recordings, speech logs) live next to the database.
 
+The data folder holds the token signing secret, password hashes and patients' recordings: it is created 0700 and
+a folder that already exists must be private to this user (:class:`~agent.errors.ConfigError` otherwise, before
+anything is read), so no other local user can read the secret and forge a token. The database is created 0600
+before SQLite opens it (its -wal and -shm files take the database's permissions).
+
 One connection guarded by a lock, so the server loop and a test thread (inspection) may both use it.
 """
 
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.archive.storage import create_private_file, ensure_private_dir, private_dir_problem
+from agent.errors import ConfigError
 from agent.server import tokens
 
 SCHEMA = """
@@ -98,15 +105,34 @@ def _hash_password(password: str, salt: bytes) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PBKDF2_ROUNDS)
 
 
+def open_private_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` (0700) or check that the existing folder is private to this user; ConfigError if not."""
+    try:
+        if not (data_dir.exists() or data_dir.is_symlink()):
+            ensure_private_dir(data_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the server's data folder {data_dir}: {exc.strerror or exc}") from None
+    problem = private_dir_problem(data_dir)
+    if problem is not None:
+        raise ConfigError(f"refusing the server's data folder {data_dir}: it {problem} (it holds the token secret, "
+                          "password hashes and recordings)")
+
+
 class Store:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.recordings_dir = data_dir / "recordings"
         self.speech_dir = data_dir / "speech"
-        for folder in (data_dir, self.recordings_dir, self.speech_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        open_private_data_dir(data_dir)
+        for folder in (self.recordings_dir, self.speech_dir):
+            ensure_private_dir(folder)
+        database = data_dir / "medisync.sqlite3"
+        try:
+            create_private_file(database)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the server's database {database}: {exc.strerror or exc}") from None
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(data_dir / "medisync.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

@@ -1,7 +1,8 @@
 """Fixtures for the daemon tests (owner: H-daemon): the daemon as a real subprocess, a test-owned NOTIFY_SOCKET,
 and a private PulseAudio server whose sine source plays the microphone and can be unplugged.
 
-``start_daemon(source=..., watchdog_usec=None, extra=None, env=None)`` -> :class:`DaemonProcess` (stopped at teardown)
+``start_daemon(source=..., watchdog_usec=None, extra=None, env=None, umask=-1)`` -> :class:`DaemonProcess`
+(stopped at teardown)
 ``notify_socket`` -> :class:`NotifyListener` (datagram socket the test owns; ``.wait_for("READY=1")``)
 ``private_pulse`` -> :class:`PrivatePulse` (own pulseaudio with only our modules: ``.plug()``, ``.unplug()``)
 
@@ -183,14 +184,15 @@ def start_daemon(medisync_server: RunningServer) -> Iterator[Callable[..., Daemo
     started: list[DaemonProcess] = []
 
     def start(source: str = SYNTH_MIC, *, env: dict[str, str] | None = None, extra: str = "",
-              password: str | None = None) -> DaemonProcess:  # fmt: skip
+              password: str | None = None, umask: int = -1) -> DaemonProcess:  # fmt: skip
         work = short_tmp_dir()
         config = work / "agent.toml"
         write_config(config, medisync_server, work, source, extra)
         inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         full_env = {**inherited, "MEDISYNC_PASSWORD": password or medisync_server.password, **(env or {})}
         proc = subprocess.Popen([sys.executable, "-m", "agent", "daemon", "--config", str(config)],
-                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=full_env)  # fmt: skip
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=full_env,
+                                umask=umask)  # fmt: skip
         daemon = DaemonProcess(proc, work / "run" / "control.sock", work / "recordings", work / "uploads", config)
         daemon.start_pump()
         started.append(daemon)

@@ -23,10 +23,10 @@ teardown. Servers of these fixtures use the placeholder transcriber (determinist
 told otherwise (``transcriber=`` here, ``--transcriber`` in ``server_process``'s ``extra_args``).
 
 ``server_process`` -> factory ``server_process(data_dir=None, extra_args=())`` returning a :class:`ServerProcess`
-running ``python -m agent serve --port 0 --test-hooks --user EMAIL:PASSWORD`` for real: ``.urls`` (parsed from its
-stdout with a deadline), ``.stop()`` (SIGTERM), ``.kill()`` (kill -9), ``.restart(same_port=True)``, ``.admin(path,
-body)`` (POST to the /_test hooks), ``.inspect_session(session_id)`` (GET /_test/sessions/{id}). All stopped at
-teardown.
+running ``python -m agent serve --port 0 --test-hooks`` (the login in ``MEDISYNC_SERVER_USERS``) for real: ``.urls``
+(parsed from its stdout with a deadline), ``.stop()`` (SIGTERM), ``.kill()`` (kill -9),
+``.restart(same_port=True)``, ``.admin(path, body)`` (POST to the /_test hooks), ``.inspect_session(session_id)``
+(GET /_test/sessions/{id}). All stopped at teardown.
 """
 
 from __future__ import annotations
@@ -164,9 +164,9 @@ class ServerProcess:
         self._log_index += 1
         stderr = open(self.data_dir / f"serve-{self._log_index}.log", "w")  # noqa: SIM115 - owned by the process
         cmd = [sys.executable, "-m", "agent", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-               "--test-hooks", "--user", f"{self.email}:{self.password}", "--transcriber", "placeholder",
-               *self.extra_args]  # a later --transcriber in extra_args wins
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+               "--test-hooks", "--transcriber", "placeholder", *self.extra_args]  # a later --transcriber wins
+        env = {**os.environ, "MEDISYNC_SERVER_USERS": f"{self.email}:{self.password}"}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
                                      cwd=Path(__file__).resolve().parents[2])
         stderr.close()
         self.urls = self._read_urls(self.proc)
