@@ -14,13 +14,19 @@ readonly RECIPE=1
 readonly SRC_IN_ROOT=/usr/src/medisync-agent
 readonly VENV_IN_ROOT=/opt/medisync-agent/venv
 readonly AGENT_IN_ROOT=$VENV_IN_ROOT/bin/medisync-agent
-# The fast part of the suite, chosen to fit CI's budget under emulation (about 5x slower): pure policies, DSP and
-# WAV on aarch64 numbers, the real PortAudio/PulseAudio microphone path, the CLI's error paths, crash repair.
+# The fast part of the suite, chosen to fit CI's budget under emulation (about 5x slower; ~6 min): pure policies,
+# DSP, VAD and WAV on aarch64 numbers, the real PortAudio/PulseAudio microphone path, the CLI's error paths, the
+# daemon through its control socket (the path a Pi runs), and the tests that once assumed x86 timing.
 readonly DEFAULT_TESTS="tests/test_audio_dsp.py tests/test_audio_wav.py tests/test_archive_wav.py
-tests/test_archive_repair.py tests/test_vad_gate.py tests/test_stream_wire.py tests/test_stream_ring.py
-tests/test_stream_policy.py tests/test_upload_policy.py tests/test_upload_queue.py tests/test_api_pure.py
-tests/test_config_layers.py tests/test_record_errors.py tests/test_audio_mic_pulse.py tests/test_devices_command.py
-tests/test_sdnotify.py tests/test_control_protocol.py"
+tests/test_archive_repair.py tests/test_vad_gate.py tests/test_vad_dialogue.py tests/test_stream_wire.py
+tests/test_stream_ring.py tests/test_stream_policy.py tests/test_stream_pacing.py tests/test_stream_live.py
+tests/test_upload_policy.py tests/test_upload_queue.py tests/test_upload_cli.py tests/test_api_pure.py
+tests/test_config_layers.py tests/test_record_errors.py tests/test_audio_mic_pulse.py tests/test_record_pulse.py
+tests/test_devices_command.py tests/test_sdnotify.py tests/test_control_protocol.py
+tests/test_daemon_process.py::test_visit_through_control_socket_is_uploaded_byte_identical
+tests/test_daemon_process.py::test_sigterm_mid_visit_leaves_valid_wav_and_queued_upload
+tests/test_run_cli.py::test_ctrl_c_ends_the_visit_cleanly_and_uploads_what_was_recorded
+tests/test_stream_chaos.py::test_server_killed_and_restarted_resumes_at_next_seq"
 
 usage() {
     cat <<USAGE

@@ -39,7 +39,9 @@ def verify_copy(tmp_path: Path, edit: tuple[str, str] = ("", "")) -> tuple[int, 
     copy = tmp_path / "medisync-agent.service"
     text = text.replace(INSTALLED_BINARY, str(Path(sys.executable).parent / "medisync-agent"))
     copy.write_text(text.replace(*edit) if edit[0] else text)
-    result = subprocess.run([tool("systemd-analyze"), "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    # --man=no: the Documentation= man page is looked up with man(1), which a minimal Debian (or a Pi image) lacks.
+    result = subprocess.run([tool("systemd-analyze"), "verify", "--man=no", str(copy)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
     # verify exits 0 even for ignored (misspelt) settings, so warnings about our unit count as failures too.
     problems = "\n".join(line for line in result.stderr.splitlines() if "medisync-agent.service" in line)
     return result.returncode, problems

@@ -167,6 +167,10 @@ class Connection:
         elif isinstance(msg, wire.Closed):
             self._ring.on_closed()
             if self.end_sent and msg.last_seq >= self._ring.last_seq:
+                # `closed` confirms everything up to last_seq as stored: count it so even when the last ack is
+                # still on its way (a server may send `closed` first; on a slow machine it often does).
+                if self._ring.last_seq >= 0:
+                    self._ring.on_ack(self._ring.last_seq)
                 raise EndConnection(Ended(None, "server confirmed the visit"))
         elif isinstance(msg, wire.Error):
             retry_after = msg.retry_after
