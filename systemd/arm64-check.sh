@@ -270,6 +270,12 @@ fail() { FAILED+=("$1"); say "FAILED  $1 ($(( SECONDS - STAGE_START )) s)"; }
 stage_log() { echo "$WORK/logs/$1.log"; }
 show_tail() { sed 's/^/    | /' "$1" | tail -n "${2:-15}"; }
 
+dependencies() {
+    # The project's requirements, one a line (pyproject.toml read by this machine's Python).
+    "$CHECKOUT/.venv/bin/python" -c 'import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$CHECKOUT/pyproject.toml"
+}
+
 stage_install() {
     STAGE_START=$SECONDS
     local log
@@ -281,14 +287,23 @@ stage_install() {
         pass "install.sh (wheels only)"
         return 0
     fi
-    local missing
-    missing="$(grep -oE 'No matching distribution found for [^ ]+' "$log" | head -n 1 | awk '{print $NF}' || true)"
-    if [ -n "$missing" ]; then
-        fail "install.sh: no aarch64 wheel for $missing (pip: No matching distribution found for $missing)"
-    else
-        fail "install.sh (log tail below)"
-    fi
     show_tail "$log"
+    local spec nowheel=()
+    # Which requirement has no wheel: each dependency is asked for alone, wheels only, under the same pins (pip's
+    # own message may only say "conflict", and it names no package when it is quiet).
+    [ -x "$ROOT$VENV_IN_ROOT/bin/pip" ] && while read -r spec; do
+        if ! in_root "$VENV_IN_ROOT/bin/pip" install --dry-run --quiet --no-deps --ignore-installed \
+            --only-binary=:all: "$spec" </dev/null >>"$log" 2>&1; then
+            nowheel+=("$spec")
+        fi
+    done < <(dependencies; grep -oE 'No matching distribution found for [^ ]+' "$log" | awk '{print $NF}' || true)
+    if [ ${#nowheel[@]} -gt 0 ]; then
+        local pins
+        pins="$(grep -v '^$' "$ROOT/etc/medisync-arm64/constraints.txt" | paste -sd' ' || true)"
+        fail "install.sh: no aarch64 wheel on PyPI for ${nowheel[*]}${pins:+ (pinned: $pins)}"
+    else
+        fail "install.sh (log tail above)"
+    fi
     return 1
 }
 
@@ -404,7 +419,7 @@ stage_tests() {
 
 inner() {
     set -E
-    trap 'say "FAIL: the check itself stopped at line $LINENO"' ERR
+    trap 'say "FAIL: the check itself stopped at line $LINENO" >&2' ERR
     STAGE_START=$SECONDS
     if restore_or_build_root; then
         say "ok      $ROOT_ORIGIN ($(( SECONDS - STAGE_START )) s)"
