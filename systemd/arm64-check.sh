@@ -205,8 +205,9 @@ restore_or_build_root() {
         return 0
     fi
     build_root || { show_tail "$WORK/logs/debootstrap.log" 20; return 1; }
-    tar -C "$ROOT" --one-file-system --numeric-owner --xattrs -cf - . | zstd -q -T0 -3 -o "$archive.tmp" -f
-    mv "$archive.tmp" "$archive"
+    # Written aside and renamed: a check running at the same time never unpacks half an archive.
+    tar -C "$ROOT" --one-file-system --numeric-owner --xattrs -cf - . | zstd -q -T0 -3 -o "$archive.$$.tmp" -f
+    mv "$archive.$$.tmp" "$archive"
     find "$CACHE_DIR" -maxdepth 1 -name "$SUITE-$ARCH-*.tar.zst" ! -name "${archive##*/}" -delete
     ROOT_ORIGIN="root built and cached as ${archive##*/}"
 }
