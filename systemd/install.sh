@@ -18,10 +18,11 @@ Usage: sudo $0 [options]
 Installs the MediSync Edge Agent from this checkout as the systemd service '$SERVICE':
   - apt packages libportaudio2 and python3-venv
   - system user '$SERVICE_USER' (member of group 'audio')
-  - virtual environment $VENV with the agent installed from the checkout
+  - virtual environment $VENV with the agent installed from the checkout (dependencies from wheels only)
   - $CONFIG_FILE from 'medisync-agent config example' when absent (an existing file is kept)
   - the MediSync password in $PASSWORD_FILE (mode 0600, root), handed to the service as a systemd credential
-  - the unit $UNIT_DIR/$SERVICE.service, enabled and started
+  - the unit $UNIT_DIR/$SERVICE.service, enabled and started (only enabled where systemd is not running,
+    e.g. in a chroot building an SD card image: it starts at the next boot)
 Running it again updates the agent and the unit and keeps configuration, password, recordings and upload queue.
 
 Options:
@@ -76,8 +77,10 @@ usermod --append --groups audio "$SERVICE_USER"
 note "installing the agent into $VENV"
 install -d -m 0755 "$PREFIX"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet --upgrade "$checkout"
+"$VENV/bin/pip" install --quiet --upgrade --only-binary=:all: pip
+# Wheels only: a device has no compiler, and a source build would fail late and obscurely (or take an hour).
+"$VENV/bin/pip" install --quiet --upgrade --only-binary=:all: "$checkout" \
+    || die "pip could not install the agent from wheels: a dependency named above has no wheel for $(uname -m)"
 
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
 if [ ! -e "$CONFIG_FILE" ]; then
@@ -119,6 +122,13 @@ fi
 
 note "installing $UNIT_DIR/$SERVICE.service"
 install -m 0644 "$checkout/systemd/$SERVICE.service" "$UNIT_DIR/$SERVICE.service"
+if [ ! -d /run/systemd/system ]; then
+    # No systemd as PID 1 (an SD card image being built, a chroot, a container): systemctl enables the unit by
+    # its files alone; there is no manager to reload or to start it, so it starts at the next boot.
+    systemctl enable "$SERVICE.service"
+    note "systemd is not running here: enabled for the next boot, not started"
+    exit 0
+fi
 systemctl daemon-reload
 systemctl enable "$SERVICE.service"
 if [ "$start" -eq 1 ]; then

@@ -91,3 +91,15 @@ def test_429_retry_after_is_honoured(medisync_server: RunningServer) -> None:
     )
     assert ok and delays == [7.0, 7.0] and stream.stats.reconnects == 2
     assert medisync_server.session_audio("visit-1").runs == expected_runs(visit.frames)
+
+
+def test_closed_confirms_what_its_late_acks_would(medisync_server: RunningServer) -> None:
+    # Every ack leaves the server 1 s after the audio is stored; `closed` answers `end` at once, before them.
+    medisync_server.knobs.ack_delay_s = 1.0
+    visit = gated_visit(3.0, seed=6)
+    ok, stream = asyncio.run(stream_visit(medisync_server.speech_url, LoginTokens(medisync_server.login), visit,
+                                          settings=fast_settings(ack_timeout_s=30.0)))  # fmt: skip
+    assert ok and stream.stats.connections == 1
+    assert medisync_server.session_audio("visit-1").closed_last_seq == stream.stats.sent_messages - 1
+    # What the visit summary prints as "messages sent / acknowledged": equal when the server confirmed everything.
+    assert stream.stats.acked_messages == stream.stats.sent_messages > 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +40,9 @@ def verify_copy(tmp_path: Path, edit: tuple[str, str] = ("", "")) -> tuple[int, 
     copy = tmp_path / "medisync-agent.service"
     text = text.replace(INSTALLED_BINARY, str(Path(sys.executable).parent / "medisync-agent"))
     copy.write_text(text.replace(*edit) if edit[0] else text)
-    result = subprocess.run([tool("systemd-analyze"), "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    # --man=no: the Documentation= man page is looked up with man(1), which a minimal Debian (or a Pi image) lacks.
+    result = subprocess.run([tool("systemd-analyze"), "verify", "--man=no", str(copy)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
     # verify exits 0 even for ignored (misspelt) settings, so warnings about our unit count as failures too.
     problems = "\n".join(line for line in result.stderr.splitlines() if "medisync-agent.service" in line)
     return result.returncode, problems
@@ -95,7 +99,7 @@ def test_unit_has_the_required_settings() -> None:
 
 
 def test_scripts_are_shellcheck_clean() -> None:
-    scripts = [ROOT / "systemd" / "install.sh", ROOT / "systemd" / "uninstall.sh"]
+    scripts = [ROOT / "systemd" / name for name in ("install.sh", "uninstall.sh", "arm64-check.sh")]
     result = subprocess.run([tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
@@ -109,3 +113,36 @@ def test_scripts_explain_themselves() -> None:
     assert "--purge" in uninstall.stdout and "upload queue" in uninstall.stdout
     bad = subprocess.run([str(ROOT / "systemd" / "uninstall.sh"), "--frobnicate"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown option: --frobnicate" in bad.stderr
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` as an unprivileged user (setpriv when the tests run as root)."""
+    prefix = [tool("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_arm64_check_explains_itself_and_skips_in_one_line_where_it_cannot_run() -> None:
+    # A copy the unprivileged user can read wherever the checkout lives (a clone under /root is not readable).
+    with tempfile.TemporaryDirectory(prefix="arm64-check-") as folder:
+        Path(folder).chmod(0o755)
+        script = shutil.copy(ROOT / "systemd" / "arm64-check.sh", folder)
+        helped = as_nobody("bash", script, "--help")
+        skipped = as_nobody("bash", script, "--if-possible")
+        refused = as_nobody("bash", script)
+        bad = as_nobody("bash", script, "--frobnicate")
+    assert helped.returncode == 0
+    assert "--extra-requirement" in helped.stdout and "tests/test_audio_dsp.py" in helped.stdout
+    # What .ci/run relies on: where the check cannot run it says why in one line and the native suite decides.
+    assert (skipped.returncode, skipped.stderr) == (0, ""), skipped
+    assert skipped.stdout.splitlines() == ["arm64-check: skipped: not root (debootstrap, chroot and mounts need root) "
+                                           "(the native suite decides)"]  # fmt: skip
+    assert refused.returncode == 69 and refused.stderr.splitlines() == [
+        "arm64-check: error: not root (debootstrap, chroot and mounts need root)"
+    ]
+    assert bad.returncode == 2 and "unknown option: --frobnicate" in bad.stderr
+
+
+def test_ci_ends_with_a_command_the_readme_names() -> None:
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert "bash tests/run.sh" in ci
+    assert ci[-1] in (ROOT / "README.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,17 @@ def test_retry_unreachable_exits_tempfail_and_keeps_item(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["uploads", "add", "apt-7", str(make_wav(tmp_path / "v.wav", 0.2))]) == 0
+    tried_at = time.time()
     assert main(["uploads", "retry"]) == 75
     assert "1 failed (will retry)" in capsys.readouterr().out
-    [item] = UploadQueue(UploadSettings(queue_dir=str(tmp_path / "queue"))).items()
+    queue = UploadQueue(UploadSettings(queue_dir=str(tmp_path / "queue")))
+    [item] = queue.items()
     assert (item.state, item.attempts, item.last_error) == (ItemState.PENDING, 1, "MediSync unreachable")
+    # Scheduled after a full-jitter delay of 0..backoff_first_s (5 s), which a slow machine (arm64 emulation) can
+    # outlast before the next command: push the schedule out of reach so "not due" does not depend on that draw.
+    assert tried_at <= item.next_attempt_at <= time.time() + UploadSettings().backoff_first_s
+    item.next_attempt_at = time.time() + 3600
+    queue.save(item)
     assert main(["uploads", "retry"]) == 75  # not due yet: nothing tried, still waiting
     assert (
         "0 failed (will retry), 0 blocked (no subscription), 0 dead-lettered; 1 still waiting"
