@@ -7,10 +7,13 @@ import asyncio
 import signal
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
+from agent.commands._extras import require_server
 from agent.errors import ConfigError
-from agent.server import MediSyncServer, ServerSettings
-from agent.server.recognizer import RecogniserUnavailable
+
+if TYPE_CHECKING:
+    from agent.server import ServerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +57,9 @@ def _split_login(spec: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_server("serve")
+    from agent.server import ServerSettings  # the [server] extra: imported only to serve
+
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="medisync-server-")
     settings = ServerSettings(
         data_dir=data_dir, host=args.host, port=args.port, token_ttl_s=args.token_ttl,
@@ -70,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: ServerSettings, logins: list[tuple[str, str, bool]], force_basic: bool) -> None:
+    from agent.server import MediSyncServer
+    from agent.server.recognizer import RecogniserUnavailable
+
     server = MediSyncServer(settings)
     for email, password, active in logins:
         server.add_user(email, password, subscription=active)
