@@ -132,6 +132,7 @@ def startup(runs: int, settle_s: float) -> ScenarioResult:
         shutil.rmtree(work, ignore_errors=True)
     where = "the PulseAudio virtual microphone (null sink monitor, 48 kHz mono) through PortAudio" if source == "mic" \
         else f"a synthetic source ({SYNTH}; PulseAudio not installed)"  # fmt: skip
-    res.notes.append(f"command: {' '.join(agent_command())}; daemon source: {where}; MediSync unreachable (no visit, "
+    command = " ".join(os.path.relpath(word) if word.startswith(os.getcwd()) else word for word in agent_command())
+    res.notes.append(f"command: {command}; daemon source: {where}; MediSync unreachable (no visit, "
                      "empty queue); CPU from wait4 (the same figures as /usr/bin/time -f '%U %S'), median of the runs")
     return res
