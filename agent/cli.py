@@ -3,6 +3,10 @@
 Subcommands live in :mod:`agent.commands`; each module there defines ``register(subparsers)`` which adds its
 parser and sets ``func`` (a callable taking the parsed namespace and returning an exit code). Errors from the
 :mod:`agent.errors` tree become one line on stderr and their exit code, never a traceback.
+
+Only the module of the command being run is imported (:data:`COMMANDS` names them): ``status`` on the device must
+not pay for the daemon, the audio stack or the local server. The other commands appear in ``--help`` from the
+table's help lines alone.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import pkgutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import NamedTuple
 
-from agent import __version__, commands
+from agent import __version__
 from agent.errors import AgentError
 from agent.safe_text import SafeFormatter, clean_line
 
@@ -26,7 +30,33 @@ QUIET_LOGGERS = ("websockets", "httpx", "httpcore")
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Command(NamedTuple):
+    module: str
+    """The module whose ``register(subparsers)`` builds the command's parser; imported only to run the command."""
+    help: str
+    """The one line ``medisync-agent --help`` shows (the same as the module's own ``help=``; a test compares)."""
+
+
+COMMANDS: dict[str, Command] = {
+    "ask": Command("agent.commands.ask", "ask MediSearch a medical question"),
+    "check": Command("agent.commands.check", "installer check: microphone, login, subscription, speech socket"),
+    "config": Command("agent.commands.config", "show, check or print an example of the configuration"),
+    "daemon": Command("agent.commands.daemon", "run the service: capture, visits via the control socket, uploads"),
+    "demo": Command("agent.commands.demo", "run a complete visit against a local MediSync server (no setup needed)"),
+    "devices": Command("agent.commands.devices", "list audio input devices"),
+    "record": Command("agent.commands.record", "record a microphone or file into a crash-safe WAV file"),
+    "repair": Command("agent.commands.repair", "repair interrupted recordings (.partial files)"),
+    "run": Command("agent.commands.run", "record one visit: live transcript, archive, upload"),
+    "serve": Command("agent.commands.serve", "run the local MediSync-compatible server for demo, tests and benchmarks"),
+    "status": Command("agent.commands.status", "show the running daemon's state"),
+    "uploads": Command("agent.commands.uploads", "list and retry queued visit uploads"),
+    "visit": Command("agent.commands.visit", "start or stop a visit on the running daemon"),
+}
+"""Every subcommand, in ``--help`` order."""
+
+
+def build_parser(full: Collection[str] = ()) -> argparse.ArgumentParser:
+    """The parser with every command listed; the commands in ``full`` (their modules imported) can parse."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -39,14 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (repeat for debug output)"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        register = getattr(module, "register", None)
-        if callable(register):
-            register(subparsers)
+    for name, command in COMMANDS.items():
+        if name in full:
+            importlib.import_module(command.module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=command.help)
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs: the first word that is not an option (the global options take no value)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def configure_logging(verbosity: int) -> None:
@@ -60,8 +98,10 @@ def configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    chosen = command_named(words)
+    parser = build_parser(() if chosen is None else (chosen,))
+    args = parser.parse_args(words)
     configure_logging(args.verbose)
     func: Handler | None = getattr(args, "func", None)
     if func is None:

@@ -24,8 +24,10 @@ translated into these at the adapter boundary, so callers catch one family.
     │   ├── AlreadyExistsError      one recording per appointment: the server holds one
     │   ├── RecordingMismatchError  the server holds a different recording for the appointment
     │   └── WrongAppointmentError   an upload answer names another appointment than the one uploaded
-    └── StreamError                 speech socket failures (exit 69)
-        └── ProtocolError           the peer broke the speech protocol
+    ├── StreamError                 speech socket failures (exit 69)
+    │   └── ProtocolError           the peer broke the speech protocol
+    ├── ControlError                the daemon's control socket (exit 69)
+    └── NotInstalledError           a command needs an optional extra this installation lacks (exit 69)
 """
 
 from __future__ import annotations
@@ -132,5 +134,11 @@ class ProtocolError(StreamError):
 
 class ControlError(AgentError):
     """The daemon's control socket: the daemon is not running, refused a request, or cannot create its socket."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class NotInstalledError(AgentError):
+    """A command needs packages of an optional extra (``[server]``) that this installation does not have."""
 
     exit_code = EX_UNAVAILABLE

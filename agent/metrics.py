@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING
 
 import msgspec
-from prometheus_client import CollectorRegistry, generate_latest, start_wsgi_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.config_rules import split_host_port
 from agent.errors import ConfigError
+
+if TYPE_CHECKING:  # prometheus_client is imported when metrics are enabled: a daemon without them saves its memory
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client.core import Metric
 
 PREFIX = "medisync_agent_"
 ALLOWED_LABELS = frozenset({"version"})
@@ -90,12 +92,14 @@ _GAUGES = {
 }
 
 
-class _SnapshotCollector(Collector):
+class _SnapshotCollector:  # a prometheus_client Collector (a protocol: collect() is all it needs)
     def __init__(self, version: str) -> None:
         self.version = version
         self.stats = AgentStats()
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         stats = self.stats  # one reference read: a concurrent update() never mixes two snapshots
         info = GaugeMetricFamily(PREFIX + "info", "Agent version.", labels=["version"])
         info.add_metric([self.version], 1.0)
@@ -110,6 +114,8 @@ class Metrics:
     """The agent's metrics registry. Thread-safe: update from the event loop, scrape from the HTTP thread."""
 
     def __init__(self, version: str = __version__) -> None:
+        from prometheus_client import CollectorRegistry
+
         self.registry = CollectorRegistry(auto_describe=True)
         self._collector = _SnapshotCollector(version)
         self.registry.register(self._collector)
@@ -123,6 +129,8 @@ class Metrics:
 
     def render(self) -> str:
         """The exposition text a scrape would return."""
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry).decode()
 
 
@@ -153,6 +161,8 @@ def serve_metrics(metrics: Metrics, address: str) -> MetricsServer:
     if parsed is None:
         raise ConfigError(f"daemon.metrics_address {address!r}: expected host:port, e.g. 127.0.0.1:9510")
     host, port = parsed
+    from prometheus_client import start_wsgi_server
+
     try:
         server, thread = start_wsgi_server(port, addr=host, registry=metrics.registry)
     except OSError as exc:

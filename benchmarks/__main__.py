@@ -23,7 +23,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="MediSync agent benchmarks (issue 6): throughput, live cost and latency with the ffmpeg floor, "
-        "replay after an outage, memory over a long visit, a fleet of agents. Writes RESULTS.md and PNG plots.",
+        "replay after an outage, memory over a long visit, a fleet of agents, start-up cost of `status` and the idle "
+        "daemon's memory (issue 11). Writes RESULTS.md and PNG plots.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny durations (seconds): checks the harness works")
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), metavar="NAME",

@@ -1,4 +1,5 @@
-"""The six scenarios of issue 6. Each takes a :class:`Sizes` and a scratch folder and returns a ScenarioResult.
+"""The scenarios of issue 6 and issue 11's startup (benchmarks/startup.py). Each takes a :class:`Sizes` and a
+scratch folder and returns a ScenarioResult.
 
 Every agent runs as its own process (:mod:`benchmarks.agent_proc`) against the local server running as another
 process with ``--no-fsync``; CPU figures are the kernel's per-process accounting.
@@ -18,6 +19,7 @@ import numpy as np
 from benchmarks.analysis import ack_lags, catch_up, sample_latencies
 from benchmarks.env import DIALOGUE, OutageProxy, agent_config, proc_cpu_s, server_process, spawn_agent, virtual_mic
 from benchmarks.results import ScenarioResult, percentiles
+from benchmarks.startup import startup
 
 UNPACED = 1e6
 """``replay_speed`` that makes the pacer irrelevant."""
@@ -41,11 +43,14 @@ class Sizes:
     memory_audio_s: float = 3900.0
     fleet_agents: int = 50
     fleet_s: float = 60.0
+    startup_runs: int = 10
+    idle_settle_s: float = 10.0
 
 
 FULL = Sizes()
 QUICK = Sizes(repeats=1, throughput_audio_s=48.0, live_s=8.0, live_repeats=1, warmup_s=2.0, outage_s=3.0,
-              after_outage_s=5.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0)  # fmt: skip
+              after_outage_s=5.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0, startup_runs=3,
+              idle_settle_s=1.0)  # fmt: skip
 
 
 def looped_dialogue(cache: Path, seconds: float) -> Path:
@@ -323,4 +328,12 @@ def _record_fleet(res: ScenarioResult, results: list[dict[str, Any]], server_cpu
     res.plot["fleet_cpu"] = [per_hour(r["cpu_s"], r["audio_s"]) for r in results]
 
 
-SCENARIOS = {"throughput": throughput, "live": live, "replay": replay, "memory": memory, "fleet": fleet}
+# --- 6 startup (issue 11) ---------------------------------------------------------------------------------------------
+
+
+def startup_cost(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    return startup(sizes.startup_runs, sizes.idle_settle_s)
+
+
+SCENARIOS = {"throughput": throughput, "live": live, "replay": replay, "memory": memory, "fleet": fleet,
+             "startup": startup_cost}  # fmt: skip

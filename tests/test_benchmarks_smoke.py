@@ -29,7 +29,7 @@ def test_quick_harness_writes_report_and_plots(tmp_path: Path, pulse_server: Non
     printed = capsys.readouterr().out
     report = (tmp_path / "RESULTS.md").read_text()
     print(report)  # shown by pytest when an assertion below fails
-    for name in ("throughput", "live", "replay", "memory", "fleet"):
+    for name in ("throughput", "live", "replay", "memory", "fleet", "startup"):
         assert f"## {name}:" in report
         assert f"== {name}:" in printed
     assert "WARNING" not in report, "a benchmark visit was not confirmed by the server"
@@ -40,6 +40,8 @@ def test_quick_harness_writes_report_and_plots(tmp_path: Path, pulse_server: Non
     assert len(numbers) >= 25 and all(math.isfinite(x) for x in numbers)
     assert re.search(r"capture-to-wire p95 \| \d", report)
     assert re.search(r"real-time factor to last ack \| \d", report)
+    assert re.search(r"`status`, daemon running \(its answer\), user\+sys \| \d", report)
+    assert re.search(r"daemon RSS idle, microphone open .* \| \d", report)
     if shutil.which("ffmpeg"):
         assert re.search(r"agent/ffmpeg CPU ratio, efficient \(same window\) \| \d", report)
     for png in ("latency.png", "cpu_per_audio_hour.png", "replay_catch_up.png", "memory.png"):

@@ -23,9 +23,9 @@ from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.vad import SegmentFrame
 from agent.audit import StreamAudit, audit_stream
+from agent.commands._extras import require_server
 from agent.commands.demo_words import transcript_check
 from agent.commands.run import record_and_upload
-from agent.server import ServerSettings, ServerThread
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, UploadSettings
 from agent.terminal import format_summary
 
@@ -59,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    require_server("demo")
     if args.keep:
         root = ensure_private_dir(Path(args.keep))  # it will hold a recording and the server's secret
         return asyncio.run(run_demo(root, pace=args.pace, cut=not args.no_cut))
@@ -76,6 +77,8 @@ def demo_settings(root: Path, api_url: str, speech_url: str, pace: str) -> Agent
 
 
 async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
+    from agent.server import ServerSettings, ServerThread  # the [server] extra: imported only to run the demo
+
     err = sys.stderr
     server = ServerThread(ServerSettings(data_dir=str(root / "server")))
     urls = server.start()

@@ -14,9 +14,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.server import ServerThread
 from agent.wer import repeated_utterances, word_errors
+
+if TYPE_CHECKING:
+    from agent.server import ServerThread
 
 SCRIPT = Path(__file__).resolve().parent.parent / "data" / "dialogue.json"
 WER_TARGET = 0.20

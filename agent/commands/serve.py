@@ -14,13 +14,16 @@ import signal
 import sys
 import tempfile
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from agent.api.secret import read_secret_file
+from agent.commands._extras import require_server
 from agent.errors import ConfigError
-from agent.server import MediSyncServer, ServerSettings
-from agent.server.recognizer import RecogniserUnavailable
+
+if TYPE_CHECKING:
+    from agent.server import ServerSettings
 
 USERS_ENV = "MEDISYNC_SERVER_USERS"
 INACTIVE_PREFIX = "inactive "
@@ -95,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"serve takes no password on the command line (any local user can read it with ps): "
                           f"{HOW_TO_PASS_USERS}")
     logins = load_users(args.users_file, os.environ)
+    require_server("serve")
+    from agent.server import ServerSettings  # the [server] extra: imported only to serve
+
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="medisync-server-")
     settings = ServerSettings(
         data_dir=data_dir, host=args.host, port=args.port, token_ttl_s=args.token_ttl,
@@ -112,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: ServerSettings, logins: list[tuple[str, str, bool]], force_basic: bool) -> None:
+    from agent.server import MediSyncServer
+    from agent.server.recognizer import RecogniserUnavailable
+
     server = MediSyncServer(settings)
     for email, password, active in logins:
         server.add_user(email, password, subscription=active)
