@@ -213,7 +213,8 @@ def test_install_sh_installs_the_checkout_without_extras() -> None:
     script = (ROOT / "systemd" / "install.sh").read_text()
     installs = [line.strip() for line in script.splitlines() if re.search(r"\bpip\"? install\b", line)]
     agent_lines = [line for line in installs if "$checkout" in line]
-    assert agent_lines == ['"$VENV/bin/pip" install --quiet --upgrade "$checkout"'], installs
+    # The checkout itself, never "$checkout[...]": no extra (the local server, the recogniser) reaches a device.
+    assert agent_lines == ['"$VENV/bin/pip" install --quiet --upgrade --only-binary=:all: "$checkout" \\'], installs
 
 
 @pytest.mark.slow
