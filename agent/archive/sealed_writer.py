@@ -102,7 +102,7 @@ class SealedArchiveWriter(WavArchiveWriter):
             self._body.finish()
         except OSError as exc:
             dropped = self._body.finish_in_place()
-            log.warning("archive %s: no room for its last %.2f s (%s); the %.2f s before are kept",
+            log.info("archive %s: no room for its last %.2f s (%s); the %.2f s before are kept",
                         self.final.name, dropped / BYTES_PER_SAMPLE / SAMPLE_RATE, describe_os_error(exc),
                         self._kept_pcm() / BYTES_PER_SAMPLE / SAMPLE_RATE)  # fmt: skip
         os.fsync(self._require_open())

@@ -12,12 +12,14 @@ from types import FrameType
 from typing import Any
 
 from agent import SAMPLE_RATE
-from agent.archive.keys import load_archive_keys
+from agent.archive.keys import load_archive_keys, load_identity
 from agent.archive.repair import RepairResult, repair_all
 from agent.audio.sources import open_source
 from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
+from agent.errors import ConfigError
 from agent.recorder import Recorder, RecordSummary, SpeechSegment
+from agent.settings import ArchiveSettings
 
 DESCRIPTION = """\
 Record audio into a WAV file (16 kHz mono 16-bit, the visit timeline) the way a visit is archived: the source is
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     keys = load_archive_keys(settings.archive, identity=False)  # only the public recipient: exit 78 if missing
     duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     source = open_source(settings.audio.source, settings.audio)  # a bad source fails before any file is touched
-    repair_leftovers(out.parent)
+    repair_leftovers(out.parent, settings.archive)
     recorder = Recorder(source, out, settings, duration_s=duration_s, overwrite=args.overwrite,
                         on_segment=print_segment, recipient=keys.recipient if keys else None)  # fmt: skip
     print(f"recording {source.description} to {out} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -86,10 +88,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def repair_leftovers(folder: Path) -> None:
+def repair_leftovers(folder: Path, settings: ArchiveSettings) -> None:
+    """Repair interrupted recordings in ``folder``; sealed ones only if the device key is readable here (recording
+    itself never needs it: those are left for 'medisync-agent repair')."""
     if not folder.is_dir():
         return  # the archive reports a missing folder in its own words
-    for outcome in repair_all(folder):
+    try:
+        identity = load_identity(settings) if settings.key_file or settings.encrypt else None
+    except ConfigError:
+        identity = None
+    for outcome in repair_all(folder, identity=identity):
         if isinstance(outcome, RepairResult):
             print(f"repaired interrupted recording {outcome.final} ({outcome.seconds:.2f} s)", flush=True)
         else:

@@ -96,7 +96,7 @@ def _repair_one(path: Path, key: _Key) -> RepairResult:
 
 def describe_repair(result: RepairResult) -> str:
     verb = "checked" if result.final == result.partial and not result.loss else "repaired"
-    line = f"{verb} {result.final} ({result.seconds:.2f} s kept)"
+    line = f"{verb} {result.final} ({result.seconds:.2f} s)"
     if result.dropped_bytes:
         line += f", cut {result.dropped_bytes} bytes of a torn sample"
     if result.loss:
