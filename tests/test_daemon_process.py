@@ -17,6 +17,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.control import GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
 from tests.plugins.daemon import DaemonProcess, poll
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
 
     archive = only_wav(daemon.archive_dir)
     poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")
-    assert stored_bytes(medisync_server, appointment) == archive.read_bytes()
+    assert stored_bytes(medisync_server, appointment) == uploaded_bytes(archive)
     with wave.open(str(archive)) as w:
         assert w.getframerate() == 16000 and w.getnframes() >= 1.5 * 16000
     status = daemon.ask(GetStatus()).status

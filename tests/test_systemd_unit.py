@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "medisync-agent.service"
 INSTALLED_BINARY = "/opt/medisync-agent/venv/bin/medisync-agent"
-MAX_EXPOSURE = 2.5
+MAX_EXPOSURE = 1.5
 
 
 def tool(name: str) -> str:
@@ -79,6 +79,7 @@ def test_unit_has_the_required_settings() -> None:
         "NoNewPrivileges": "yes",
         "UMask": "0077",
         "LoadCredential": "password:/etc/medisync-agent/password",
+        "LoadCredentialEncrypted": "archive-key:/etc/medisync-agent/archive-key.cred",
         "RuntimeDirectory": "medisync-agent",
         "StateDirectory": "medisync-agent",
         "ConfigurationDirectory": "medisync-agent",

@@ -142,7 +142,12 @@ class SealedAppender:
         self.plain_bytes -= dropped
         if self.chunks:
             self._reseal_last_as_final()
+            os.ftruncate(self.fd, self.file_end)
+            return dropped
+        # No chunk reached the disk: an empty final chunk (16 bytes, usually within the header's block) makes it a
+        # complete file of no audio; if even that does not fit, repair does the same later.
         os.ftruncate(self.fd, self.file_end)
+        _pwrite_all(self.fd, self._payload.seal(0, b"", last=True), self.file_end)
         return dropped
 
     def _reseal_last_as_final(self) -> None:

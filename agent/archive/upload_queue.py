@@ -57,7 +57,7 @@ from agent.archive.upload_policy import (
     retention_expired,
 )
 from agent.archive.wav import describe_os_error, fsync_directory, partial_path
-from agent.errors import ArchiveError, InputError, UploadTooLargeError
+from agent.errors import ArchiveError, DamagedRecordingError, InputError, UploadTooLargeError, WrongKeyError
 from agent.ids import appointment_id_problem, is_item_id
 from agent.settings import UploadSettings
 
@@ -353,9 +353,22 @@ class UploadQueue:
             self.save(item)
         path = Path(item.audio_path)
         if not path.is_file() or _uploadable_size(path) != item.size:
-            failure = Failure(ErrorKind.MISSING_AUDIO)
+            damage = self._damage_of(path) if path.is_file() else None
+            if damage is not None:
+                log.error("upload item %s not uploaded: %s", item.item_id, damage)  # names the file and the chunk
+            failure = Failure(ErrorKind.MISSING_AUDIO if damage is None else ErrorKind.DAMAGED_AUDIO)
             self.dead_letter(item, failure.text())
             return failure
+        return None
+
+    def _damage_of(self, path: Path) -> str | None:
+        """Why a sealed file of the wrong length does not open (the first damaged chunk), or None."""
+        if not is_sealed(path) or self.keys is None or self.keys.identity is None:
+            return None
+        try:
+            plain_digest(path, self.keys.identity)
+        except (DamagedRecordingError, WrongKeyError) as exc:
+            return str(exc)
         return None
 
     def dead_letter(self, item: UploadItem, reason: str) -> UploadItem:

@@ -55,3 +55,13 @@ def plaintext(path: Path) -> bytes:
     result = age_decrypt(path)
     assert result.returncode == 0, f"age -d {path.name}: {result.stderr.decode(errors='replace')}"
     return result.stdout
+
+
+def uploaded_bytes(path: Path) -> bytes:
+    """What uploading ``path`` must send: its plaintext, a sealed visit archive's streaming WAV sizes (0xFFFFFFFF)
+    replaced by the real ones (RIFF size at 4, data size at 40; computed here, not by the agent's code)."""
+    data = plaintext(path)
+    if data[:4] == b"RIFF" and data[4:8] == b"\xff\xff\xff\xff" and data[36:44] == b"data\xff\xff\xff\xff":
+        data = data[:4] + (len(data) - 8).to_bytes(4, "little") + data[8:40] + (len(data) - 44).to_bytes(4, "little") \
+            + data[44:]
+    return data
