@@ -155,11 +155,11 @@ class ResilientArchiveWriter(WavArchiveWriter):
         whole = self._data_bytes - self._data_bytes % BYTES_PER_SAMPLE
         unsealed = ""
         try:
-            self._stop_writing(whole)
+            self._stop_writing(whole)  # sets _data_bytes to what the file keeps
         except OSError as seal_exc:
             unsealed = f" (the file could not be settled: {describe_os_error(seal_exc)}; repair fixes it later)"
-        self._data_bytes = whole
-        at = whole // BYTES_PER_SAMPLE
+            self._data_bytes = whole
+        at = self._data_bytes // BYTES_PER_SAMPLE
         self._timeline_end = max(self._timeline_end, timeline_end)
         self._outage = _Outage(start=at, reason=reason, next_probe=self._clock() + PROBE_INTERVAL_S)
         log.warning("archive %s stopped at %.2f s of the visit (%s): the %.2f s written are kept%s; capture and the "

@@ -116,6 +116,14 @@ class SealedAppender:
         """Cut whatever a failed write left after the last whole chunk (shrinking needs no free space)."""
         os.ftruncate(self.fd, self.file_end)
 
+    def discard_pending(self, keep: int = 0) -> int:
+        """Drop the plaintext not sealed on disk but its first ``keep`` bytes (writing stopped: the file's content is
+        what counts from now on). Returns the bytes dropped."""
+        dropped = max(0, len(self._tail) - keep)
+        del self._tail[len(self._tail) - dropped :]
+        self.plain_bytes -= dropped
+        return dropped
+
     def reserve(self, more_plain: int) -> None:
         """Reserve the blocks that the tail plus ``more_plain`` bytes will take (OSError if they do not fit)."""
         os.posix_fallocate(self.fd, self.file_end, age.sealed_bytes(len(self._tail) + more_plain))

@@ -12,9 +12,10 @@ recording never needs the private key). Differences from the plaintext writer, a
 * When it finishes, the writer reads its own chunks back with the file key it still holds (no private key, no
   plaintext on disk) and records the size and SHA-256 of the exact WAV: :attr:`digest`, what the upload's
   "already exists" check compares with.
-* Disk full: the chunk that could not be written stays in memory with the tail (nothing accepted is lost while the
-  visit goes on); the resilient variant stops and resumes as for plaintext, writing sealed silence for the missing
-  stretch. Finishing on a full disk makes the last whole chunk on disk the final one and drops the tail.
+* Disk full: the archive holds what is sealed on disk (whole chunks); the chunk that could not be written and the
+  tail are dropped, so the missing stretch starts where the file ends (up to about 4 s earlier than a plaintext
+  archive's would). The resilient variant stops and resumes as for plaintext, writing sealed silence for the
+  missing stretch; finishing on a full disk makes the last whole chunk on disk the final one.
 """
 
 from __future__ import annotations
@@ -76,7 +77,11 @@ class SealedArchiveWriter(WavArchiveWriter):
         self._finish_as_far_as_possible()
 
     def _stop_writing(self, whole: int) -> None:
-        self._body.drop_torn()  # the unwritten chunk and the tail stay in memory: writing may resume
+        # What is sealed on disk is what the archive holds from here on (the timeline's missing stretch starts
+        # there): the chunk that could not be written and the tail are dropped, chunk 0's WAV header excepted.
+        self._body.drop_torn()
+        self._body.discard_pending(keep=HEADER_BYTES if self._body.chunks == 0 else 0)
+        self._data_bytes = self._kept_pcm()
         os.fdatasync(self._require_open())
 
     def _reserve_space(self, nbytes: int) -> None:

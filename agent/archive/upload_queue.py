@@ -112,12 +112,13 @@ sha256_of = sha256_file
 
 class QueuedAudio:
     """An item's audio as its upload sends it (``agent.api.multipart.AudioBody``): a sealed file is decrypted while
-    it streams, and the bytes must match the digest the item recorded."""
+    it streams, and its plaintext must match the digest the item recorded (the body is aborted before its end if
+    not). A plaintext file is sent as it is, and hashed from disk when "already exists" needs its digest."""
 
     def __init__(self, path: Path, size: int, sha256: str, keys: ArchiveKeys | None) -> None:
         self.path = path
         self.size = size
-        self.sha256: str | None = sha256 or None
+        self.sha256: str | None = (sha256 or None) if is_sealed(path) else None
         self._keys = keys
 
     def open(self) -> BinaryIO:

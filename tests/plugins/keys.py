@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from agent.archive.age import MAGIC, Identity, Recipient
+from agent.archive.keys import ArchiveKeys
 
 KEY_DIR = Path(tempfile.mkdtemp(prefix="medisync-test-key-"))
 atexit.register(shutil.rmtree, KEY_DIR, True)
@@ -32,6 +33,7 @@ TEST_RECIPIENT_FILE.write_text(
 )
 TEST_IDENTITY = Identity.parse(TEST_KEY.read_text())
 TEST_RECIPIENT = Recipient.parse(TEST_RECIPIENT_FILE.read_text())
+TEST_KEYS = ArchiveKeys(TEST_RECIPIENT, TEST_IDENTITY)
 KEY_ENV = {
     "MEDISYNC_AGENT_ARCHIVE_KEY_FILE": str(TEST_KEY),
     "MEDISYNC_AGENT_ARCHIVE_RECIPIENT_FILE": str(TEST_RECIPIENT_FILE),
