@@ -215,7 +215,7 @@ def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_an
 def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=1024, filler_kib=960)  # about 1.9 s of audio fit until the filler goes
+    run = disk_full_run(tmpfs_kib=1024, filler_kib=1024 - SMALL_TMPFS_KIB)  # 2.05 s (a sealed chunk) fit, then full
     timeline, gated = pipeline_output(run.source)
 
     run.held_item_while_recording()
@@ -272,7 +272,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def daemon_on_full_disk(medisync_server: RunningServer) -> Iterator[tuple[DaemonProcess, str]]:
-    """The daemon (synthetic microphone) with its recordings folder on a 64 KiB tmpfs, metrics on."""
+    """The daemon (synthetic microphone) with its recordings folder on a small tmpfs (one sealed chunk), metrics on."""
     work = short_tmp_dir()
     port = free_port()
     config = work / "agent.toml"
@@ -283,9 +283,9 @@ def daemon_on_full_disk(medisync_server: RunningServer) -> Iterator[tuple[Daemon
     env = {**os.environ, "MEDISYNC_PASSWORD": medisync_server.password}
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {recordings} && "
-                             f"exec {daemon_cmd}"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env, cwd=REPO)  # fmt: skip
+    mount = f"mount -t tmpfs -o size={SMALL_TMPFS_KIB}k tmpfs {recordings}"
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", f"{mount} && exec {daemon_cmd}"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env, cwd=REPO)  # fmt: skip
     daemon = DaemonProcess(proc, work / "run" / "control.sock", recordings, work / "uploads", config)
     daemon.start_pump()
     yield daemon, f"http://127.0.0.1:{port}/metrics"

@@ -50,19 +50,19 @@ def age_decrypt(path: Path, key: Path = TEST_KEY) -> subprocess.CompletedProcess
     return subprocess.run(["age", "-d", "-i", str(key), str(path)], capture_output=True, timeout=120)
 
 
-def plaintext(path: Path) -> bytes:
+def plaintext(path: Path, key: Path = TEST_KEY) -> bytes:
     """The file's content; a sealed one decrypted by Debian's ``age`` (the WAV inside keeps its streaming header)."""
     if not is_sealed_file(path):
         return path.read_bytes()
-    result = age_decrypt(path)
+    result = age_decrypt(path, key)
     assert result.returncode == 0, f"age -d {path.name}: {result.stderr.decode(errors='replace')}"
     return result.stdout
 
 
-def uploaded_bytes(path: Path) -> bytes:
+def uploaded_bytes(path: Path, key: Path = TEST_KEY) -> bytes:
     """What uploading ``path`` must send: its plaintext, a sealed visit archive's streaming WAV sizes (0xFFFFFFFF)
     replaced by the real ones (RIFF size at 4, data size at 40; computed here, not by the agent's code)."""
-    data = plaintext(path)
+    data = plaintext(path, key)
     if data[:4] == b"RIFF" and data[4:8] == b"\xff\xff\xff\xff" and data[36:44] == b"data\xff\xff\xff\xff":
         data = data[:4] + (len(data) - 8).to_bytes(4, "little") + data[8:40] + (len(data) - 44).to_bytes(4, "little") \
             + data[44:]
