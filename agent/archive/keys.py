@@ -82,11 +82,11 @@ def load_recipient(settings: ArchiveSettings, *, derived: Recipient | None = Non
 def load_identity(settings: ArchiveSettings, environ: Mapping[str, str] | None = None) -> Identity:
     env = os.environ if environ is None else environ
     if settings.key_file:
-        return _parse_identity(read_secret_file(settings.key_file, "device key").reveal(), settings.key_file)
+        return _parse_identity(_read_key_file(settings.key_file), settings.key_file)
     credentials = env.get("CREDENTIALS_DIRECTORY", "")
     if credentials and (Path(credentials) / CREDENTIAL).exists():
         where = str(Path(credentials) / CREDENTIAL)
-        return _parse_identity(read_secret_file(where, "device key").reveal(), where)
+        return _parse_identity(_read_key_file(where), where)
     sealed = Path(settings.key_credential)
     if settings.key_credential and sealed.exists() and os.geteuid() == 0:
         return _parse_identity(decrypt_credential(sealed), str(sealed))
@@ -94,6 +94,16 @@ def load_identity(settings: ArchiveSettings, environ: Mapping[str, str] | None =
         f"no device key to open recordings (archive.key_file, systemd credential '{CREDENTIAL}', or "
         f"{settings.key_credential or 'archive.key_credential'} as root): {INIT_HINT}"
     )
+
+
+def _read_key_file(path: str) -> str:
+    """The key file's text; refused when group or others may read it (like the password file)."""
+    try:
+        return read_secret_file(path, "device key").reveal()
+    except WrongKeyError:
+        raise
+    except ConfigError as exc:
+        raise WrongKeyError(str(exc)) from None
 
 
 def decrypt_credential(path: Path) -> str:

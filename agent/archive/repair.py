@@ -29,6 +29,7 @@ from agent.archive.age import Identity
 from agent.archive.sealed import PlainDigest, is_sealed_bytes, open_plain, plain_digest, require_identity
 from agent.archive.sealed_repair import repair_sealed
 from agent.archive.wav import HEADER_BYTES, PARTIAL_SUFFIX, describe_os_error, fsync_directory, wav_header
+from agent.archive.wavfmt import bytes_reader, is_riff_wave, riff_chunks
 from agent.errors import AgentError, ArchiveError
 
 log = logging.getLogger(__name__)
@@ -85,21 +86,17 @@ def parse_layout(head: bytes, name: str) -> _Layout:
     """Find format and data offset in the first bytes of a WAV; ArchiveError if it is not a PCM WAV."""
     if not head:
         raise ArchiveError(f"cannot repair {name}: the file is empty (nothing reached the disk)")
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if not is_riff_wave(head):
         raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no RIFF/WAVE header)")
-    offset = 12
     fmt: tuple[int, int, int, int] | None = None
-    while offset + 8 <= len(head):
-        chunk_id, size = struct.unpack_from("<4sI", head, offset)
-        body = offset + 8
-        if chunk_id == b"data":
+    for chunk in riff_chunks(bytes_reader(head), end=len(head)):
+        if chunk.chunk_id == b"data":
             if fmt is None:
                 raise ArchiveError(f"cannot repair {name}: data chunk before the format chunk")
-            return _checked_layout(fmt, body, name)
-        if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(head):
-            encoding, channels, rate, _byte_rate, block_align = struct.unpack_from("<HHIIH", head, body)
+            return _checked_layout(fmt, chunk.body, name)
+        if chunk.chunk_id == b"fmt " and chunk.size >= 16 and chunk.body + 16 <= len(head):
+            encoding, channels, rate, _byte_rate, block_align = struct.unpack_from("<HHIIH", head, chunk.body)
             fmt = (encoding, channels, rate, block_align)
-        offset = body + size + (size & 1)
     raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no data chunk in the header)")
 
 

@@ -24,9 +24,8 @@ from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive import age
 from agent.archive.age import CHUNK, SEALED_CHUNK, Identity
 from agent.archive.sealed import SealedAppender, SealedFile, chunk_seconds
-from agent.archive.storage import temp_name
+from agent.archive.storage import atomic_private_file
 from agent.archive.wavfmt import HEADER_BYTES, STREAMING_HEADER
-from agent.errors import ArchiveError
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +141,7 @@ def _empty_payload(sealed: SealedFile) -> None:
 def _rebuild(sealed: SealedFile, path: Path, identity: Identity, last: int, found: dict[int, tuple[int, bool]]) -> int:
     """A new sealed file (fresh file key) of chunks 0..last in counter order, missing ones as silence; replaces
     ``path``. Returns its plaintext bytes."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
+    with atomic_private_file(path) as fd:  # replaces ``path`` only once it is complete and durable
         out = SealedAppender(fd, identity.recipient)
         out.begin()
         for counter in range(last + 1):
@@ -156,17 +152,6 @@ def _rebuild(sealed: SealedFile, path: Path, identity: Identity, last: int, foun
             data = os.pread(sealed.fd, SEALED_CHUNK, sealed.data_start + position * SEALED_CHUNK)
             out.append(sealed.payload.open(counter, data, last=final))
         out.finish()
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArchiveError(f"cannot replace {path.name} with its repaired copy: {exc.strerror}") from exc
     return out.plain_bytes
 
 

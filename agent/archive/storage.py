@@ -27,8 +27,6 @@ from typing import TypeVar
 
 import msgspec
 
-from agent.archive.wav import describe_os_error, fsync_directory
-
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
@@ -80,10 +78,6 @@ def _adopt_owner(path: Path | int, parent: Path) -> None:
 def _temp_name(path: Path) -> Path:
     # Unique per writer: two processes saving the same item never write into one temporary file.
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-
-
-temp_name = _temp_name
-"""Where a new version of ``path`` is written before it is renamed into place (removed by recovery if stale)."""
 
 
 def _write_temp(path: Path, data: bytes) -> tuple[Path, int]:
@@ -286,3 +280,27 @@ def remove_stale_temps(folder: Path, older_than_s: float, now: float) -> int:
             except OSError as exc:
                 log.warning("could not remove the leftover %s: %s", path.name, describe_os_error(exc))
     return removed
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a create/rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short human reason for a file-system error (no paths: callers add the one that matters)."""
+    reasons = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "folder does not exist",
+        errno.ENOTDIR: "not a folder",
+        errno.EIO: "input/output error",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)

@@ -34,7 +34,6 @@ caller lost audio: overflow, device loss) is preceded by silence, so archive tim
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -46,6 +45,7 @@ from typing import Any, NoReturn, Self
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive.sealed import PlainDigest
+from agent.archive.storage import describe_os_error, fsync_directory
 from agent.archive.wavfmt import HEADER_BYTES, wav_header
 from agent.audio.types import Frame
 from agent.errors import ArchiveError
@@ -57,35 +57,12 @@ PARTIAL_SUFFIX = ".partial"
 FILE_MODE = 0o600
 """Visit audio is patient data: readable by the agent's user only."""
 _SILENCE_CHUNK = bytes(SAMPLE_RATE * BYTES_PER_SAMPLE)
-__all__ = ["HEADER_BYTES", "PARTIAL_SUFFIX", "WavArchiveWriter", "fsync_directory", "partial_path", "wav_header"]
+__all__ = ["HEADER_BYTES", "PARTIAL_SUFFIX", "WavArchiveWriter", "describe_os_error", "fsync_directory", "partial_path",
+           "wav_header"]  # fmt: skip
 
 def partial_path(final: Path) -> Path:
     """Where ``final`` is written while recording."""
     return final.with_name(final.name + PARTIAL_SUFFIX)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a create/rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """A short human reason for a file-system error (no paths: callers add the one that matters)."""
-    reasons = {
-        errno.ENOSPC: "disk full",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOENT: "folder does not exist",
-        errno.ENOTDIR: "not a folder",
-        errno.EIO: "input/output error",
-    }
-    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
 class WavArchiveWriter:
