@@ -131,3 +131,33 @@ def test_no_counter_and_flag_ever_seals_two_plaintexts(tmp_path: Path, monkeypat
     assert isinstance(digest, PlainDigest) and digest.size == 2 * age.CHUNK
     with open_plain(tmp_path / "f", TEST_IDENTITY) as reader:
         assert len(reader.read()) == 2 * age.CHUNK
+
+
+def test_config_show_and_check_say_whether_recordings_are_sealed() -> None:
+    def show(*extra: str) -> str:
+        done = subprocess.run(agent_command("config", "show", *extra), cwd=REPO, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert f"# recordings at rest: on (age, sealed to {TEST_RECIPIENT})" in show().splitlines()
+    off = "# recordings at rest: off (archive.encrypt = false): recordings are plaintext WAV on disk"
+    assert off in show("--set", "archive.encrypt=false").splitlines()
+    missing = show("--set", "archive.recipient_file=/nonexistent/archive.recipient")
+    assert "# recordings at rest: on, but no device key: recipient file /nonexistent/archive.recipient does not exist" \
+        in missing
+
+
+def test_check_reports_the_archive_key() -> None:
+    from agent.commands.check import check_archive_key
+    from agent.settings import AgentSettings
+
+    good = check_archive_key(AgentSettings(archive=ArchiveSettings(key_file=str(TEST_KEY),
+                                                                   recipient_file=str(TEST_RECIPIENT_FILE))))
+    assert good.label == "PASS"
+    assert good.detail == f"recordings sealed (age) to {TEST_RECIPIENT}; the device key opens them"
+    off = check_archive_key(AgentSettings(archive=ArchiveSettings(encrypt=False)))
+    assert off.label == "WARN"
+    bad = check_archive_key(AgentSettings(archive=ArchiveSettings(key_file="", key_credential="/nonexistent",
+                                                                  recipient_file=str(TEST_RECIPIENT_FILE))))
+    assert bad.label == "FAIL" and "no device key" in bad.detail
