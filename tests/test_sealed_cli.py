@@ -21,7 +21,7 @@ from agent.archive.age import SEALED_CHUNK, parse_header
 from tests.plugins.archive import DIALOGUE, REPO, agent_command, wav_pcm
 from tests.plugins.keys import TEST_KEY, TEST_RECIPIENT_FILE, age_decrypt, is_sealed_file, plaintext, uploaded_bytes
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import AgentHome, recording_files
+from tests.plugins.visit import AgentHome, recording_files, stored_recording
 from tests.test_sealed_leak import leaks, snapshot, windows_of
 
 UNREACHABLE_API = "http://127.0.0.1:9/api"
@@ -207,3 +207,38 @@ def test_a_missing_or_wrong_key_is_one_line_and_exit_78_at_start(
     assert not (tmp_path / "r.wav").exists() and not (tmp_path / "r.wav.partial").exists()
     assert not (tmp_path / "plain.wav").exists() and medisync_server.server.store.recording(appointment) is None
     assert home.wavs() == []  # never a silent fallback to a plaintext recording
+
+
+# --- operator copies and orphans ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_operator_copy_is_sealed_and_an_orphan_is_assigned_and_both_upload_exactly(
+    medisync_server: RunningServer, tmp_path: Path, dialogue_pcm: bytes
+) -> None:
+    home = AgentHome(tmp_path / "agent", api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
+                     email=medisync_server.email, password=medisync_server.password)  # fmt: skip
+    first, second = medisync_server.create_appointment(), medisync_server.create_appointment()
+    mine = tmp_path / "mine.wav"
+    done = run("record", "--source", f"file:{DIALOGUE}", "--pace", "fast", "--duration", "4", "--plaintext", "--out",
+               str(mine))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    added = home.run("uploads", "add", first, str(mine))
+    assert added.returncode == 0, added.stderr
+    [copy] = home.archive.glob("added-*.wav")
+    assert is_sealed_file(copy) and not is_sealed_file(mine)  # the operator's file untouched, the copy sealed
+    home.archive.mkdir(exist_ok=True)
+    orphan = home.archive / "visit-20260101T000000Z-0000abcd.wav"
+    record_sealed(orphan, 3.0)  # sealed audio without a journal or a queue item: needs an appointment
+    listed = home.run("uploads", "list")
+    assert orphan.name in listed.stdout and "3.0 s" in listed.stdout, listed.stdout
+    assigned = home.run("uploads", "assign", str(orphan), second)
+    assert assigned.returncode == 0, assigned.stderr
+
+    retried = home.run("uploads", "retry", "--now")
+
+    assert retried.returncode == 0, retried.stderr
+    assert stored_recording(medisync_server, first) == mine.read_bytes() == plaintext(copy)
+    assert stored_recording(medisync_server, second) == uploaded_bytes(orphan)
+    assert uploaded_bytes(orphan)[44:] == dialogue_pcm[: 3 * 32000]
+    assert leaks(snapshot(home.root), windows_of(dialogue_pcm[: 4 * 32000])) == []
