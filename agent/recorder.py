@@ -7,6 +7,11 @@ after ``duration_s`` of timeline audio (cut to the exact sample), or when :meth:
 another thread or a signal handler). Whatever happens, the archive is finished as a valid WAV under its final name
 (on an error too, before the error propagates), so nothing captured is lost.
 
+With a ``recipient`` (the device key's public half) the archive is sealed at rest
+(:class:`~agent.archive.sealed_writer.SealedArchiveWriter`); ``archive.encrypt`` on without one is a
+:class:`~agent.errors.WrongKeyError`, never a plaintext fallback. The recorder sees the same writer interface either
+way, and the summary carries the writer's upload digest (:attr:`RecordSummary.digest`).
+
 With ``resilient_archive`` (a visit) the archive is a :class:`~agent.archive.resilient.ResilientArchiveWriter`:
 a full disk or a write error stops the archive but not the recording, which goes on (and the live stream with it)
 until the end; ``on_archive`` hears each stop and resumption and :attr:`Recorder.archive_health` tells the daemon.

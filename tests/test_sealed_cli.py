@@ -242,3 +242,32 @@ def test_operator_copy_is_sealed_and_an_orphan_is_assigned_and_both_upload_exact
     assert stored_recording(medisync_server, second) == uploaded_bytes(orphan)
     assert uploaded_bytes(orphan)[44:] == dialogue_pcm[: 3 * 32000]
     assert leaks(snapshot(home.root), windows_of(dialogue_pcm[: 4 * 32000])) == []
+
+
+@pytest.mark.slow
+def test_a_validly_sealed_but_different_recording_is_never_uploaded_as_the_visit(
+    medisync_server: RunningServer, tmp_path: Path
+) -> None:
+    """Anyone with the public recipient can seal a file: a queued recording swapped for another one of the same
+    length authenticates chunk by chunk, but its plaintext differs from the digest taken when the visit finished,
+    so the upload withholds its closing boundary and the server stores nothing."""
+    home = AgentHome(tmp_path / "agent", api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
+                     email=medisync_server.email, password=medisync_server.password)  # fmt: skip
+    appointment = medisync_server.create_appointment()
+    queued = home.run("run", "--appointment", appointment, "--source", f"file:{DIALOGUE}", "--pace", "fast",
+                      "--duration", "5", "--no-stream", "--api-url", UNREACHABLE_API)  # fmt: skip
+    assert queued.returncode == 75, queued.stderr
+    [wav] = home.wavs()
+    impostor = tmp_path / "impostor.wav"
+    done = run("record", "--source", "synth:16000x1:noise=7/5/-20", "--pace", "fast", "--duration", "5", "--out",
+               str(impostor))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert impostor.stat().st_size == wav.stat().st_size and plaintext(impostor) != plaintext(wav)
+    wav.write_bytes(impostor.read_bytes())
+
+    retried = home.run("uploads", "retry", "--now")
+
+    assert retried.returncode == 0, retried.stderr
+    assert f"{wav.name}: its content differs from the digest taken when it was recorded" in retried.stderr
+    assert medisync_server.server.store.recording(appointment) is None and recording_files(medisync_server) == []
+    assert home.items() == [] and len(list((home.queue_dir / "dead").glob("*.wav"))) == 1

@@ -15,6 +15,9 @@ quota, read-only remount, I/O error) do not raise:
   does not fit, the archive stays stopped and the missing stretch grows; the reservation needed grows with it
   (32 kB per second), which is the price of one timeline: a second file, or an archive without the silence, would
   make archive times differ from transcript times. One WARNING line marks the resumption.
+* Sealed archives (:class:`~agent.archive.sealed_writer.ResilientSealedWriter`) follow the same policy through the
+  writer's hooks; their silence is sealed and written into the reserved blocks (zeros are not sealed silence), and
+  the archive stops at its last whole chunk on disk.
 * :attr:`~ResilientArchiveWriter.missing` lists the stretches (filled with silence, or open until the visit's end);
   :attr:`~ResilientArchiveWriter.health` is what status and metrics show.
 """

@@ -1,5 +1,9 @@
 """Crash-safe incremental WAV writer for a visit's timeline (16 kHz mono s16le).
 
+This is the plaintext writer (``archive.encrypt = false``, ``record --plaintext``). Visits are written by its sealed
+variant, :class:`agent.archive.sealed_writer.SealedArchiveWriter` (same timeline, durability and disk-full policy,
+over an age file: see there for what differs). The hooks both share are marked below.
+
 While recording, audio goes to ``<final>.partial``; :meth:`WavArchiveWriter.finish` seals it and renames it to the
 final name with ``os.replace`` (atomic: a reader sees either the ``.partial`` or the complete WAV, never half).
 
