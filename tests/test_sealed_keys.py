@@ -161,3 +161,24 @@ def test_check_reports_the_archive_key() -> None:
     bad = check_archive_key(AgentSettings(archive=ArchiveSettings(key_file="", key_credential="/nonexistent",
                                                                   recipient_file=str(TEST_RECIPIENT_FILE))))
     assert bad.label == "FAIL" and "no device key" in bad.detail
+
+
+def test_record_repairs_a_sealed_leftover_when_the_key_is_here_and_leaves_it_otherwise(tmp_path: Path) -> None:
+    pcm = os.urandom(3 * 32000)
+    writer = SealedArchiveWriter.create(tmp_path / "crashed.wav", ArchiveSettings(), recipient=TEST_RECIPIENT)
+    for start in range(0, len(pcm), 640):
+        writer.write_frame(Frame(start // 2, pcm[start : start + 640], 0.0))
+    os.close(writer._fd)  # type: ignore[arg-type]  # the process "dies": no finish
+    partial = tmp_path / "crashed.wav.partial"
+    args = ("record", "--source", "synth:16000x1:tone=440/1", "--pace", "fast", "--out", str(tmp_path / "next.wav"))
+    no_key = {**os.environ, "MEDISYNC_AGENT_ARCHIVE_KEY_FILE": "", "MEDISYNC_AGENT_ARCHIVE_KEY_CREDENTIAL": "/none"}
+    left = subprocess.run(agent_command(*args), cwd=REPO, env=no_key, capture_output=True, text=True, timeout=120)
+    assert left.returncode == 0 and partial.exists()  # recording needs only the recipient; the leftover waits
+    assert "needs the device key" in left.stderr
+    (tmp_path / "next.wav").unlink()
+    done = subprocess.run(agent_command(*args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not partial.exists() and "repaired interrupted recording" in done.stdout
+    with open_plain(tmp_path / "crashed.wav", TEST_IDENTITY) as reader:
+        kept = reader.read()[44:]
+    assert kept == pcm[: len(kept)] and len(kept) >= len(pcm) - 65536  # every whole chunk kept
