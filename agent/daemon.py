@@ -38,6 +38,7 @@ from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
 from agent.archive import upload_runner
+from agent.archive.keys import load_archive_keys
 from agent.archive.recovery import find_orphans, quarantined, recover
 from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_policy import ItemState
@@ -136,6 +137,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         credentials = load_credentials(self.settings.api)  # a missing credential is a config error: exit 78
+        self._queue.keys = load_archive_keys(self.settings.archive, identity=True)  # the device key too
         sock = bind_control_socket(Path(self.settings.daemon.control_socket))
         server: asyncio.Server | None = None
         try:

@@ -10,7 +10,9 @@ translated into these at the adapter boundary, so callers catch one family.
     ├── InputError                  bad input a person gave: missing file, not a WAV, bad encoding (exit 65)
     │   └── NoAudioError            a visit ended without capturing any audio: nothing to upload
     ├── DeviceError                 microphone / PortAudio problems (exit 69)
+    │   └── WrongKeyError           the device key is missing, unreadable, or not the one a recording is sealed to
     ├── ArchiveError                the WAV archive cannot be written or repaired (exit 73)
+    │   └── DamagedRecordingError   a sealed recording fails authentication (flipped, cut, reordered or torn)
     ├── ApiError                    MediSync / MediSearch HTTP API failures (exit 69)
     │   ├── AuthError               401, login refused or token expired
     │   ├── SubscriptionError       403, no active subscription
@@ -50,6 +52,11 @@ class ConfigError(AgentError):
     exit_code = EX_CONFIG
 
 
+class WrongKeyError(ConfigError):
+    """The device key is missing or unreadable, does not match the recipient recordings are sealed to, or a
+    recording was sealed to another key. Exit 78: a key does not heal by retrying."""
+
+
 class InputError(AgentError):
     exit_code = EX_DATAERR
 
@@ -64,6 +71,11 @@ class DeviceError(AgentError):
 
 class ArchiveError(AgentError):
     exit_code = EX_CANTCREAT
+
+
+class DamagedRecordingError(ArchiveError):
+    """A sealed recording does not authenticate: the message names the file and the chunk. Never uploaded as a
+    whole; ``medisync-agent repair`` keeps its intact part."""
 
 
 class ApiError(AgentError):

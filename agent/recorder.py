@@ -7,6 +7,11 @@ after ``duration_s`` of timeline audio (cut to the exact sample), or when :meth:
 another thread or a signal handler). Whatever happens, the archive is finished as a valid WAV under its final name
 (on an error too, before the error propagates), so nothing captured is lost.
 
+With a ``recipient`` (the device key's public half) the archive is sealed at rest
+(:class:`~agent.archive.sealed_writer.SealedArchiveWriter`); ``archive.encrypt`` on without one is a
+:class:`~agent.errors.WrongKeyError`, never a plaintext fallback. The recorder sees the same writer interface either
+way, and the summary carries the writer's upload digest (:attr:`RecordSummary.digest`).
+
 With ``resilient_archive`` (a visit) the archive is a :class:`~agent.archive.resilient.ResilientArchiveWriter`:
 a full disk or a write error stops the archive but not the recording, which goes on (and the live stream with it)
 until the end; ``on_archive`` hears each stop and resumption and :attr:`Recorder.archive_health` tells the daemon.
@@ -35,13 +40,17 @@ from pathlib import Path
 from typing import Literal
 
 from agent import SAMPLE_RATE
+from agent.archive.age import Recipient
 from agent.archive.resilient import ArchiveHealth, MissingStretch, ResilientArchiveWriter
+from agent.archive.sealed import PlainDigest
+from agent.archive.sealed_writer import ResilientSealedWriter, SealedArchiveWriter
 from agent.archive.wav import WavArchiveWriter
 from agent.audio.dsp import Gap
 from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import AudioPipeline, PipelineOutput
 from agent.audio.types import Frame, Source
 from agent.audio.vad import IsSpeech, SegmentEnd, SegmentStart
+from agent.errors import WrongKeyError
 from agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -83,6 +92,8 @@ class RecordSummary:
     """Samples in the WAV file: ``samples``, less the end of the visit when the archive stopped and never resumed."""
     archive_missing: tuple[MissingStretch, ...] = ()
     """Timeline stretches the archive could not hold (disk full, I/O error), in order."""
+    digest: PlainDigest | None = None
+    """Size and SHA-256 of what uploading the file sends, when the writer knows them (sealed archives)."""
 
     @property
     def seconds(self) -> float:
@@ -119,7 +130,11 @@ class Recorder:
         on_segment: Callable[[SpeechSegment], None] | None = None,
         resilient_archive: bool = False,
         on_archive: Callable[[ArchiveHealth], None] | None = None,
+        recipient: Recipient | None = None,
     ) -> None:
+        if settings.archive.encrypt and recipient is None:  # never a silent fallback to plaintext
+            raise WrongKeyError("archive.encrypt is on but no device key recipient was given to seal the recording")
+        self._recipient = recipient if settings.archive.encrypt else None
         self._source = source
         self._path = Path(archive_path)
         self._settings = settings
@@ -181,6 +196,7 @@ class Recorder:
             source=source.description,
             archived_samples=writer.archived_samples,
             archive_missing=writer.missing if isinstance(writer, ResilientArchiveWriter) else (),
+            digest=writer.digest,
         )
 
     async def run_on_loop(self) -> RecordSummary:
@@ -206,9 +222,14 @@ class Recorder:
     def _open(self, source: Source, *, background_sync: bool = False) -> tuple[AudioPipeline, WavArchiveWriter]:
         pipeline = AudioPipeline(source.sample_rate, self._settings.audio, self._settings.vad,
                                  is_speech=self._is_speech)  # fmt: skip
-        kind = ResilientArchiveWriter if self._resilient else WavArchiveWriter
-        writer = kind.create(self._path, self._settings.archive, overwrite=self._overwrite,
-                             background_sync=background_sync)  # fmt: skip
+        if self._recipient is not None:
+            sealed = ResilientSealedWriter if self._resilient else SealedArchiveWriter
+            writer: WavArchiveWriter = sealed.create(self._path, self._settings.archive, overwrite=self._overwrite,
+                                                     background_sync=background_sync, recipient=self._recipient)
+        else:
+            kind = ResilientArchiveWriter if self._resilient else WavArchiveWriter
+            writer = kind.create(self._path, self._settings.archive, overwrite=self._overwrite,
+                                 background_sync=background_sync)  # fmt: skip
         self._writer = writer
         log.info("recording %s to %s", source.description, self._path.name)
         return pipeline, writer

@@ -47,7 +47,20 @@ class ArchiveSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     header_interval_s: float = 1.0
     """Seconds of audio between rewrites of the WAV header while recording."""
     fsync_interval_s: float = 1.0
-    """Seconds of audio between fsync() calls: the most a power loss can cost."""
+    """Seconds of audio between fsync() calls: the most a power loss can cost (plus, for sealed archives, the
+    unsealed tail: under 64 KiB, 2.048 s)."""
+    encrypt: bool = True
+    """Seal every recording at rest (age format: X25519 recipient, ChaCha20-Poly1305 in 64 KiB chunks). Turning it
+    off writes plaintext WAV files; only for benchmarks and tests that compare both."""
+    recipient_file: str = "/etc/medisync-agent/archive.recipient"
+    """File with the device key's public recipient (``age1...``): all that recording needs. Written by
+    ``medisync-agent keys init``; not secret."""
+    key_file: str = ""
+    """File with the device key (``AGE-SECRET-KEY-1...``, owner-only 0600), needed to upload, repair and export.
+    Empty: the systemd credential ``archive-key``, else ``key_credential`` (root only)."""
+    key_credential: str = "/etc/medisync-agent/archive-key.cred"
+    """The device key as an encrypted systemd credential (``systemd-creds encrypt``, TPM2-sealed where the device
+    has one); the unit loads it with ``LoadCredentialEncrypted=``, root's commands with ``systemd-creds decrypt``."""
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -117,7 +118,8 @@ class Visit:
         self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
                                   is_speech=is_speech, on_output=self._handle_output, resilient_archive=True,
-                                  on_archive=self._on_archive)  # fmt: skip
+                                  on_archive=self._on_archive,
+                                  recipient=queue.keys.recipient if queue.keys is not None else None)  # fmt: skip
         self.stream: SpeechStream | None = None
         if token is not None and settings.stream.enabled:
             self.stream = SpeechStream(settings.stream, speech_url=settings.api.speech_url,
@@ -260,7 +262,8 @@ class Visit:
             await asyncio.to_thread(record.path.unlink, True)
             item = None
         else:
-            item = await asyncio.to_thread(self._queue.enqueue, self.appointment_id, record.path)
+            item = await asyncio.to_thread(functools.partial(self._queue.enqueue, self.appointment_id, record.path,
+                                                             digest=record.digest))  # fmt: skip
         if self._journal is not None:
             self._journal.remove()
         return item

@@ -2,7 +2,9 @@
 
 Run by the harness as ``python -m benchmarks.agent_proc CONFIG.json RESULT.json``. It logs in to the local server,
 creates a patient and an appointment, then runs :class:`agent.visit.Visit` exactly as ``medisync-agent run`` does
-(without the upload, which no scenario measures) and writes its figures as JSON.
+(without the upload's network part: the CPU of reading what it would send -- a sealed archive decrypted and hashed
+-- is measured after the visit) and writes its figures as JSON. With ``archive.encrypt`` (the default) the agent
+makes a device key of its own first.
 
 CPU is the kernel's account of this whole process (every thread): ``getrusage(RUSAGE_SELF)`` at the start and end of
 the visit, so interpreter start-up and the login are excluded. RSS is sampled from ``/proc/self/statm``.
@@ -16,6 +18,7 @@ message is encoded -- immediately before ``ws.send`` writes it -- is recorded wi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -29,6 +32,7 @@ import msgspec
 from agent.api.medisync import MediSyncClient
 from agent.api.models import NewAppointment, NewPatient
 from agent.api.secret import Credentials, Secret
+from agent.archive.keys import init_keys
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
@@ -110,17 +114,34 @@ async def sample_rss(interval: float, into: list[tuple[float, int]]) -> None:
 
 def settings_for(cfg: AgentConfig) -> AgentSettings:
     work = Path(cfg.work_dir)
+    keys = {"key_file": str(work / "keys" / "archive.key"), "recipient_file": str(work / "keys" / "archive.recipient")}
     return AgentSettings(
         audio=msgspec.convert({**cfg.audio, "source": cfg.source, "pace": cfg.pace}, AudioSettings),
         api=ApiSettings(api_url=cfg.api_url, speech_url=cfg.speech_url, email=cfg.email),
-        archive=msgspec.convert({**cfg.archive, "directory": str(work / "archive")}, ArchiveSettings),
+        archive=msgspec.convert({**keys, **cfg.archive, "directory": str(work / "archive")}, ArchiveSettings),
         upload=UploadSettings(queue_dir=str(work / "queue")),
         stream=msgspec.convert({"end_timeout_s": cfg.end_timeout_s, **cfg.stream}, StreamSettings),
     )
 
 
+def upload_read_cpu_s(queue: UploadQueue) -> float:
+    """CPU of reading what the upload sends (a sealed archive decrypted, every byte hashed), without the network."""
+    [item] = queue.items()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    digest = hashlib.sha256()
+    with queue.audio_of(item).open() as body:
+        while block := body.read(256 * 1024):
+            digest.update(block)
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    assert item.sha256 == digest.hexdigest()
+    return ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+
+
 async def run(cfg: AgentConfig) -> dict[str, Any]:
     settings = settings_for(cfg)
+    keys = None
+    if settings.archive.encrypt:  # a device key of this agent's own, made before anything is measured
+        keys = init_keys(settings.archive)[0]
     probe = Probe(cfg.trace)
     async with MediSyncClient(settings.api, Credentials(cfg.email, Secret(cfg.password))) as client:
         await client.login()
@@ -138,7 +159,8 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         if cfg.trace:
             probe.install()
         source = open_source(settings.audio.source, settings.audio, block_frames=cfg.block_frames)
-        visit = Visit(settings, appointment_id=appointment.id, source=source, queue=UploadQueue(settings.upload),
+        queue = UploadQueue(settings.upload, keys=keys)
+        visit = Visit(settings, appointment_id=appointment.id, source=source, queue=queue,
                       token=token_provider, on_output=probe.on_output, duration_s=cfg.duration_s)  # fmt: skip
         rss: list[tuple[float, int]] = [(time.monotonic(), rss_bytes())]
         sampler = asyncio.create_task(sample_rss(cfg.rss_interval_s, rss)) if cfg.rss_interval_s > 0 else None
@@ -175,6 +197,8 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         "sends": probe.sends,
         "acks": probe.acks,
         "readies": probe.readies,
+        "sealed": keys is not None,
+        "upload_read_cpu_s": upload_read_cpu_s(queue),
     }
 
 

@@ -76,31 +76,99 @@ def throughput(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
     res = ScenarioResult("throughput", "whole pipeline as fast as possible (file source, DSP, VAD, archive, socket, "
                          "acks)", "python -m benchmarks --only throughput", repeats=sizes.repeats)  # fmt: skip
     wav = looped_dialogue(cache, sizes.throughput_audio_s)
-    configs = {"unpaced (replay_speed=1e6)": {"replay_speed": UNPACED},
-               "default pacing (replay_speed=4)": {}}  # fmt: skip
+    configs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "unpaced (replay_speed=1e6)": ({"replay_speed": UNPACED}, {}),
+        "unpaced, plaintext archive (archive.encrypt=false)": ({"replay_speed": UNPACED}, {"encrypt": False}),
+        "default pacing (replay_speed=4)": ({}, {}),
+    }
+    agent_cpu: dict[bool, list[float]] = {}
+    upload_cpu: dict[bool, list[float]] = {}
     with server_process(work / "server") as srv:
-        for label, stream in configs.items():
+        for n, (label, (stream, archive)) in enumerate(configs.items()):
             # The default-paced run streams at the pacer's speed: the short dialogue is enough to show it.
             source = wav if stream else DIALOGUE
-            rtf, cpu, srv_cpu, audio_rtf = [], [], [], []
+            rtf, cpu, srv_cpu, audio_rtf, read_cpu = [], [], [], [], []
             for i in range(sizes.repeats if stream else 1):
-                cfg = agent_config(srv, work / f"tp-{len(stream)}-{i}", f"file:{source}", pace="fast", stream=stream)
+                cfg = agent_config(srv, work / f"tp-{n}-{i}", f"file:{source}", pace="fast", stream=stream,
+                                   archive=archive)  # fmt: skip
                 s0 = srv.cpu_s()
-                agent = spawn_agent(cfg, work / f"tp-{len(stream)}-{i}")
+                agent = spawn_agent(cfg, work / f"tp-{n}-{i}")
                 r = agent.result(timeout=900)
                 srv_cpu.append(per_hour(srv.cpu_s() - s0, r["audio_s"]))
                 rtf.append(r["audio_s"] / r["wall_s"])
                 audio_rtf.append(r["audio_s"] / r["audio_done_s"])
                 cpu.append(per_hour(r["cpu_s"], r["audio_s"]))
+                read_cpu.append(per_hour(r["upload_read_cpu_s"], r["audio_s"]))
                 _check(res, r)
-            target = ">= 500" if stream else ""
+            target = ">= 500" if stream and not archive else ""
             res.add(f"{label}: real-time factor to last ack", rtf, "x", target)
             res.add(f"{label}: real-time factor, audio path only", audio_rtf, "x")
             res.add(f"{label}: agent CPU per audio-hour", cpu, "CPU-s")
             res.add(f"{label}: server CPU per audio-hour", srv_cpu, "CPU-s")
+            res.add(f"{label}: reading the upload per audio-hour", read_cpu, "CPU-s")
+            if stream:
+                agent_cpu[not archive], upload_cpu[not archive] = cpu, read_cpu
+    visit_cost = float(np.median(agent_cpu[True]) - np.median(agent_cpu[False]))
+    upload_cost = float(np.median(upload_cpu[True]) - np.median(upload_cpu[False]))
+    res.add("encryption cost, visit + upload read (sealed - plaintext medians)", [visit_cost + upload_cost], "CPU-s",
+            "<= 2")  # fmt: skip
+    isolated, aead = sealing_cost(sizes.throughput_audio_s, work / "seal")
+    res.add("encryption cost, isolated (seal, read back, decrypt for upload)", isolated, "CPU-s", "<= 2")
+    res.add("ChaCha20-Poly1305 alone (seal once, open twice)", aead, "CPU-s", "<= 2")
     res.notes.append(f"source: the bundled dialogue looped to {sizes.throughput_audio_s:.0f} s (22.05 kHz mono), "
                      "paced 'fast' (default block length when fast: 1 s)")  # fmt: skip
+    res.notes.append("encryption cost: the sealed archive (age: ChaCha20-Poly1305 in 64 KiB chunks) costs sealing "
+                     "while recording, reading the file back at the visit's end for the upload digest, and decrypting "
+                     "while uploading; the plaintext archive hashes the file when it is queued. 'isolated' runs just "
+                     "the archive writers and readers in the harness over the same amount of audio (less noisy than "
+                     "the difference of two whole-agent runs)")  # fmt: skip
     return res
+
+
+def sealing_cost(audio_s: float, work: Path) -> tuple[list[float], list[float]]:
+    """CPU-s per audio-hour that sealing adds: sealed writer + read-back + decrypting read, minus the plaintext
+    writer + hashing the file (20 ms frames as the recorder writes them, in this process); and the AEAD alone over
+    the same bytes in 64 KiB chunks (sealed once, opened twice), which is what the cipher costs. The first can be
+    below zero: the sealed writer makes one write per 64 KiB where the plaintext writer makes one per frame."""
+    from agent.archive.age import CHUNK, Identity, new_file
+    from agent.archive.sealed import plain_digest
+    from agent.archive.sealed_writer import SealedArchiveWriter
+    from agent.archive.storage import sha256_file
+    from agent.archive.wav import WavArchiveWriter
+    from agent.audio.types import Frame
+    from agent.settings import ArchiveSettings
+
+    work.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate()
+    pcm = np.random.default_rng(3).integers(-3000, 3000, size=round(audio_s * 16000), dtype="<i2").tobytes()
+    costs = []
+    for attempt in range(3):
+        spent = {}
+        for sealed in (True, False):
+            t0 = time.process_time()
+            path = work / f"{attempt}-{sealed}.wav"
+            writer = (SealedArchiveWriter.create(path, ArchiveSettings(), recipient=identity.recipient) if sealed
+                      else WavArchiveWriter.create(path, ArchiveSettings()))  # fmt: skip
+            for start in range(0, len(pcm), 640):
+                writer.write_frame(Frame(start // 2, pcm[start : start + 640], 0.0))
+            writer.finish()
+            if sealed:
+                plain_digest(path, identity)  # what the upload reads (decrypt + hash); the digest came with finish
+            else:
+                sha256_file(path)  # enqueue hashes a plaintext file (the upload then just reads it)
+            spent[sealed] = time.process_time() - t0
+            path.unlink()
+        costs.append(per_hour(spent[True] - spent[False], audio_s))
+    aead = []
+    for _ in range(3):
+        _, payload = new_file(identity.recipient)
+        t0 = time.process_time()
+        sealed = [payload.seal(i, pcm[o : o + CHUNK], last=False) for i, o in enumerate(range(0, len(pcm), CHUNK))]
+        for _ in range(2):
+            for i, chunk in enumerate(sealed):
+                payload.open(i, chunk, last=False)
+        aead.append(per_hour(time.process_time() - t0, audio_s))
+    return costs, aead
 
 
 def _check(res: ScenarioResult, r: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ readonly VENV="$PREFIX/venv"
 readonly CONFIG_DIR=/etc/medisync-agent
 readonly CONFIG_FILE="$CONFIG_DIR/agent.toml"
 readonly PASSWORD_FILE="$CONFIG_DIR/password"
+readonly KEY_CREDENTIAL="$CONFIG_DIR/archive-key.cred"
+readonly RECIPIENT_FILE="$CONFIG_DIR/archive.recipient"
 readonly UNIT_DIR=/etc/systemd/system
 
 usage() {
@@ -21,9 +23,13 @@ Installs the MediSync Edge Agent from this checkout as the systemd service '$SER
   - virtual environment $VENV with the agent installed from the checkout (dependencies from wheels only)
   - $CONFIG_FILE from 'medisync-agent config example' when absent (an existing file is kept)
   - the MediSync password in $PASSWORD_FILE (mode 0600, root), handed to the service as a systemd credential
+  - the device key that seals recordings at rest, when none exists yet: 'medisync-agent keys init' seals it with
+    systemd-creds (TPM2 where the device has one) into $KEY_CREDENTIAL (LoadCredentialEncrypted= in the unit);
+    its public recipient in $RECIPIENT_FILE (readable by the service: recording needs only that)
   - the unit $UNIT_DIR/$SERVICE.service, enabled and started (only enabled where systemd is not running,
     e.g. in a chroot building an SD card image: it starts at the next boot)
-Running it again updates the agent and the unit and keeps configuration, password, recordings and upload queue.
+Running it again updates the agent and the unit and keeps configuration, password, device key, recordings and
+upload queue.
 
 Options:
   --email ADDRESS     login e-mail of the clinic's MediSync account (written into a newly created config file)
@@ -119,6 +125,19 @@ else
     chmod 0600 "$PASSWORD_FILE"
     note "keeping the stored password"
 fi
+
+if [ ! -s "$KEY_CREDENTIAL" ]; then
+    command -v systemd-creds >/dev/null 2>&1 || die "systemd-creds is needed to seal the device key (systemd 250 or newer)"
+    rm -f "$RECIPIENT_FILE" "$KEY_CREDENTIAL"  # an empty credential; a recipient without its key seals for nobody
+    "$VENV/bin/medisync-agent" keys init --config "$CONFIG_FILE" --key-file "" --recipient-file "$RECIPIENT_FILE"
+    note "created the device key, sealed in $KEY_CREDENTIAL"
+else
+    note "keeping the device key in $KEY_CREDENTIAL"
+fi
+chown root:root "$KEY_CREDENTIAL"
+chmod 0600 "$KEY_CREDENTIAL"
+chown "root:$SERVICE_USER" "$RECIPIENT_FILE"
+chmod 0640 "$RECIPIENT_FILE"
 
 note "installing $UNIT_DIR/$SERVICE.service"
 install -m 0644 "$checkout/systemd/$SERVICE.service" "$UNIT_DIR/$SERVICE.service"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Every program the tests, the demo or the benchmarks start comes from one of these (ffmpeg: the independent MP3
 # decoder of the encode tests and the benchmarks' capture floor).
-SYSTEM_PACKAGES=(python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox ffmpeg systemd shellcheck)
+SYSTEM_PACKAGES=(python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox ffmpeg systemd shellcheck age)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${SYSTEM_PACKAGES[@]}"; do

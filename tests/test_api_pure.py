@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import os
 import pickle
 from pathlib import Path
 
 import pytest
 
-from agent.api.multipart import FilePart
+from agent.api.multipart import FilePart, LocalFile
 from agent.api.responses import convert, decode_document, error_for_status, parse_retry_after
 from agent.api.secret import Secret, load_credentials, read_secret_file
 from agent.errors import (
     AlreadyExistsError,
     AuthError,
     ConfigError,
+    DamagedRecordingError,
     EnvelopeError,
     NotFoundError,
     RateLimitError,
@@ -153,7 +155,7 @@ def test_multipart_body_is_exact_and_reports_progress(tmp_path: Path) -> None:
     path = tmp_path / "visit.wav"
     data = os.urandom(700_000)
     path.write_bytes(data)
-    part = FilePart("audio", path, len(data), boundary="BOUNDARY")
+    part = FilePart("audio", LocalFile(path, len(data)), boundary="BOUNDARY")
     seen: list[tuple[int, int]] = []
 
     async def collect() -> bytes:
@@ -168,6 +170,26 @@ def test_multipart_body_is_exact_and_reports_progress(tmp_path: Path) -> None:
     assert seen[-1] == (len(data), len(data))
     assert [s for s, _ in seen] == sorted(s for s, _ in seen)
     assert part.content_type == "multipart/form-data; boundary=BOUNDARY"
+
+
+def test_multipart_body_withholds_its_end_when_the_content_is_not_the_recorded_digest(tmp_path: Path) -> None:
+    path = tmp_path / "visit.wav"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    right = FilePart("audio", LocalFile(path, len(data), hashlib.sha256(data).hexdigest()), boundary="B")
+    wrong = FilePart("audio", LocalFile(path, len(data), "0" * 64), boundary="B")
+    sent: list[bytes] = []
+
+    async def collect(part: FilePart) -> bytes:
+        sent.clear()
+        async for chunk in part.body():
+            sent.append(chunk)
+        return b"".join(sent)
+
+    assert asyncio.run(collect(right)).endswith(b"\r\n--B--\r\n")
+    with pytest.raises(DamagedRecordingError, match="differs from the digest"):
+        asyncio.run(collect(wrong))
+    assert b"".join(sent).endswith(data) and len(b"".join(sent)) < wrong.content_length  # never complete
 
 
 # --- where the answer sits ---------------------------------------------------------------------------------------

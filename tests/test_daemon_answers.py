@@ -12,6 +12,7 @@ import pytest
 
 from agent.control import GetStatus, StartVisit, StopVisit
 from tests.plugins.daemon import DaemonProcess, poll
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_visit_start_records_whatever_the_checks_answer(
     assert stopped.ok, stopped.error
     [archive] = sorted(daemon.archive_dir.glob("*.wav"))
     poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")
-    assert stored_bytes(medisync_server, appointment) == archive.read_bytes()
+    assert stored_bytes(medisync_server, appointment) == uploaded_bytes(archive)
     text = daemon.joined_log()
     assert appointment not in text and medisync_server.password not in text and "Traceback" not in text
     rc, _ = daemon.terminate()

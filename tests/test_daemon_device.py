@@ -3,6 +3,7 @@ going quiet when the microphone disappears, and a visit surviving the loss with 
 
 from __future__ import annotations
 
+import io
 import time
 import wave
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import pytest
 
 from agent.control import GetStatus, StartVisit, StopVisit
 from tests.plugins.daemon import DaemonProcess, NotifyListener, PrivatePulse, poll
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
@@ -69,7 +71,7 @@ def run_visit_with_unplug(daemon: DaemonProcess, medisync_server: RunningServer,
     assert stopped.ok, stopped.error
 
     wav = sorted(daemon.archive_dir.glob("*.wav"))[-1]
-    with wave.open(str(wav)) as w:
+    with wave.open(io.BytesIO(uploaded_bytes(wav))) as w:  # decrypted by age
         archived_s = w.getnframes() / 16000
     wall_s = t_stop - t_start
     unplugged_s = t_plug - t_unplug

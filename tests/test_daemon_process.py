@@ -3,6 +3,7 @@ SIGTERM in the middle of a visit, sd_notify on a test-owned NOTIFY_SOCKET, the C
 
 from __future__ import annotations
 
+import io
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.control import GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
 from tests.plugins.daemon import DaemonProcess, poll
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -59,8 +61,8 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
 
     archive = only_wav(daemon.archive_dir)
     poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")
-    assert stored_bytes(medisync_server, appointment) == archive.read_bytes()
-    with wave.open(str(archive)) as w:
+    assert stored_bytes(medisync_server, appointment) == uploaded_bytes(archive)
+    with wave.open(io.BytesIO(uploaded_bytes(archive))) as w:  # decrypted by age
         assert w.getframerate() == 16000 and w.getnframes() >= 1.5 * 16000
     status = daemon.ask(GetStatus()).status
     assert status is not None and status.state == "idle" and status.device_state == "open"
@@ -92,7 +94,7 @@ def test_sigterm_mid_visit_leaves_valid_wav_and_queued_upload(
     assert rc == 0
     assert seconds < 10.0
     archive = only_wav(daemon.archive_dir)
-    with wave.open(str(archive)) as w:
+    with wave.open(io.BytesIO(uploaded_bytes(archive))) as w:  # decrypted by age
         assert w.getnchannels() == 1 and w.getsampwidth() == 2 and w.getframerate() == 16000
         assert w.getnframes() >= 2.0 * 16000
         assert len(w.readframes(w.getnframes())) == 2 * w.getnframes()

@@ -17,6 +17,7 @@ from agent.archive.upload_queue import UploadQueue
 from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
 from tests.plugins.daemon import DaemonProcess, poll
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.test_supervise import write_bad_items
 from tests.test_upload_queue import make_wav
@@ -46,7 +47,7 @@ def record_a_visit(daemon: DaemonProcess, appointment: str) -> None:
 def archived(daemon: DaemonProcess, appointment: str) -> bytes:
     item = UploadQueue(UploadSettings(queue_dir=str(daemon.queue_dir))).find(appointment)
     assert item is not None
-    return Path(item.audio_path).read_bytes()
+    return uploaded_bytes(Path(item.audio_path))
 
 
 def free_port() -> int:
@@ -75,7 +76,7 @@ def test_bad_items_and_a_dying_upload_worker_do_not_stop_uploads(
     audio = make_wav(daemon.archive_dir / "visit-20260101T000000Z-00000001.wav", 0.5, seed=4)
     write_bad_items(daemon.queue_dir, audio, first)
     poll(lambda: stored(medisync_server, first) is not None, "the item with '../' in its id to upload", DEADLINE_S)
-    assert stored(medisync_server, first) == audio.read_bytes()
+    assert stored(medisync_server, first) == uploaded_bytes(audio)
     assert not list(daemon.queue_dir.parent.rglob("escaped*"))
 
     second = medisync_server.create_appointment()
@@ -137,6 +138,6 @@ def test_recording_left_without_journal_is_listed_and_assigned_while_the_daemon_
     appointment = medisync_server.create_appointment()
     assert uploads("assign", wav.name, appointment).returncode == 0
     poll(lambda: stored(medisync_server, appointment) is not None, "the daemon to upload it, woken by the new item")
-    assert stored(medisync_server, appointment) == wav.read_bytes()
+    assert stored(medisync_server, appointment) == uploaded_bytes(wav)
     poll(lambda: status(daemon).needs_appointment == 0, "status to drop the count")
     assert daemon.terminate()[0] == 0

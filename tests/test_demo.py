@@ -15,6 +15,7 @@ import pytest
 
 from agent.commands.demo_words import REPEATED_ROW, WER_ROW
 from tests.plugins.archive import REPO, soxi_samples
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.visit import wav_samples
 
 ROW = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
@@ -63,8 +64,10 @@ def test_demo_in_real_time_shows_zero_lost_and_a_replayed_reconnect(tmp_path: Pa
     late = [line for line in done.stdout.splitlines() if line.startswith("after the stream closed: [SPEAKER_0 |")]
     assert len(transcript) + len(late) >= kept  # every kept line is on screen, live or after the stream closed
     [wav] = (tmp_path / "archive").glob("visit-*.wav")
-    assert wav_samples(wav) == dialogue_pcm  # the kept archive is the whole dialogue through the pipeline
-    assert soxi_samples(wav) == len(dialogue_pcm) // 2
+    plain = tmp_path / "plain.wav"
+    plain.write_bytes(uploaded_bytes(wav, tmp_path / "keys" / "archive.key"))  # sealed with the demo's own key
+    assert wav_samples(plain) == dialogue_pcm  # the kept archive is the whole dialogue through the pipeline
+    assert soxi_samples(plain) == len(dialogue_pcm) // 2
     assert rows["recording"] == wav.name
 
 

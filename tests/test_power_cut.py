@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.archive import DIALOGUE, soxi_samples
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, poll, recording_files, stored_recording, wav_samples
 from tests.test_run_crash import kill_9
@@ -50,7 +51,7 @@ def assign_and_upload(home: AgentHome, server: RunningServer, wav: Path, appoint
     retried = home.run("uploads", "retry")
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "1 uploaded" in retried.stdout
-    assert stored_recording(server, appointment) == wav.read_bytes()
+    assert stored_recording(server, appointment) == uploaded_bytes(wav)
     [item] = home.items()
     assert (item["state"], item["appointment_id"]) == ("done", appointment)
 
@@ -138,7 +139,7 @@ def test_queued_visit_with_damaged_item_is_quarantined_listed_and_uploaded(
             assert f"{item_file.stem[:8]}  pending" in listed.stdout
             retried = home.run("uploads", "retry", "--now")
             assert retried.returncode == 0 and "1 uploaded" in retried.stdout, retried.stdout + retried.stderr
-            assert stored_recording(medisync_server, appointments[case]) == wav.read_bytes()
+            assert stored_recording(medisync_server, appointments[case]) == uploaded_bytes(wav)
             assert not list(tmp_path.rglob("escaped*"))
             continue
         assert f"{item_file.name}  unreadable queue item" in listed.stdout, listed.stdout

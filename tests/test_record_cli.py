@@ -47,7 +47,9 @@ def test_duration_cuts_at_the_exact_sample(tmp_path: Path, dialogue_pcm: bytes) 
 def test_signal_ends_the_recording_cleanly(tmp_path: Path, dialogue_pcm: bytes, signum: int) -> None:
     out = tmp_path / "visit.wav"
     proc = subprocess.Popen(
-        agent_command("record", "--source", f"file:{DIALOGUE}", "--pace", "realtime", "--out", str(out)),
+        # Plaintext: its size shows the first audio within 0.25 s (a sealed file grows in 2 s chunks), so the
+        # signal lands in the dialogue's opening silence, where the resampler's final flush changes nothing.
+        agent_command("record", "--source", f"file:{DIALOGUE}", "--pace", "realtime", "--plaintext", "--out", str(out)),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     partial = tmp_path / "visit.wav.partial"

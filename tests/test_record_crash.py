@@ -1,4 +1,5 @@
-"""Crash safety: ``kill -9`` the real ``record`` process at random moments, then repair.
+"""Crash safety of the plaintext writer (``record --plaintext``): ``kill -9`` the real process at random moments,
+then repair. (Sealed archives: tests/test_sealed_kill.py.)
 
 Ten processes record the bundled dialogue in real time (in parallel, to keep the suite short), each into its
 own folder, and each is killed
@@ -65,7 +66,8 @@ class Victim:
 def start_victim(out: Path) -> Victim:
     log_path = out.with_name(out.stem + ".log")
     log = log_path.open("wb")
-    argv = agent_command("-v", "record", "--source", f"file:{DIALOGUE}", "--pace", "realtime", "--out", str(out))
+    argv = agent_command("-v", "record", "--source", f"file:{DIALOGUE}", "--pace", "realtime", "--plaintext",
+                         "--out", str(out))  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
     return Victim(out, proc, log, log_path)
 
@@ -124,6 +126,7 @@ def test_kill_9_at_random_moments_then_repair(tmp_path: Path, dialogue_pcm: byte
                 "fast",
                 "--duration",
                 "0.1",
+                "--plaintext",
                 "--out",
                 str(v.out.with_name("next.wav")),
             ),

@@ -101,14 +101,17 @@ def test_output_folder_not_writable(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "plaintext"])
 @pytest.mark.parametrize("size_kib", [256, 300])
-def test_disk_full_keeps_a_valid_wav_of_everything_written(tmp_path: Path, dialogue_pcm: bytes, size_kib: int) -> None:
+def test_disk_full_keeps_a_valid_wav_of_everything_written(tmp_path: Path, dialogue_pcm: bytes, size_kib: int,
+                                                           sealed: bool) -> None:  # fmt: skip
     small = tmp_path / "small"
     kept = tmp_path / "kept"
     small.mkdir()
     kept.mkdir()
     out = small / "visit.wav"
-    record_cmd = agent_shell("record", "--source", f"file:{DIALOGUE}", "--pace", "fast", "--out", str(out))
+    plain = () if sealed else ("--plaintext",)
+    record_cmd = agent_shell("record", "--source", f"file:{DIALOGUE}", "--pace", "fast", *plain, "--out", str(out))
     script = (
         f"mount -t tmpfs -o size={size_kib}k tmpfs {small} && {{ {record_cmd}; rc=$?; cp -a {small}/. {kept}/; "
         "exit $rc; }"
@@ -123,8 +126,9 @@ def test_disk_full_keeps_a_valid_wav_of_everything_written(tmp_path: Path, dialo
         f"recording WAV file 22050 Hz x1 to {out} (Ctrl-C to stop)",
         f"medisync-agent: error: disk full while writing {out}: recording stopped, the first {seconds:.2f} s are saved",
     ]
-    # Everything the tmpfs could hold was used (whole 4 KiB pages), and it is exactly the pipeline's audio.
-    assert os.path.getsize(saved) > size_kib * 1024 - 4096
+    # Everything the tmpfs could hold was used (whole 4 KiB pages; sealed: whole 64 KiB chunks, 65552 bytes each),
+    # and it is exactly the pipeline's audio.
+    assert os.path.getsize(saved) > size_kib * 1024 - 4096 - (65552 if sealed else 0)
     assert pcm == dialogue_pcm[: len(pcm)]
     assert soxi_samples(saved) == len(pcm) // 2
 

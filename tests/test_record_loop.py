@@ -22,6 +22,7 @@ from agent.errors import DeviceError
 from agent.recorder import Recorder
 from agent.settings import AgentSettings
 from tests.plugins.archive import DIALOGUE, wav_pcm
+from tests.plugins.keys import TEST_RECIPIENT
 
 BLOCK_S = 0.1
 
@@ -108,7 +109,7 @@ class HandoffSource:
 def test_loop_driven_archive_equals_thread_driven(tmp_path: Path) -> None:
     blocks, rate = dialogue_blocks(12.0)
     settings = AgentSettings()
-    reference = Recorder(ListSource(blocks, rate), tmp_path / "thread.wav", settings).run()
+    reference = Recorder(ListSource(blocks, rate), tmp_path / "thread.wav", settings, recipient=TEST_RECIPIENT).run()
     outputs_on: set[int] = set()
     segments: list[object] = []
 
@@ -117,6 +118,7 @@ def test_loop_driven_archive_equals_thread_driven(tmp_path: Path) -> None:
 
     async def main() -> agent.recorder.RecordSummary:
         recorder = Recorder(HandoffSource(blocks, rate), tmp_path / "loop.wav", settings, on_output=on_output,
+                            recipient=TEST_RECIPIENT,
                             on_segment=segments.append)  # fmt: skip
         return await recorder.run_on_loop()
 
@@ -136,7 +138,8 @@ def test_loop_driven_stop_and_duration(tmp_path: Path) -> None:
     async def stopped() -> agent.recorder.RecordSummary:
         source = HandoffSource(blocks, rate, close_at_end=False)
         archived = ArchivedAtLeast(16000 * 5)
-        recorder = Recorder(source, tmp_path / "stopped.wav", settings, on_output=archived.on_output)
+        recorder = Recorder(source, tmp_path / "stopped.wav", settings, on_output=archived.on_output,
+                            recipient=TEST_RECIPIENT)
         task = asyncio.create_task(recorder.run_on_loop())
         await archived.event.wait()
         recorder.stop()
@@ -148,7 +151,8 @@ def test_loop_driven_stop_and_duration(tmp_path: Path) -> None:
 
     async def limited() -> agent.recorder.RecordSummary:
         source = HandoffSource(blocks, rate, close_at_end=False)
-        return await Recorder(source, tmp_path / "limited.wav", settings, duration_s=2.5).run_on_loop()
+        recorder = Recorder(source, tmp_path / "limited.wav", settings, duration_s=2.5, recipient=TEST_RECIPIENT)
+        return await recorder.run_on_loop()
 
     summary = asyncio.run(limited())
     assert summary.stopped_by == "duration" and summary.samples == 40000
@@ -178,7 +182,8 @@ def test_loop_driven_stall_raises_device_error_and_keeps_the_wav(tmp_path: Path,
         archived = ArchivedAtLeast(round(16000 * 0.8))
         checked = asyncio.Event()
         source.on_check = lambda: checked.set() if source.checks >= 2 else None
-        recorder = Recorder(source, tmp_path / "lost.wav", AgentSettings(), on_output=archived.on_output)
+        recorder = Recorder(source, tmp_path / "lost.wav", AgentSettings(), on_output=archived.on_output,
+                            recipient=TEST_RECIPIENT)
         task = asyncio.create_task(recorder.run_on_loop())
         await archived.event.wait()
         await checked.wait()

@@ -17,6 +17,7 @@ from agent.errors import DeviceError
 from agent.recorder import Recorder
 from agent.settings import AgentSettings
 from tests.plugins.archive import soxi_samples, wav_pcm
+from tests.plugins.keys import TEST_RECIPIENT
 
 
 def tone(n: int, seed: int) -> npt.NDArray[np.int16]:
@@ -64,7 +65,8 @@ def block(pcm: npt.NDArray[np.int16], missed: int = 0) -> Block:
 def test_lost_source_samples_are_archived_as_silence(tmp_path: Path) -> None:
     a, b = tone(3200, 1), tone(3200, 2)
     out = tmp_path / "v.wav"
-    summary = Recorder(ScriptedSource([block(a), block(b, missed=800)]), out, AgentSettings()).run()
+    source = ScriptedSource([block(a), block(b, missed=800)])
+    summary = Recorder(source, out, AgentSettings(), recipient=TEST_RECIPIENT).run()
     assert wav_pcm(out) == a.tobytes() + bytes(1600) + b.tobytes()
     assert soxi_samples(out) == 7200
     assert (summary.samples, summary.gaps, summary.lost_samples) == (7200, (Gap(3200, 4000),), 800)
@@ -74,7 +76,7 @@ def test_lost_source_samples_are_archived_as_silence(tmp_path: Path) -> None:
 def test_stop_from_another_thread_finishes_the_archive(tmp_path: Path) -> None:
     a = tone(1600, 3)
     source = ScriptedSource([block(a), None])
-    recorder = Recorder(source, tmp_path / "v.wav", AgentSettings())
+    recorder = Recorder(source, tmp_path / "v.wav", AgentSettings(), recipient=TEST_RECIPIENT)
     stopper = threading.Thread(target=lambda: (source.waiting.wait(30), recorder.stop()))
     stopper.start()
     summary = recorder.run()
@@ -87,7 +89,7 @@ def test_a_device_error_mid_recording_still_leaves_a_finished_wav(tmp_path: Path
     a, b = tone(1600, 4), tone(1600, 5)
     source = ScriptedSource([block(a), block(b), DeviceError("mic 'x' stopped delivering audio (device lost?)")])
     with pytest.raises(DeviceError):
-        Recorder(source, tmp_path / "v.wav", AgentSettings()).run()
+        Recorder(source, tmp_path / "v.wav", AgentSettings(), recipient=TEST_RECIPIENT).run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.wav"]
     assert wav_pcm(tmp_path / "v.wav") == a.tobytes() + b.tobytes()
 
@@ -96,7 +98,7 @@ def test_duration_cuts_mid_frame_and_closes_the_open_segment(tmp_path: Path) -> 
     a = tone(16000, 6)
     segments = []
     summary = Recorder(
-        ScriptedSource([block(a)]), tmp_path / "v.wav", AgentSettings(), duration_s=0.5055,
+        ScriptedSource([block(a)]), tmp_path / "v.wav", AgentSettings(), duration_s=0.5055, recipient=TEST_RECIPIENT,
         is_speech=lambda pcm: True, on_segment=segments.append,
     ).run()  # fmt: skip
     assert summary.samples == 8088

@@ -16,6 +16,7 @@ import pytest
 
 from agent.server.knobs import REST_SHAPES, GarbageKind, RestShape
 from tests.plugins.archive import record_in_process, wav_pcm
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, recording_files, stored_recording
 
@@ -82,7 +83,7 @@ def test_every_answer_shape_records_and_uploads(
     assert re.search(r"upload\s+uploaded and confirmed", stderr)
     assert re.search(r"stream confirmed by server\s+yes", stderr), stderr
     wav = assert_recorded(home, visit_wav[1], stderr, medisync_server.password)
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 GARBAGE: tuple[GarbageKind, ...] = ("not_json", "array", "wrong_types", "empty", "html", "server_error",
@@ -117,7 +118,7 @@ def test_garbage_before_the_visit_warns_once_and_records(
     assert re.search(r"upload\s+uploaded and confirmed", stderr)
     assert re.search(r"stream confirmed by server\s+yes", stderr), stderr
     wav = assert_recorded(home, visit_wav[1], stderr, medisync_server.password)
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 REFUSALS = {
@@ -148,7 +149,7 @@ def test_answers_that_are_not_definite_warn_once_and_record(
     assert f"{WARNING} ({reason}): recording anyway" in warning, warning
     assert "Injected failure" not in warning  # the server's own words stay out of the log
     wav = assert_recorded(home, visit_wav[1], stderr, medisync_server.password)
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 def test_garbage_for_good_still_records_and_queues(
@@ -174,7 +175,7 @@ def test_garbage_for_good_still_records_and_queues(
     retried = home.run("uploads", "retry", "--now")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 UPLOAD = "/api/recordings/add"
@@ -194,7 +195,7 @@ def test_unreadable_upload_answer_is_checked_against_the_server(
     assert code == 0, stderr
     assert re.search(r"upload\s+uploaded and confirmed", stderr)
     wav = assert_recorded(home, visit_wav[1], stderr, medisync_server.password)
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert len(recording_files(medisync_server)) == 1
     [item] = home.items()
     assert item["state"] == "done"
@@ -221,7 +222,7 @@ def test_failed_upload_answer_stays_queued_and_is_reconciled_later(
     retried = home.run("uploads", "retry", "--now")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert len(recording_files(medisync_server)) == 1
     [item] = home.items()
     assert item["state"] == "done"
@@ -257,7 +258,7 @@ def test_api_url_without_api_suffix_records_and_uploads(
     assert code == 0, stderr
     assert warnings(stderr) == [], stderr
     wav = assert_recorded(home, visit_wav[1], stderr, medisync_server.password)
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 def test_login_404_names_the_url_records_and_queues(
@@ -281,4 +282,4 @@ def test_login_404_names_the_url_records_and_queues(
     retried = home.run("uploads", "retry", "--now", "--set", f"api.api_url={medisync_server.urls.base_url}")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)

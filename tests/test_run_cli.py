@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.plugins.archive import DIALOGUE, record_in_process, soxi_samples
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, poll, recording_files, stored_recording, wav_samples
@@ -66,7 +67,7 @@ def test_run_streams_archives_and_uploads_through_a_proxy(
     assert home.partials() == [] and home.journals() == []
     assert wav_samples(wav) == dialogue_pcm  # the whole visit, sample for sample, per the stdlib reader
     assert soxi_samples(wav) == len(dialogue_pcm) // 2  # and sox accepts it with the same length
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert len(recording_files(medisync_server)) == 1
     [item] = home.items()
     assert item["state"] == "done" and item["appointment_id"] == appointment
@@ -85,7 +86,7 @@ def test_credentials_from_the_environment(medisync_server: RunningServer, tmp_pa
     assert "live stream" in done.stderr and "uploaded and confirmed" in done.stderr
     [wav] = home.wavs()
     assert len(wav_samples(wav)) == 3 * 16000 * 2
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert medisync_server.password not in done.stderr + done.stdout
 
 
@@ -155,7 +156,7 @@ def test_inactive_subscription_records_and_queues_then_uploads_after_reactivatio
     retried = home.run("uploads", "retry", "--now")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     [item] = home.items()
     assert item["state"] == "done"
 
@@ -178,7 +179,7 @@ def test_second_visit_for_an_already_recorded_appointment_is_refused(
     assert f"appointment {appointment} already has a recorded visit" in lines[0]
     [wav] = home.wavs()
     assert len(wav_samples(wav)) == 2 * 16000 * 2
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 def closed_port() -> int:
@@ -210,7 +211,7 @@ def test_medisync_unreachable_records_anyway_and_the_upload_waits(
     retried = home.run("uploads", "retry", "--now", "--set", f"api.api_url={medisync_server.api_url}")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
 
 
 def wav_prefix(source: Path, frames: int, out: Path) -> Path:
@@ -246,7 +247,7 @@ def test_ctrl_c_ends_the_visit_cleanly_and_uploads_what_was_recorded(
     blocks = round(len(samples) / 2 / 320)
     prefix = wav_prefix(DIALOGUE, blocks * 441, tmp_path / "prefix.wav")
     assert samples == record_in_process(f"file:{prefix}", tmp_path / "expected.wav")
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert home.partials() == [] and home.journals() == []
 
 
@@ -280,7 +281,7 @@ def test_new_appointment_for_a_patient_is_created_recorded_and_uploaded(
     found = re.search(r"recording appointment (\w+);", done.stderr)
     assert found is not None, done.stderr
     [wav] = home.wavs()
-    assert stored_recording(medisync_server, found.group(1)) == wav.read_bytes()
+    assert stored_recording(medisync_server, found.group(1)) == uploaded_bytes(wav)
 
 
 def test_run_against_a_basic_mode_server_transcribes_each_utterance_once(
@@ -298,4 +299,4 @@ def test_run_against_a_basic_mode_server_transcribes_each_utterance_once(
     assert len(transcript) >= 5 and len(set(transcript)) == len(transcript)  # whole utterances, none doubled
     assert all(n == 1 for n in medisync_server.basic_chunk_counts().values())
     [wav] = home.wavs()
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.plugins.archive import DIALOGUE, soxi_samples
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import (
@@ -67,7 +68,7 @@ def test_kill_9_after_the_visit_before_the_upload_then_retry_uploads_once(
     retried = home.run("uploads", "retry", "--now", "--set", f"api.api_url={medisync_server.api_url}")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     [item] = home.items()
     assert item["state"] == "done"
     # A new visit later: it finds the first visit delivered (a leftover journal is settled, not queued again).
@@ -76,7 +77,7 @@ def test_kill_9_after_the_visit_before_the_upload_then_retry_uploads_once(
                      "1", "--api-url", medisync_server.api_url)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "interrupted earlier visit" not in again.stderr and home.journals() == []
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert len(recording_files(medisync_server)) == 2  # one per appointment: the first is held once
     assert [i["state"] for i in home.items()] == ["done", "done"]
 
@@ -109,7 +110,7 @@ def test_kill_9_during_the_visit_then_next_run_repairs_queues_and_uploads_it(
     assert soxi_samples(repaired) == len(samples) // 2
     assert len(samples) // 2 >= on_disk - 16000  # at most the last second before the kill may be unsynced
     assert samples == dialogue_pcm[: len(samples)]  # every sample kept is the visit's own, at its index
-    assert stored_recording(medisync_server, first) == repaired.read_bytes()
+    assert stored_recording(medisync_server, first) == uploaded_bytes(repaired)
     assert len(stored_recording(medisync_server, second)) > 2 * 16000 * 2
     assert len(recording_files(medisync_server)) == 2
     assert sorted(i["state"] for i in home.items()) == ["done", "done"]
@@ -131,12 +132,12 @@ def test_lost_upload_response_is_resolved_as_already_there(
     assert proxy.marked_requests == 1 and proxy.responses_lost == 1
     assert "queued: will be retried" in done.stderr
     [wav] = home.wavs()
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()  # it did arrive
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)  # it did arrive
 
     retried = home.run("uploads", "retry", "--now")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
     [item] = home.items()
     assert item["state"] == "done"
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)
     assert len(recording_files(medisync_server)) == 1  # reconciled, never a second copy

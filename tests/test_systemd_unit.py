@@ -84,6 +84,7 @@ def test_unit_has_the_required_settings() -> None:
         "NoNewPrivileges": "yes",
         "UMask": "0077",
         "LoadCredential": "password:/etc/medisync-agent/password",
+        "LoadCredentialEncrypted": "archive-key:/etc/medisync-agent/archive-key.cred",
         "RuntimeDirectory": "medisync-agent",
         "StateDirectory": "medisync-agent",
         "ConfigurationDirectory": "medisync-agent",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.api.multipart import AudioBody
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import Progress, drain, run, settled
@@ -49,8 +50,9 @@ class ScriptedUploader:
         self.script = list(script)
         self.calls: list[tuple[str, Path]] = []
 
-    async def upload_recording(self, appointment_id: str, path: Path, *, progress: Progress | None = None) -> Outcome:
-        self.calls.append((appointment_id, path))
+    async def upload_recording(self, appointment_id: str, path: Path | AudioBody, *,
+                               progress: Progress | None = None) -> Outcome:  # fmt: skip
+        self.calls.append((appointment_id, path if isinstance(path, Path) else path.path))
         if progress is not None:
             progress(0, 10)
             progress(10, 10)

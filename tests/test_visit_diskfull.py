@@ -33,12 +33,15 @@ from agent.control import GetStatus, StartVisit, StopVisit
 from agent.settings import AgentSettings
 from tests.plugins.archive import DIALOGUE, REPO, soxi_samples
 from tests.plugins.daemon import SYNTH_MIC, DaemonProcess, short_tmp_dir, write_config
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, poll, stored_recording, wav_samples
 
 pytestmark = pytest.mark.slow
 
 VISIT_S = 20.0
+SMALL_TMPFS_KIB = 100
+"""Room for the visit journal's page and a sealed archive of one chunk (65552 bytes and its header), not two."""
 MISSING_ROW = re.compile(r"^\s+MISSING from the recording\s+(\d+\.\d\d)-(\d+\.\d\d) s \(disk full\), (.*)$", re.M)
 
 
@@ -171,7 +174,8 @@ def assert_stream_held_everything(server: RunningServer, gated: list[tuple[int, 
 def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_and_exits_73(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=64, on_signal="retry")  # the journal's page, then about 1.9 s of audio
+    # The journal's page, then the sealed header and one 64 KiB chunk: 2.05 s of audio.
+    run = disk_full_run(tmpfs_kib=SMALL_TMPFS_KIB, on_signal="retry")
     timeline, gated = pipeline_output(run.source)
 
     held = run.held_item_while_recording()
@@ -192,7 +196,7 @@ def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_an
     wav = run.archive()
     saved = wav_samples(wav)
     assert 1.5 * 32000 < len(saved) < 2.1 * 32000 and saved == timeline[: len(saved)]  # the part that fit
-    assert soxi_samples(wav) == len(saved) // 2  # header fixed up: sox agrees
+    assert soxi_samples(wav) == len(saved) // 2  # sox agrees
     stop_s = len(saved) / 32000
     [warning] = archive_warnings(err)
     assert warning.endswith(
@@ -203,15 +207,15 @@ def test_disk_full_mid_visit_streams_to_the_end_queues_the_saved_part_at_once_an
     assert re.search(r"stream confirmed by server\s+yes", err)
     assert re.search(r"upload\s+uploaded and confirmed", err)
     assert_stream_held_everything(medisync_server, gated)
-    assert stored_recording(medisync_server, run.appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, run.appointment) == uploaded_bytes(wav)
     [item] = run.home.items()
-    assert (item["held"], item["state"], item["size"]) == (False, "done", wav.stat().st_size)
+    assert (item["held"], item["state"], item["size"]) == (False, "done", len(uploaded_bytes(wav)))
 
 
 def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=1024, filler_kib=960)  # about 1.9 s of audio fit until the filler goes
+    run = disk_full_run(tmpfs_kib=1024, filler_kib=1024 - SMALL_TMPFS_KIB)  # 2.05 s (a sealed chunk) fit, then full
     timeline, gated = pipeline_output(run.source)
 
     run.held_item_while_recording()
@@ -238,13 +242,13 @@ def test_space_returning_mid_visit_resumes_the_archive_on_the_visit_timeline(
     assert f"stopped at {shown_start} s of the visit (disk full)" in warnings[0]
     assert f"resumed at {shown_end} s of the visit" in warnings[1]
     assert_stream_held_everything(medisync_server, gated)
-    assert stored_recording(medisync_server, run.appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, run.appointment) == uploaded_bytes(wav)
 
 
 def test_saved_part_queued_mid_visit_is_uploaded_after_a_crash(
     disk_full_run: Callable[..., DiskFullRun], medisync_server: RunningServer
 ) -> None:
-    run = disk_full_run(tmpfs_kib=64, on_signal="crash")
+    run = disk_full_run(tmpfs_kib=SMALL_TMPFS_KIB, on_signal="crash")
     timeline, _ = pipeline_output(run.source)
     run.held_item_while_recording()
     run.signal()  # kill -9 while recording, the item still held; then `uploads retry --now`
@@ -255,9 +259,9 @@ def test_saved_part_queued_mid_visit_is_uploaded_after_a_crash(
     wav = run.archive(journal=False)
     saved = wav_samples(wav)
     assert 1.5 * 32000 < len(saved) < 2.1 * 32000 and saved == timeline[: len(saved)]
-    assert stored_recording(medisync_server, run.appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, run.appointment) == uploaded_bytes(wav)
     [item] = run.home.items()
-    assert (item["held"], item["state"], item["size"]) == (False, "done", wav.stat().st_size)
+    assert (item["held"], item["state"], item["size"]) == (False, "done", len(uploaded_bytes(wav)))
 
 
 def free_port() -> int:
@@ -268,7 +272,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def daemon_on_full_disk(medisync_server: RunningServer) -> Iterator[tuple[DaemonProcess, str]]:
-    """The daemon (synthetic microphone) with its recordings folder on a 64 KiB tmpfs, metrics on."""
+    """The daemon (synthetic microphone) with its recordings folder on a small tmpfs (one sealed chunk), metrics on."""
     work = short_tmp_dir()
     port = free_port()
     config = work / "agent.toml"
@@ -279,9 +283,9 @@ def daemon_on_full_disk(medisync_server: RunningServer) -> Iterator[tuple[Daemon
     env = {**os.environ, "MEDISYNC_PASSWORD": medisync_server.password}
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(name, None)
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {recordings} && "
-                             f"exec {daemon_cmd}"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env, cwd=REPO)  # fmt: skip
+    mount = f"mount -t tmpfs -o size={SMALL_TMPFS_KIB}k tmpfs {recordings}"
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", f"{mount} && exec {daemon_cmd}"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env, cwd=REPO)  # fmt: skip
     daemon = DaemonProcess(proc, work / "run" / "control.sock", recordings, work / "uploads", config)
     daemon.start_pump()
     yield daemon, f"http://127.0.0.1:{port}/metrics"

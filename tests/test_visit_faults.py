@@ -33,6 +33,7 @@ from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSet
 from agent.stream.client import State
 from agent.visit import Visit, VisitSummary
 from tests.plugins.archive import DIALOGUE
+from tests.plugins.keys import TEST_KEYS, uploaded_bytes
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import FAST_STREAM, looped_dialogue, sped_up_clock, stored_recording, wav_samples
@@ -63,7 +64,8 @@ class Harness:
     def visit(self, settings: AgentSettings, client: MediSyncClient, wav: Path, speed: float) -> Visit:
         clock, sleep = sped_up_clock(speed)
         source = FileSource(str(wav), pace="realtime", clock=clock, sleep=sleep)
-        return Visit(settings, appointment_id=self.appointment, source=source, queue=UploadQueue(settings.upload),
+        queue = UploadQueue(settings.upload, keys=TEST_KEYS)
+        return Visit(settings, appointment_id=self.appointment, source=source, queue=queue,
                      token=token_provider(client), on_output=self.collect)  # fmt: skip
 
     @property
@@ -118,7 +120,7 @@ def test_minutes_long_visit_through_twenty_plus_cuts_loses_and_doubles_nothing(h
                     await asyncio.to_thread(harness.proxy.reset if rng.random() < 0.5 else harness.proxy.cut)
                     cuts += 1
             summary = await running
-            return summary, await upload(UploadQueue(settings.upload), client)
+            return summary, await upload(UploadQueue(settings.upload, keys=TEST_KEYS), client)
 
     summary, state = asyncio.run(main())
     stored = harness.server.session_audio(summary.session_id)
@@ -137,7 +139,7 @@ def test_minutes_long_visit_through_twenty_plus_cuts_loses_and_doubles_nothing(h
     assert len(archive) // 2 == summary.record.samples > 190 * 16000  # the whole timeline, gated or not
     assert_server_runs_match_archive(stored.runs, archive)
     assert state is ItemState.DONE
-    assert stored_recording(harness.server, harness.appointment) == summary.record.path.read_bytes()
+    assert stored_recording(harness.server, harness.appointment) == uploaded_bytes(summary.record.path)
 
 
 @pytest.mark.slow
@@ -159,7 +161,7 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
             await wait_for(lambda: visit.gated_samples > outage_start + 2 * ring_s * 16000, "the ring to overflow")
             harness.server.knobs.refuse_handshake(503, count=0)
             summary = await running
-            return summary, await upload(UploadQueue(settings.upload), client)
+            return summary, await upload(UploadQueue(settings.upload, keys=TEST_KEYS), client)
 
     summary, state = asyncio.run(main())
     stats = summary.stream
@@ -185,7 +187,7 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
     assert_server_runs_match_archive(stored.runs, archive)
     assert all(archive[s * 2 : s * 2 + len(p)] == p for s, p in harness.gated)
     assert state is ItemState.DONE
-    assert stored_recording(harness.server, harness.appointment) == summary.record.path.read_bytes()
+    assert stored_recording(harness.server, harness.appointment) == uploaded_bytes(summary.record.path)
 
 
 def timeline_masks(
@@ -220,7 +222,7 @@ def test_403_mid_visit_stops_streaming_but_archive_and_upload_go_on(harness: Har
             summary = await running
             assert harness.proxy.connections == connections  # dialling stopped for the rest of the visit
             assert summary.record.samples > at_403  # capture and archive went on
-            queue = UploadQueue(settings.upload)
+            queue = UploadQueue(settings.upload, keys=TEST_KEYS)
             blocked = await upload(queue, client)
             server.server.set_subscription(server.email, True)
             return summary, blocked, await upload(queue, client, force=True)
@@ -232,7 +234,7 @@ def test_403_mid_visit_stops_streaming_but_archive_and_upload_go_on(harness: Har
     assert len(archive) // 2 == summary.record.samples
     assert all(archive[s * 2 : s * 2 + len(p)] == p for s, p in harness.gated)
     assert (blocked, after) == (ItemState.BLOCKED, ItemState.DONE)
-    assert stored_recording(server, harness.appointment) == summary.record.path.read_bytes()
+    assert stored_recording(server, harness.appointment) == uploaded_bytes(summary.record.path)
 
 
 class LossySource(FileSource):
@@ -261,7 +263,7 @@ def test_source_loss_is_archived_as_silence_and_announced_as_gap(harness: Harnes
             clock, sleep = sped_up_clock(20.0)
             source = LossySource(str(DIALOGUE), pace="realtime", clock=clock, sleep=sleep)
             visit = Visit(settings, appointment_id=harness.appointment, source=source,
-                          queue=UploadQueue(settings.upload), token=token_provider(client))  # fmt: skip
+                          queue=UploadQueue(settings.upload, keys=TEST_KEYS), token=token_provider(client))  # fmt: skip
             return await visit.run()
 
     summary = asyncio.run(run())

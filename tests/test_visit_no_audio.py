@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.archive import DIALOGUE
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, stored_recording, wav_samples
 
@@ -46,4 +47,4 @@ def test_visit_without_audio_is_not_queued_and_the_appointment_stays_free(
     assert real.returncode == 0, real.stderr
     [wav] = home.wavs()
     assert len(wav_samples(wav)) == 2 * 16000
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)

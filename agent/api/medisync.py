@@ -39,7 +39,7 @@ from agent.api.models import (
     TranscriptionRecord,
     to_builtins,
 )
-from agent.api.multipart import Progress
+from agent.api.multipart import AudioBody, Progress
 from agent.api.recordings import Download, UploadResult
 from agent.api.responses import Document, unwrap
 from agent.api.secret import Credentials
@@ -135,9 +135,10 @@ class MediSyncClient:
     # --- recordings ------------------------------------------------------------------------------------------
 
     async def upload_recording(
-        self, appointment_id: str, path: Path, *, progress: Progress | None = None
+        self, appointment_id: str, path: Path | AudioBody, *, progress: Progress | None = None
     ) -> UploadResult:
-        """Upload ``path`` as the appointment's recording, streaming it from disk.
+        """Upload ``path`` (a plaintext file, or an :class:`AudioBody` such as a sealed recording decrypted while it
+        streams) as the appointment's recording.
 
         Refuses a file over the limit before sending (:class:`~agent.errors.UploadTooLargeError`). When MediSync
         already holds a recording for the appointment, downloads it while hashing: the same bytes end as success
@@ -145,7 +146,8 @@ class MediSyncClient:
         """
         return await recordings.upload(self, appointment_id, path, progress=progress)
 
-    async def post_recording(self, appointment_id: str, path: Path, *, progress: Progress | None = None) -> Recording:
+    async def post_recording(self, appointment_id: str, path: Path | AudioBody, *,
+                             progress: Progress | None = None) -> Recording:  # fmt: skip
         """One ``POST /recordings/add/{appointment_id}?uid=`` (multipart field ``audio``), no reconciliation."""
         return await recordings.post(self, appointment_id, path, progress=progress)
 

@@ -2,8 +2,9 @@
 
 MediSync keeps one recording per appointment and rejects a second upload. A retry after a lost response (the
 first upload arrived, its answer did not) therefore meets "already exists"; the client then hashes what the server
-holds while downloading it and compares with the local file. Same SHA-256: the upload is done (reported as
-success, nothing uploaded twice). Different: :class:`~agent.errors.RecordingMismatchError`, never a silent double
+holds while downloading it and compares with the local file (for a sealed recording: with the plaintext digest
+recorded when the visit was finished, never by writing plaintext out). Same SHA-256: the upload is done (reported
+as success, nothing uploaded twice). Different: :class:`~agent.errors.RecordingMismatchError`, never a silent double
 and never a silent loss.
 """
 
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, BinaryIO
 import httpx
 
 from agent.api.models import Recording
-from agent.api.multipart import CHUNK_BYTES, FilePart, Progress
+from agent.api.multipart import CHUNK_BYTES, AudioBody, FilePart, LocalFile, Progress
 from agent.api.responses import unwrap
+from agent.archive.storage import sha256_file
 from agent.errors import (
     AlreadyExistsError,
     ApiError,
@@ -75,18 +77,24 @@ def local_size(path: Path, limit: int) -> int:
     return size
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (blocking: run it in a thread)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+def audio_body(audio: Path | AudioBody, limit: int) -> AudioBody:
+    """What to send: a plaintext file as it is, or the given body; refused over ``limit`` before any request."""
+    if isinstance(audio, Path):
+        audio = LocalFile(audio, local_size(audio, limit))
+    if audio.size > limit:
+        raise UploadTooLargeError(f"recording {audio.path} is {audio.size} bytes, over MediSync's limit of {limit} "
+                                  "bytes; not sent")  # fmt: skip
+    return audio
 
 
-async def post(client: MediSyncClient, appointment_id: str, path: Path, *, progress: Progress | None) -> Recording:
-    size = local_size(path, client.max_upload_bytes)
-    part = FilePart(AUDIO_FIELD, path, size)
+async def local_digest(audio: AudioBody) -> str:
+    """The SHA-256 the upload's content has: known in advance, or hashed from the plaintext file."""
+    return audio.sha256 if audio.sha256 is not None else await asyncio.to_thread(sha256_file, audio.path)
+
+
+async def post(client: MediSyncClient, appointment_id: str, audio: Path | AudioBody, *,
+               progress: Progress | None) -> Recording:  # fmt: skip
+    part = FilePart(AUDIO_FIELD, audio_body(audio, client.max_upload_bytes))
     call = client.recording_call(
         "POST",
         appointment_id,
@@ -101,44 +109,47 @@ async def post(client: MediSyncClient, appointment_id: str, path: Path, *, progr
     return recording
 
 
-async def upload(client: MediSyncClient, appointment_id: str, path: Path, *, progress: Progress | None) -> UploadResult:
-    size = local_size(path, client.max_upload_bytes)
+async def upload(client: MediSyncClient, appointment_id: str, audio: Path | AudioBody, *,
+                 progress: Progress | None) -> UploadResult:  # fmt: skip
+    body = audio_body(audio, client.max_upload_bytes)
+    size = body.size
     try:
-        recording = await post(client, appointment_id, path, progress=progress)
+        recording = await post(client, appointment_id, body, progress=progress)
     except AlreadyExistsError:
         log.info("appointment %s already has a recording; comparing it with the local file", appointment_id)
     except ResponseError as exc:
         # A 2xx whose body cannot be read: the upload may or may not have landed. Ask what the server holds.
-        return await _verify_unreadable_answer(client, appointment_id, path, size, exc)
+        return await _verify_unreadable_answer(client, appointment_id, body, exc)
     else:
         return UploadResult(appointment_id, size, recording, already_present=False)
-    local_digest = await asyncio.to_thread(sha256_file, path)
+    digest = await local_digest(body)
     remote = await download(client, appointment_id, None)
-    if remote.size == size and remote.sha256 == local_digest:
+    if remote.size == size and remote.sha256 == digest:
         log.info("appointment %s: the server already holds this recording", appointment_id)
         return UploadResult(appointment_id, size, None, already_present=True)
     raise RecordingMismatchError(
         f"appointment {appointment_id} already has a different recording on the server "
         f"({remote.size} bytes, sha256 {remote.sha256[:12]}...) than the local file "
-        f"({size} bytes, sha256 {local_digest[:12]}...)"
+        f"({size} bytes, sha256 {digest[:12]}...)"
     )
 
 
 async def _verify_unreadable_answer(
-    client: MediSyncClient, appointment_id: str, path: Path, size: int, unreadable: ResponseError
+    client: MediSyncClient, appointment_id: str, body: AudioBody, unreadable: ResponseError
 ) -> UploadResult:
     """Done if the server holds exactly the local bytes; otherwise the unreadable answer stands (retried later).
 
     Not a mismatch even when the server holds other bytes: a server that garbles one answer may garble the
     download too, and the next attempt meets "already exists" and compares again, definitely.
     """
-    local_digest = await asyncio.to_thread(sha256_file, path)
+    digest = await local_digest(body)
+    size = body.size
     try:
         remote = await download(client, appointment_id, None)
     except ApiError as exc:
         log.info("upload answer unreadable and the recording cannot be fetched to check it (%s)", type(exc).__name__)
         raise unreadable from None
-    if remote.size == size and remote.sha256 == local_digest:
+    if remote.size == size and remote.sha256 == digest:
         log.info("appointment %s: upload answer unreadable; the server holds exactly this recording", appointment_id)
         return UploadResult(appointment_id, size, None, already_present=True)
     raise unreadable

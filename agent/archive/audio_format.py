@@ -16,6 +16,8 @@ import enum
 import struct
 from collections.abc import Callable
 
+from agent.archive.wavfmt import riff_chunks
+
 ReadAt = Callable[[int, int], bytes]
 
 _MAX_CHUNKS = 64
@@ -57,23 +59,17 @@ def sniff(read_at: ReadAt, size: int) -> AudioFormat:
 
 
 def _check_wav(read_at: ReadAt, size: int) -> None:
-    offset, has_fmt = 12, False
-    for _ in range(_MAX_CHUNKS):
-        header = read_at(offset, 8)
-        if len(header) < 8:
-            break
-        chunk_id, chunk_size = struct.unpack("<4sI", header)
-        body = offset + 8
-        if chunk_id == b"fmt ":
-            _check_wav_fmt(read_at(body, 16) if chunk_size >= 16 else b"")
+    has_fmt = False
+    for chunk in riff_chunks(read_at, limit=_MAX_CHUNKS):
+        if chunk.chunk_id == b"fmt ":
+            _check_wav_fmt(read_at(chunk.body, 16) if chunk.size >= 16 else b"")
             has_fmt = True
-        elif chunk_id == b"data":
+        elif chunk.chunk_id == b"data":
             if not has_fmt:
                 raise NotAudio("WAV file without a format chunk before its data")
-            if size <= body:
+            if size <= chunk.body:
                 raise NotAudio("WAV file without any audio data")
             return
-        offset = body + chunk_size + (chunk_size & 1)
     raise NotAudio("WAV file without a data chunk")
 
 

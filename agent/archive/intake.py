@@ -2,8 +2,9 @@
 
 ``add`` takes an operator's own file: a regular file (not a folder, device or FIFO), not empty, within the upload
 limit, whose content is WAV, MP3 or M4A audio (:mod:`agent.archive.audio_format`), for a valid appointment id that
-has no recording queued yet. It copies the file into the agent's archive folder (0600) and queues the copy, so the
-agent never moves or deletes a file it did not create: a dead letter moves the copy, retention deletes the copy.
+has no recording queued yet. It copies the file into the agent's archive folder (0600; sealed to the device key
+when the archive is encrypted, hashing the plaintext on the way) and queues the copy, so the agent never moves or
+deletes a file it did not create: a dead letter moves the copy, retention deletes the copy.
 
 ``assign`` queues audio already in the agent's storage that no journal or queue item accounts for (an orphan that
 :mod:`agent.archive.recovery` listed) for an appointment.
@@ -14,6 +15,7 @@ Errors are :class:`~agent.errors.InputError` with one line for a person (exit 65
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -24,14 +26,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.archive.audio_format import AudioFormat, NotAudio, sniff
+from agent.archive.keys import ArchiveKeys
 from agent.archive.recovery import is_orphan
-from agent.archive.storage import copy_private, ensure_private_dir
+from agent.archive.sealed import PlainDigest, SealedAppender, is_sealed_bytes, open_plain, plain_size
+from agent.archive.storage import atomic_private_file, copy_private, ensure_private_dir, read_blocks
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error
+from agent.archive.wavfmt import bytes_reader
 from agent.errors import ArchiveError, InputError
 from agent.ids import appointment_id_problem
 
 ACCEPTED = "uploads take WAV, MP3 or M4A audio"
+SNIFF_BYTES = 1024 * 1024
+"""Plaintext decrypted to judge a sealed recording's format (its first chunks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +79,32 @@ def add_copy(queue: UploadQueue, archive_dir: Path, appointment_id: str, source:
     target = archive_dir / copy_name(time.time(), source.audio)
     try:
         ensure_private_dir(archive_dir)
-        copy_private(source.fd, source.size, target)
+        digest = _copy(source, target, queue.keys)
     except ValueError as exc:
         raise InputError(f"{source.path}: {exc}; nothing queued") from None
     except OSError as exc:
         raise ArchiveError(f"cannot copy {source.path} into {archive_dir}: {describe_os_error(exc)}") from exc
     try:
-        return queue.enqueue(appointment_id, target)
+        return queue.enqueue(appointment_id, target, digest=digest)
     except BaseException:
         target.unlink(missing_ok=True)  # our copy, not queued: nothing else refers to it
         raise
+
+
+def _copy(source: OperatorFile, target: Path, keys: ArchiveKeys | None) -> PlainDigest | None:
+    """The private copy: sealed (and its plaintext hashed on the way) with ``keys``, else byte for byte."""
+    if keys is None:
+        copy_private(source.fd, source.size, target)
+        return None
+    digest = hashlib.sha256()
+    with atomic_private_file(target) as fd:
+        sealed = SealedAppender(fd, keys.recipient)
+        sealed.begin()
+        for block in read_blocks(source.fd, source.size):
+            digest.update(block)
+            sealed.append(block)
+        sealed.finish()
+    return PlainDigest(source.size, digest.hexdigest())
 
 
 def assign(queue: UploadQueue, archive_dir: Path, file: Path, appointment_id: str) -> UploadItem:
@@ -96,10 +119,24 @@ def assign(queue: UploadQueue, archive_dir: Path, file: Path, appointment_id: st
     except OSError as exc:
         raise InputError(f"{file}: cannot read it: {describe_os_error(exc)}") from None
     try:
-        _format_of(fd, os.fstat(fd).st_size, file)
+        if is_sealed_bytes(os.pread(fd, 64, 0)):
+            _sealed_format_of(path, queue, file)
+        else:
+            _format_of(fd, os.fstat(fd).st_size, file)
     finally:
         os.close(fd)
     return queue.enqueue(appointment_id, path)
+
+
+def _sealed_format_of(path: Path, queue: UploadQueue, name: Path) -> AudioFormat:
+    """The format of a sealed recording's plaintext (its start decrypted in memory; the device key needed)."""
+    identity = queue.keys.opener(f"checking the sealed recording {name}") if queue.keys else None
+    with open_plain(path, identity) as reader:
+        head = reader.read(SNIFF_BYTES)
+    try:
+        return sniff(bytes_reader(head), plain_size(path))
+    except NotAudio as exc:
+        raise InputError(f"{name}: {exc}") from None
 
 
 def copy_name(now: float, audio: AudioFormat) -> str:

@@ -25,11 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.archive.journal import archive_name_for, find_journals, is_live, journal_path_for, read_journal
-from agent.archive.repair import final_path_of, find_partials, is_being_recorded, parse_layout, repair_partial
+from agent.archive.repair import (
+    RepairResult,
+    final_path_of,
+    find_partials,
+    is_being_recorded,
+    parse_layout,
+    repair_partial,
+)
+from agent.archive.sealed import PlainDigest, is_sealed, plain_size
 from agent.archive.storage import Quarantined, Unreadable, list_quarantine, quarantine, remove_stale_temps
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error
-from agent.errors import AgentError, ArchiveError
+from agent.errors import AgentError, ArchiveError, WrongKeyError
 from agent.ids import appointment_id_problem
 
 log = logging.getLogger(__name__)
@@ -80,7 +88,7 @@ def recover(archive_dir: Path, queue: UploadQueue, *, now: float | None = None) 
                 log.error("could not recover the visit of %s now (%s); it stays for the next start",
                           journal_path.name, exc)  # fmt: skip
         for partial in find_partials(archive_dir):
-            _repair_unjournaled(partial, archive_dir, report)
+            _repair_unjournaled(partial, archive_dir, queue, report)
     remove_stale_temps(queue.directory, STALE_TEMP_S, now)
     _adopt_archive_items(archive_dir, queue)  # loading the queue also quarantines what cannot be used
     queue.dead_items()
@@ -116,7 +124,7 @@ def _recover_journal(path: Path, archive_dir: Path, queue: UploadQueue, report: 
     if problem is not None:
         _quarantine(path, archive_dir, f"unusable visit journal: {problem}")
         return
-    wav = _finished_recording(expected, archive_dir)
+    wav, digest = _finished_recording(expected, archive_dir, queue)
     if wav is None and (quarantine_dir_of(archive_dir) / (expected.name + PARTIAL_SUFFIX)).exists():
         _quarantine(path, archive_dir, f"its recording could not be repaired (quarantined as {expected.name}.partial)")
         return
@@ -125,43 +133,55 @@ def _recover_journal(path: Path, archive_dir: Path, queue: UploadQueue, report: 
     elif _frames(wav) == 0:
         _discard(wav, report)
     else:
-        _queue_recording(journal.appointment_id, wav, queue, report)
+        _queue_recording(journal.appointment_id, wav, queue, report, digest)
     path.unlink(missing_ok=True)
 
 
-def _finished_recording(expected: Path, archive_dir: Path) -> Path | None:
-    """The journal's recording, its ``.partial`` repaired first; None if neither exists (or it was quarantined)."""
+def _finished_recording(expected: Path, archive_dir: Path,
+                        queue: UploadQueue) -> tuple[Path | None, PlainDigest | None]:  # fmt: skip
+    """The journal's recording, its ``.partial`` repaired first (and the digest repair took); None if neither exists
+    (or it was quarantined)."""
     partial = expected.with_name(expected.name + PARTIAL_SUFFIX)
     if partial.exists():
         if is_being_recorded(partial):
             raise ArchiveError(f"{partial.name} is held by a running process")
         try:
-            wav = repair_partial(partial, canonical=True).final
+            result = _repair(partial, queue, canonical=True)
         except ArchiveError as exc:
             _set_aside_unrepairable(partial, archive_dir, exc)
-            return expected if expected.is_file() else None
-        log.warning("repaired %s left by an interrupted visit", wav.name)
-        return wav
-    return expected if expected.is_file() else None
+            return (expected if expected.is_file() else None), None
+        log.warning("repaired %s left by an interrupted visit%s", result.final.name,
+                    f" ({result.loss})" if result.loss else "")  # fmt: skip
+        return result.final, result.digest
+    return (expected if expected.is_file() else None), None
 
 
-def _queue_recording(appointment_id: str, wav: Path, queue: UploadQueue, report: Recovery) -> None:
+def _repair(partial: Path, queue: UploadQueue, *, canonical: bool) -> RepairResult:
+    """Repair with the device key when the queue holds it (a sealed file needs it: WrongKeyError without)."""
+    return repair_partial(partial, canonical=canonical, identity=queue.keys.identity if queue.keys else None)
+
+
+def _queue_recording(appointment_id: str, wav: Path, queue: UploadQueue, report: Recovery,
+                     digest: PlainDigest | None) -> None:  # fmt: skip
     existing = queue.find(appointment_id)
     if existing is None:
-        report.queued.append(queue.enqueue(appointment_id, wav))
+        report.queued.append(queue.enqueue(appointment_id, wav, digest=digest))
         log.warning("queued the upload of interrupted visit %s", wav.name)
     elif os.path.realpath(wav) not in {os.path.realpath(p) for p in (existing.audio_path, existing.source_path) if p}:
         log.error("the appointment of interrupted visit %s has another recording queued (item %s): this one "
                   "needs an appointment", wav.name, existing.item_id[:8])  # fmt: skip
 
 
-def _repair_unjournaled(partial: Path, archive_dir: Path, report: Recovery) -> None:
+def _repair_unjournaled(partial: Path, archive_dir: Path, queue: UploadQueue, report: Recovery) -> None:
     if not partial.name.endswith(".wav" + PARTIAL_SUFFIX):
         return  # an MP3 encoding cut short: the queue encodes again
     if journal_path_for(final_path_of(partial)).exists() or is_being_recorded(partial):
         return  # its visit runs, or its journal could not be settled and stays for the next start
     try:
-        result = repair_partial(partial, canonical=partial.name.startswith("visit-"))
+        result = _repair(partial, queue, canonical=partial.name.startswith("visit-"))
+    except WrongKeyError as exc:
+        report.problems.append(f"{partial.name}: {exc}")
+        return  # sealed, and no key here to repair it: it stays for a start that has the key
     except ArchiveError as exc:
         _set_aside_unrepairable(partial, archive_dir, exc)
         return
@@ -178,7 +198,7 @@ def _set_aside_unrepairable(partial: Path, archive_dir: Path, exc: ArchiveError)
         size = partial.stat().st_size
     except FileNotFoundError:
         return
-    if size <= 44 and partial.name.startswith("visit-"):  # not even a whole header of ours reached the disk
+    if size <= 44 and partial.name.startswith("visit-") and not is_sealed(partial):  # not even a header of ours
         partial.unlink(missing_ok=True)
         log.warning("%s held no audio (%d bytes); removed", partial.name, size)
         return
@@ -199,8 +219,11 @@ def _discard(wav: Path, report: Recovery) -> None:
 
 
 def _frames(wav: Path) -> int | None:
-    """Sample frames of a WAV by its size (not its header's claims), None if it is not a readable WAV."""
+    """Sample frames of a WAV by its size (not its header's claims), None if it is not a readable WAV. A sealed
+    visit archive is measured by its plaintext length (no key needed): 16 kHz mono s16 after a 44-byte header."""
     try:
+        if is_sealed(wav):
+            return max(0, plain_size(wav) - 44) // 2
         with open(wav, "rb") as f:
             layout = parse_layout(f.read(64 * 1024), wav.name)
             size = os.fstat(f.fileno()).st_size
@@ -210,6 +233,9 @@ def _frames(wav: Path) -> int | None:
 
 
 def _seconds(wav: Path) -> float | None:
+    if is_sealed(wav):
+        frames = _frames(wav)
+        return None if frames is None else frames / 16000
     try:
         with open(wav, "rb") as f:
             layout = parse_layout(f.read(64 * 1024), wav.name)

@@ -9,6 +9,10 @@ otherwise the file is not ours and is left untouched. A file whose writer is ali
 
 A visit archive of the agent's own (``canonical=True``) always starts with the writer's 44-byte header for 16 kHz
 mono 16-bit; if a power cut tore that header, repair writes it anew instead of giving the audio up.
+
+A sealed (age) recording is repaired by :mod:`agent.archive.sealed_repair` with the device key: every chunk that
+authenticates is kept, the loss is reported (:attr:`RepairResult.loss`). :func:`repair_recording` does the same for
+a finished sealed file that turned out damaged (an upload refused it).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.archive.age import Identity
+from agent.archive.sealed import PlainDigest, is_sealed_bytes, open_plain, plain_digest, require_identity
+from agent.archive.sealed_repair import repair_sealed
 from agent.archive.wav import HEADER_BYTES, PARTIAL_SUFFIX, describe_os_error, fsync_directory, wav_header
-from agent.errors import ArchiveError
+from agent.archive.wavfmt import bytes_reader, is_riff_wave, riff_chunks
+from agent.errors import AgentError, ArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,11 @@ class RepairResult:
     """Hz, from the header."""
     dropped_bytes: int
     """Bytes of a torn trailing sample frame that were cut off."""
+    loss: str = ""
+    """What a sealed recording's repair could not keep (damaged or unfinished chunks), for a person; empty if
+    nothing."""
+    digest: PlainDigest | None = None
+    """Size and SHA-256 of what uploading the repaired file sends (sealed files: taken while checking them)."""
 
     @property
     def seconds(self) -> float:
@@ -73,21 +86,17 @@ def parse_layout(head: bytes, name: str) -> _Layout:
     """Find format and data offset in the first bytes of a WAV; ArchiveError if it is not a PCM WAV."""
     if not head:
         raise ArchiveError(f"cannot repair {name}: the file is empty (nothing reached the disk)")
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if not is_riff_wave(head):
         raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no RIFF/WAVE header)")
-    offset = 12
     fmt: tuple[int, int, int, int] | None = None
-    while offset + 8 <= len(head):
-        chunk_id, size = struct.unpack_from("<4sI", head, offset)
-        body = offset + 8
-        if chunk_id == b"data":
+    for chunk in riff_chunks(bytes_reader(head), end=len(head)):
+        if chunk.chunk_id == b"data":
             if fmt is None:
                 raise ArchiveError(f"cannot repair {name}: data chunk before the format chunk")
-            return _checked_layout(fmt, body, name)
-        if chunk_id == b"fmt " and size >= 16 and body + 16 <= len(head):
-            encoding, channels, rate, _byte_rate, block_align = struct.unpack_from("<HHIIH", head, body)
+            return _checked_layout(fmt, chunk.body, name)
+        if chunk.chunk_id == b"fmt " and chunk.size >= 16 and chunk.body + 16 <= len(head):
+            encoding, channels, rate, _byte_rate, block_align = struct.unpack_from("<HHIIH", head, chunk.body)
             fmt = (encoding, channels, rate, block_align)
-        offset = body + size + (size & 1)
     raise ArchiveError(f"cannot repair {name}: not a partial WAV file (no data chunk in the header)")
 
 
@@ -102,10 +111,11 @@ CANONICAL = _Layout(sample_rate=SAMPLE_RATE, block_align=BYTES_PER_SAMPLE, data_
 """What the agent's own visit archive writer puts in every header (agent.archive.wav.wav_header)."""
 
 
-def repair_partial(partial: Path | str, *, canonical: bool = False) -> RepairResult:
+def repair_partial(partial: Path | str, *, canonical: bool = False, identity: Identity | None = None) -> RepairResult:
     """Repair one ``.partial`` into its final WAV (see module doc). Raises ArchiveError with a one-line reason.
 
     ``canonical``: the file is a visit archive the agent wrote; a torn header is replaced by the writer's own.
+    ``identity``: the device key, needed for a sealed file (WrongKeyError without it).
     """
     partial = Path(partial)
     final = final_path_of(partial)
@@ -120,7 +130,10 @@ def repair_partial(partial: Path | str, *, canonical: bool = False) -> RepairRes
     try:
         _lock_or_raise(fd, partial)
         try:
-            result = _repair_open_file(fd, partial, final, canonical=canonical)
+            if is_sealed_bytes(os.pread(fd, 64, 0)):
+                result = _repair_sealed_file(fd, partial, final, require_identity(identity, f"repairing {partial}"))
+            else:
+                result = _repair_open_file(fd, partial, final, canonical=canonical)
         except OSError as exc:
             raise ArchiveError(f"cannot repair {partial}: {describe_os_error(exc)}") from exc
         try:
@@ -131,6 +144,39 @@ def repair_partial(partial: Path | str, *, canonical: bool = False) -> RepairRes
     finally:
         os.close(fd)  # releases the lock, after the rename
     return result
+
+
+def repair_recording(path: Path, identity: Identity) -> RepairResult:
+    """Repair a finished sealed recording in place (damaged chunks become silence); ArchiveError if it is not
+    sealed or is held by a running process."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ArchiveError(f"cannot repair {path}: {describe_os_error(exc)}") from exc
+    try:
+        _lock_or_raise(fd, path)
+        if not is_sealed_bytes(os.pread(fd, 64, 0)):
+            raise ArchiveError(f"cannot repair {path}: only .partial files (and sealed recordings) are repaired")
+        try:
+            return _repair_sealed_file(fd, path, path, identity)
+        except OSError as exc:
+            raise ArchiveError(f"cannot repair {path}: {describe_os_error(exc)}") from exc
+    finally:
+        os.close(fd)
+
+
+def _repair_sealed_file(fd: int, path: Path, final: Path, identity: Identity) -> RepairResult:
+    repair = repair_sealed(fd, path, identity)
+    layout = CANONICAL
+    if repair.plain_bytes:
+        with open_plain(path, identity) as reader:
+            try:
+                layout = parse_layout(reader.read(_MAX_HEADER_SCAN), str(path))
+            except ArchiveError:
+                layout = CANONICAL  # a chunk 0 replaced by silence starts with the writer's own header anyway
+    frames = max(0, repair.plain_bytes - layout.data_offset) // layout.block_align
+    return RepairResult(partial=path, final=final, frames=frames, sample_rate=layout.sample_rate, dropped_bytes=0,
+                        loss=repair.describe_loss(), digest=plain_digest(path, identity))  # fmt: skip
 
 
 def _lock_or_raise(fd: int, partial: Path) -> None:
@@ -196,7 +242,7 @@ def find_partials(directory: Path | str) -> list[Path]:
     return [p for p in entries if p.name.endswith(PARTIAL_SUFFIX) and p.name != PARTIAL_SUFFIX and p.is_file()]
 
 
-def repair_all(directory: Path | str) -> list[RepairResult | RepairFailure]:
+def repair_all(directory: Path | str, *, identity: Identity | None = None) -> list[RepairResult | RepairFailure]:
     """Repair every ``.partial`` in ``directory`` (on the next start after a crash); one bad file never stops the rest.
 
     Files still being recorded by a live process (they hold the writer's lock) are skipped. Returns one outcome
@@ -208,11 +254,12 @@ def repair_all(directory: Path | str) -> list[RepairResult | RepairFailure]:
             log.info("%s is being recorded by a running process: left alone", partial.name)
             continue
         try:
-            result = repair_partial(partial)
-        except ArchiveError as exc:
+            result = repair_partial(partial, identity=identity)
+        except AgentError as exc:
             log.warning("%s", exc)
             outcomes.append(RepairFailure(partial=partial, reason=str(exc)))
         else:
-            log.info("repaired %s: %.2f s", result.final.name, result.seconds)
+            loss = f" ({result.loss})" if result.loss else ""
+            log.info("repaired %s: %.2f s%s", result.final.name, result.seconds, loss)
             outcomes.append(result)
     return outcomes

@@ -15,6 +15,9 @@ quota, read-only remount, I/O error) do not raise:
   does not fit, the archive stays stopped and the missing stretch grows; the reservation needed grows with it
   (32 kB per second), which is the price of one timeline: a second file, or an archive without the silence, would
   make archive times differ from transcript times. One WARNING line marks the resumption.
+* Sealed archives (:class:`~agent.archive.sealed_writer.ResilientSealedWriter`) follow the same policy through the
+  writer's hooks; their silence is sealed and written into the reserved blocks (zeros are not sealed silence), and
+  the archive stops at its last whole chunk on disk.
 * :attr:`~ResilientArchiveWriter.missing` lists the stretches (filled with silence, or open until the visit's end);
   :attr:`~ResilientArchiveWriter.health` is what status and metrics show.
 """
@@ -27,9 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
-from agent.archive.wav import HEADER_BYTES, WavArchiveWriter, describe_os_error, seal
+from agent.archive.wav import WavArchiveWriter, describe_os_error
 from agent.audio.types import Frame
 from agent.settings import ArchiveSettings
 
@@ -93,8 +97,8 @@ class ResilientArchiveWriter(WavArchiveWriter):
     """
 
     def __init__(self, final: Path, fd: int, settings: ArchiveSettings, *, background_sync: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        super().__init__(final, fd, settings, background_sync=background_sync)
+                 clock: Callable[[], float] = time.monotonic, **options: Any) -> None:  # fmt: skip
+        super().__init__(final, fd, settings, background_sync=background_sync, **options)  # (a sealed file's key)
         self._clock = clock
         self._outage: _Outage | None = None
         self._closed_stretches: list[MissingStretch] = []
@@ -148,17 +152,17 @@ class ResilientArchiveWriter(WavArchiveWriter):
 
     def _fault(self, exc: OSError, timeline_end: int) -> None:
         """Keep what reached the disk as a valid WAV (still the locked ``.partial``) and stop writing."""
-        fd = self._require_open()
+        self._require_open()
         reason = describe_os_error(exc)
         self._drop_syncs()
         whole = self._data_bytes - self._data_bytes % BYTES_PER_SAMPLE
         unsealed = ""
         try:
-            seal(fd, whole)
+            self._stop_writing(whole)  # sets _data_bytes to what the file keeps
         except OSError as seal_exc:
-            unsealed = f" (the header could not be fixed: {describe_os_error(seal_exc)}; repair fixes it later)"
-        self._data_bytes = whole
-        at = whole // BYTES_PER_SAMPLE
+            unsealed = f" (the file could not be settled: {describe_os_error(seal_exc)}; repair fixes it later)"
+            self._data_bytes = whole
+        at = self._data_bytes // BYTES_PER_SAMPLE
         self._timeline_end = max(self._timeline_end, timeline_end)
         self._outage = _Outage(start=at, reason=reason, next_probe=self._clock() + PROBE_INTERVAL_S)
         log.warning("archive %s stopped at %.2f s of the visit (%s): the %.2f s written are kept%s; capture and the "
@@ -169,6 +173,8 @@ class ResilientArchiveWriter(WavArchiveWriter):
         if self._outage is None:
             super()._seal_final()  # a failure there stops writing (sealed by _fault) like any other
         if self._outage is not None:  # sealed when writing stopped; the open stretch ends with the visit
+            self._close_after_outage()
+            self._outage.start = min(self._outage.start, self.archived_samples)  # a sealed tail may be dropped
             self._closed_stretches = list(self.missing)
             self._outage = None
 
@@ -184,13 +190,10 @@ class ResilientArchiveWriter(WavArchiveWriter):
         resume_at = frames[0].start
         if not self._reserve((frames[-1].end - self.archived_samples) * BYTES_PER_SAMPLE):
             return
-        # The reserved blocks read as zeros: the missing stretch is silence in the file without writing it.
-        self._data_bytes = resume_at * BYTES_PER_SAMPLE
-        os.lseek(self._require_open(), HEADER_BYTES + self._data_bytes, os.SEEK_SET)
+        self._skip_to(resume_at * BYTES_PER_SAMPLE)  # the missing stretch becomes silence in the file
         stretch = MissingStretch(outage.start, resume_at, outage.reason, filled=True)
         self._closed_stretches.append(stretch)
         self._outage = None
-        self._next_header = self._data_bytes  # the header follows at the next write
         log.warning("archive %s resumed at %.2f s of the visit: %.2f s (%.2f-%.2f s) are missing, silence in the "
                     "archive keeps the visit's timeline", self.final.name, resume_at / SAMPLE_RATE,
                     stretch.samples / SAMPLE_RATE, stretch.start / SAMPLE_RATE, resume_at / SAMPLE_RATE)  # fmt: skip
@@ -199,16 +202,15 @@ class ResilientArchiveWriter(WavArchiveWriter):
     def _reserve(self, nbytes: int) -> bool:
         """Reserve ``nbytes`` after the archived data if they and the headroom fit; if not, the file is unchanged."""
         fd = self._require_open()
-        offset = HEADER_BYTES + self._data_bytes
         try:
             fs = os.fstatvfs(fd)
             if fs.f_bavail * fs.f_frsize < nbytes + RESUME_HEADROOM_BYTES:
                 return False
-            os.posix_fallocate(fd, offset, nbytes)
+            self._reserve_space(nbytes)
         except OSError as exc:
             log.debug("archive %s still not writable: %s", self.final.name, describe_os_error(exc))
             try:
-                os.ftruncate(fd, offset)  # drop a partial reservation; shrinking needs no space
+                self._drop_reservation()  # drop a partial reservation; shrinking needs no space
             except OSError as trunc_exc:
                 log.debug("archive %s: cannot drop the reservation: %s", self.final.name, describe_os_error(trunc_exc))
             return False

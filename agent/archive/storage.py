@@ -15,17 +15,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-
-from agent.archive.wav import describe_os_error, fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -213,27 +213,16 @@ def list_quarantine(folder: Path) -> list[Quarantined]:
     return found
 
 
-def copy_private(source_fd: int, size: int, target: Path) -> None:
-    """Copy ``size`` bytes from ``source_fd`` into a new private ``target`` (atomic: temporary file, fsync, rename).
-
-    Raises ValueError if the source does not hold exactly ``size`` bytes (it changed while being copied).
-    """
+@contextlib.contextmanager
+def atomic_private_file(target: Path) -> Iterator[int]:
+    """A new private (0600) file written through the yielded descriptor (open read-write); when the block ends it
+    is fsynced and renamed to ``target`` atomically, or removed if the block raised."""
     tmp = _temp_name(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
         _adopt_owner(fd, target.parent)
-        copied = 0
-        while copied <= size:
-            block = os.pread(source_fd, COPY_BLOCK, copied)
-            if not block:
-                break
-            copied += len(block)
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view) :]
-        if copied != size:
-            raise ValueError(f"the file changed while it was copied ({size} bytes expected, {copied} read)")
+        yield fd
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -241,6 +230,40 @@ def copy_private(source_fd: int, size: int, target: Path) -> None:
         raise
     os.close(fd)
     _rename_into_place(tmp, target)
+
+
+def copy_private(source_fd: int, size: int, target: Path) -> None:
+    """Copy ``size`` bytes from ``source_fd`` into a new private ``target`` (atomic: temporary file, fsync, rename).
+
+    Raises ValueError if the source does not hold exactly ``size`` bytes (it changed while being copied).
+    """
+    with atomic_private_file(target) as fd:
+        for block in read_blocks(source_fd, size):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
+
+
+def read_blocks(source_fd: int, size: int) -> Iterator[bytes]:
+    """The ``size`` bytes of ``source_fd`` in blocks; ValueError if it holds another number of bytes."""
+    copied = 0
+    while copied <= size:
+        block = os.pread(source_fd, COPY_BLOCK, copied)
+        if not block:
+            break
+        copied += len(block)
+        yield block
+    if copied != size:
+        raise ValueError(f"the file changed while it was copied ({size} bytes expected, {copied} read)")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (blocking: run it in a thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(COPY_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_stale_temps(folder: Path, older_than_s: float, now: float) -> int:
@@ -292,8 +315,32 @@ def create_private_file(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make a create/rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def open_private_append(path: Path) -> int:
     """A descriptor appending to ``path``, created 0600 if missing (never through a symlink)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     os.fchmod(fd, FILE_MODE)
     return fd
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short human reason for a file-system error (no paths: callers add the one that matters)."""
+    reasons = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "folder does not exist",
+        errno.ENOTDIR: "not a folder",
+        errno.EIO: "input/output error",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)

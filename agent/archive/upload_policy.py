@@ -13,7 +13,8 @@ never deleted unless MediSync confirmed it holds exactly these bytes):
   ``uniform(0, min(cap, first * 2**(attempts-1)))``; a 429 ``Retry-After`` is a floor under that delay;
 * 401: log in again and retry at once, once per attempt; a second 401 in the same attempt is a normal failure;
 * 403 (no subscription): the item is kept and reported *blocked*, re-checked every ``backoff_cap_s``;
-* 404 (appointment gone), a different recording on the server, a file over the limit or a missing file:
+* 404 (appointment gone), a different recording on the server, a file over the limit, a missing file, or a sealed
+  file that does not authenticate (damaged, altered, sealed to another key):
   dead-letter with a reason — kept on disk for a person, never retried automatically, never deleted;
 * an upload answer naming another appointment than the one uploaded: dead-letter too. It is not "done" (this
   appointment may lack the recording), and not a retry: posting the visit again could file the patient's audio
@@ -69,6 +70,7 @@ class ErrorKind(enum.StrEnum):
     MISMATCH = "mismatch"
     TOO_LARGE = "too_large"
     MISSING_AUDIO = "missing_audio"
+    DAMAGED_AUDIO = "damaged_audio"
     WRONG_APPOINTMENT = "wrong_appointment"
     OTHER = "other"
 
@@ -83,6 +85,8 @@ ERROR_TEXT: dict[ErrorKind, str] = {
     ErrorKind.MISMATCH: "MediSync holds a different recording for this appointment",
     ErrorKind.TOO_LARGE: "recording over the upload size limit",
     ErrorKind.MISSING_AUDIO: "local audio file missing or changed",
+    ErrorKind.DAMAGED_AUDIO: "local audio damaged, altered or sealed to another key (see the log; 'medisync-agent "
+    "repair FILE' keeps its intact part)",
     ErrorKind.WRONG_APPOINTMENT: "MediSync's upload answer names another appointment",
     ErrorKind.OTHER: "upload failed",
 }
@@ -167,7 +171,8 @@ class Done:
 Decision = Retry | Relogin | Block | DeadLetter | Done
 
 DEAD_ENDS: frozenset[ErrorKind] = frozenset(
-    {ErrorKind.NOT_FOUND, ErrorKind.MISMATCH, ErrorKind.TOO_LARGE, ErrorKind.MISSING_AUDIO, ErrorKind.WRONG_APPOINTMENT}
+    {ErrorKind.NOT_FOUND, ErrorKind.MISMATCH, ErrorKind.TOO_LARGE, ErrorKind.MISSING_AUDIO, ErrorKind.DAMAGED_AUDIO,
+     ErrorKind.WRONG_APPOINTMENT}
 )
 """Failures no retry can fix: the item is dead-lettered for a person (its audio kept)."""
 

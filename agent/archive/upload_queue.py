@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import random
@@ -32,11 +31,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
 from agent.archive import encode
+from agent.archive.keys import ArchiveKeys
 from agent.archive.repair import is_being_recorded, repair_partial
+from agent.archive.sealed import PlainDigest, destroy, is_sealed, open_plain, plain_digest, plain_size
 from agent.archive.storage import (
     Quarantined,
     Unreadable,
@@ -44,6 +46,7 @@ from agent.archive.storage import (
     list_quarantine,
     quarantine,
     read_state,
+    sha256_file,
     write_atomic,
 )
 from agent.archive.upload_policy import (
@@ -54,7 +57,7 @@ from agent.archive.upload_policy import (
     retention_expired,
 )
 from agent.archive.wav import describe_os_error, fsync_directory, partial_path
-from agent.errors import ArchiveError, InputError, UploadTooLargeError
+from agent.errors import ArchiveError, DamagedRecordingError, InputError, UploadTooLargeError, WrongKeyError
 from agent.ids import appointment_id_problem, is_item_id
 from agent.settings import UploadSettings
 
@@ -73,9 +76,10 @@ class UploadItem(msgspec.Struct, kw_only=True):
     source_path: str = ""
     """The original WAV when ``audio_path`` is its MP3 encoding, else empty; deleted together with it."""
     sha256: str
-    """Hex SHA-256 of ``audio_path``."""
+    """Hex SHA-256 of what uploading ``audio_path`` sends (for a sealed file: its plaintext, recorded when the visit
+    was finished or the file was checked; the "already exists" comparison uses it)."""
     size: int
-    """Bytes of ``audio_path``."""
+    """Bytes that uploading ``audio_path`` sends (for a sealed file: its plaintext)."""
     created_at: float
     """Enqueue time, seconds since the epoch."""
     state: ItemState = ItemState.PENDING
@@ -103,12 +107,22 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UploadItem)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = sha256_file
+
+
+class QueuedAudio:
+    """An item's audio as its upload sends it (``agent.api.multipart.AudioBody``): a sealed file is decrypted while
+    it streams, and its plaintext must match the digest the item recorded (the body is aborted before its end if
+    not). A plaintext file is sent as it is, and hashed from disk when "already exists" needs its digest."""
+
+    def __init__(self, path: Path, size: int, sha256: str, keys: ArchiveKeys | None) -> None:
+        self.path = path
+        self.size = size
+        self.sha256: str | None = (sha256 or None) if is_sealed(path) else None
+        self._keys = keys
+
+    def open(self) -> BinaryIO:
+        return open_plain(self.path, self._keys.identity if self._keys is not None else None)
 
 
 class UploadQueue:
@@ -120,8 +134,12 @@ class UploadQueue:
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        keys: ArchiveKeys | None = None,
     ) -> None:
         self.settings = settings
+        self.keys = keys
+        """The device key: seals MP3 encodings, opens sealed recordings (hashing, encoding, uploading); None when
+        ``archive.encrypt`` is off."""
         self.clock = clock
         self.rng = rng
         self.directory = Path(settings.queue_dir)
@@ -206,11 +224,21 @@ class UploadQueue:
         except OSError as exc:
             raise ArchiveError(f"cannot write upload queue item: {exc.strerror}") from exc
 
-    def enqueue(self, appointment_id: str, wav_path: Path) -> UploadItem:
+    def digest_of(self, path: Path) -> PlainDigest:
+        """Size and SHA-256 of what uploading ``path`` sends (a sealed file is decrypted to hash it, in memory)."""
+        if is_sealed(path):
+            return plain_digest(path, self.keys.opener("hashing a sealed recording") if self.keys else None)
+        return PlainDigest(path.stat().st_size, sha256_of(path))
+
+    def audio_of(self, item: UploadItem) -> QueuedAudio:
+        return QueuedAudio(Path(item.audio_path), item.size, item.sha256, self.keys)
+
+    def enqueue(self, appointment_id: str, wav_path: Path, *, digest: PlainDigest | None = None) -> UploadItem:
         """Queue a finished visit for upload; idempotent per appointment (returns the existing item).
 
         Blocking: hashes the file and, when it is over ``max_bytes``, encodes it to MP3 (minutes for a long visit).
         The agent must own ``wav_path`` (its archive or its copy): a dead letter moves it, retention deletes it.
+        ``digest``: what the writer recorded when it finished the file (else it is taken from the file now).
         """
         problem = appointment_id_problem(appointment_id)
         if problem is not None:
@@ -218,7 +246,7 @@ class UploadQueue:
         wav_path = Path(os.path.abspath(wav_path))
         existing = self.find(appointment_id)
         if existing is not None and existing.held and Path(existing.audio_path) == wav_path:
-            return self.release(existing)
+            return self.release(existing, digest=digest)
         if existing is not None:
             if Path(existing.audio_path) != wav_path and Path(existing.source_path) != wav_path:
                 log.warning(
@@ -229,7 +257,7 @@ class UploadQueue:
                 )
             return existing
         try:
-            size, digest = wav_path.stat().st_size, sha256_of(wav_path)
+            taken = digest if digest is not None else self.digest_of(wav_path)
         except OSError as exc:
             raise ArchiveError(f"cannot read visit recording {wav_path.name}: {exc.strerror}") from exc
         now = self.clock()
@@ -237,14 +265,14 @@ class UploadQueue:
             item_id=uuid.uuid4().hex,
             appointment_id=appointment_id,
             audio_path=str(wav_path),
-            sha256=digest,
-            size=size,
+            sha256=taken.sha256,
+            size=taken.size,
             created_at=now,
             next_attempt_at=now,
             owned=True,
         )
         self.save(item)  # first, so a crash while encoding still leaves the visit queued
-        log.info("queued item %s (%d bytes) for upload", item.item_id, size)
+        log.info("queued item %s (%d bytes) for upload", item.item_id, item.size)
         self.make_uploadable(item)
         return item
 
@@ -265,7 +293,7 @@ class UploadQueue:
         log.info("queued item %s, held until its visit stops recording", item.item_id)
         return item
 
-    def release(self, item: UploadItem) -> UploadItem:
+    def release(self, item: UploadItem, *, digest: PlainDigest | None = None) -> UploadItem:
         """Make a held item uploadable once no recorder holds its file; returns the item as it is now on disk.
 
         Still held when the visit is recording (its ``.partial`` is locked). A ``.partial`` left by a recorder
@@ -282,13 +310,14 @@ class UploadQueue:
                 if is_being_recorded(partial):
                     return current
                 try:
-                    repair_partial(partial)
+                    digest = repair_partial(partial, identity=self.keys.identity if self.keys else None).digest
                 except ArchiveError as exc:
                     if partial.exists():  # else its writer renamed it just now: the final file is there
                         log.error("upload item %s: its recording cannot be repaired yet: %s", current.item_id, exc)
                         return current
             try:
-                current.size, current.sha256 = final.stat().st_size, sha256_of(final)
+                taken = digest if digest is not None else self.digest_of(final)
+                current.size, current.sha256 = taken.size, taken.sha256
             except FileNotFoundError:
                 pass  # make_uploadable dead-letters it with the reason "missing"
             except OSError as exc:
@@ -311,8 +340,8 @@ class UploadQueue:
             return failure
         if item.size > self.settings.max_bytes and not item.source_path:
             try:
-                mp3 = encode.encode_to_mp3(Path(item.audio_path), self.settings)
-                item.size, item.sha256 = mp3.stat().st_size, sha256_of(mp3)
+                mp3, encoded = encode.encode_recording(Path(item.audio_path), self.settings, keys=self.keys)
+                item.size, item.sha256 = encoded.size, encoded.sha256
             except (UploadTooLargeError, InputError, FileNotFoundError) as exc:
                 log.error("upload item %s cannot be encoded: %s", item.item_id, exc)
                 failure = Failure(ErrorKind.TOO_LARGE)
@@ -324,10 +353,23 @@ class UploadQueue:
             item.source_path, item.audio_path = item.audio_path, str(mp3)
             self.save(item)
         path = Path(item.audio_path)
-        if not path.is_file() or path.stat().st_size != item.size:
-            failure = Failure(ErrorKind.MISSING_AUDIO)
+        if not path.is_file() or _uploadable_size(path) != item.size:
+            damage = self._damage_of(path) if path.is_file() else None
+            if damage is not None:
+                log.error("upload item %s not uploaded: %s", item.item_id, damage)  # names the file and the chunk
+            failure = Failure(ErrorKind.MISSING_AUDIO if damage is None else ErrorKind.DAMAGED_AUDIO)
             self.dead_letter(item, failure.text())
             return failure
+        return None
+
+    def _damage_of(self, path: Path) -> str | None:
+        """Why a sealed file of the wrong length does not open (the first damaged chunk), or None."""
+        if not is_sealed(path) or self.keys is None or self.keys.identity is None:
+            return None
+        try:
+            plain_digest(path, self.keys.identity)
+        except (DamagedRecordingError, WrongKeyError) as exc:
+            return str(exc)
         return None
 
     def dead_letter(self, item: UploadItem, reason: str) -> UploadItem:
@@ -378,7 +420,7 @@ class UploadQueue:
                 continue
             for path_text in (item.audio_path, item.source_path) if item.owned else ():
                 if path_text:
-                    Path(path_text).unlink(missing_ok=True)
+                    destroy(Path(path_text))  # a sealed file's key header is overwritten first
             (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
             purged += 1
             log.info("upload item %s: retention expired, local audio deleted", item.item_id)
@@ -425,3 +467,11 @@ class UploadQueue:
             else:
                 wake = min(wake, item.next_attempt_at)
         return max(wake - now, 0.0)
+
+
+def _uploadable_size(path: Path) -> int | None:
+    """Bytes an upload of ``path`` sends (plaintext), None if a sealed file's length is not a complete file."""
+    try:
+        return plain_size(path)
+    except (ArchiveError, OSError):
+        return None

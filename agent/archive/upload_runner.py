@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.api.multipart import AudioBody
 from agent.archive.upload_policy import (
     ACCOUNT_WIDE,
     Block,
@@ -31,7 +32,7 @@ from agent.archive.upload_policy import (
     is_due,
 )
 from agent.archive.upload_queue import UploadItem, UploadQueue
-from agent.errors import AgentError, ApiError
+from agent.errors import AgentError, ApiError, DamagedRecordingError, WrongKeyError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Uploader(Protocol):
     """
 
     async def upload_recording(
-        self, appointment_id: str, path: Path, *, progress: Progress | None = None
+        self, appointment_id: str, path: Path | AudioBody, *, progress: Progress | None = None
     ) -> UploadOutcome: ...
 
 
@@ -155,11 +156,14 @@ async def _attempt(
             decision = _decide(queue, item, failure, relogged_in=True)
             await asyncio.to_thread(_apply_failure, queue, item, failure, decision)
         return failure
-    path = Path(item.audio_path)
+    audio = queue.audio_of(item)  # a sealed file is decrypted while it streams, checked against the item's digest
     relogged_in = relogin is None  # no way to log in again: a 401 is an ordinary failure
     while True:
         try:
-            outcome = await uploader.upload_recording(item.appointment_id, path, progress=progress)
+            outcome = await uploader.upload_recording(item.appointment_id, audio, progress=progress)
+        except (DamagedRecordingError, WrongKeyError) as exc:
+            log.error("upload item %s not uploaded: %s", item.item_id, exc)  # names the file and the chunk
+            failure = Failure(ErrorKind.DAMAGED_AUDIO) if queue.keys is not None else Failure(ErrorKind.OTHER)
         except AgentError as exc:
             failure = classify(exc) if isinstance(exc, ApiError) else Failure(ErrorKind.OTHER)
         except Exception:

@@ -1,5 +1,9 @@
 """Crash-safe incremental WAV writer for a visit's timeline (16 kHz mono s16le).
 
+This is the plaintext writer (``archive.encrypt = false``, ``record --plaintext``). Visits are written by its sealed
+variant, :class:`agent.archive.sealed_writer.SealedArchiveWriter` (same timeline, durability and disk-full policy,
+over an age file: see there for what differs). The hooks both share are marked below.
+
 While recording, audio goes to ``<final>.partial``; :meth:`WavArchiveWriter.finish` seals it and renames it to the
 final name with ``os.replace`` (atomic: a reader sees either the ``.partial`` or the complete WAV, never half).
 
@@ -34,11 +38,9 @@ caller lost audio: overflow, device loss) is preceded by silence, so archive tim
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -46,6 +48,9 @@ from pathlib import Path
 from typing import Any, NoReturn, Self
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.archive.sealed import PlainDigest
+from agent.archive.storage import describe_os_error, fsync_directory
+from agent.archive.wavfmt import HEADER_BYTES, wav_header
 from agent.audio.types import Frame
 from agent.errors import ArchiveError
 from agent.settings import ArchiveSettings
@@ -53,48 +58,15 @@ from agent.settings import ArchiveSettings
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-HEADER_BYTES = 44
 FILE_MODE = 0o600
 """Visit audio is patient data: readable by the agent's user only."""
 _SILENCE_CHUNK = bytes(SAMPLE_RATE * BYTES_PER_SAMPLE)
-def wav_header(data_bytes: int, *, sample_rate: int = SAMPLE_RATE, channels: int = 1, bits: int = 16) -> bytes:
-    """The canonical 44-byte PCM WAV header for ``data_bytes`` of sample data."""
-    block_align = channels * bits // 8
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + data_bytes, b"WAVE",
-        b"fmt ", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, bits,
-        b"data", data_bytes,
-    )  # fmt: skip
-
+__all__ = ["HEADER_BYTES", "PARTIAL_SUFFIX", "WavArchiveWriter", "describe_os_error", "fsync_directory", "partial_path",
+           "wav_header"]  # fmt: skip
 
 def partial_path(final: Path) -> Path:
     """Where ``final`` is written while recording."""
     return final.with_name(final.name + PARTIAL_SUFFIX)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a create/rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """A short human reason for a file-system error (no paths: callers add the one that matters)."""
-    reasons = {
-        errno.ENOSPC: "disk full",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EROFS: "read-only file system",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOENT: "folder does not exist",
-        errno.ENOTDIR: "not a folder",
-        errno.EIO: "input/output error",
-    }
-    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
 
 
 class WavArchiveWriter:
@@ -120,6 +92,9 @@ class WavArchiveWriter:
         """How many data fsyncs ran (or were started, with ``background_sync``) while recording."""
         self._sync_pool = ThreadPoolExecutor(1, "archive-fsync") if background_sync else None
         self._syncs: deque[Future[None]] = deque()
+        self.digest: PlainDigest | None = None
+        """Size and SHA-256 of what uploading the finished file sends, when the writer knows them (a sealed
+        archive reads its chunks back at the end); None: hash the file."""
 
     @classmethod
     def create(cls, final: Path | str, settings: ArchiveSettings, *, overwrite: bool = False,
@@ -138,7 +113,8 @@ class WavArchiveWriter:
             raise ArchiveError(f"cannot record to {final}: the file exists (choose another name or overwrite it)")
         partial = partial_path(final)
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            # Read and write: a sealed archive reads its own chunks back when it is finished (the upload digest).
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except FileExistsError:
             raise ArchiveError(
                 f"cannot record to {final}: {partial.name} exists from an earlier crash (run 'medisync-agent repair')"
@@ -147,14 +123,15 @@ class WavArchiveWriter:
             raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # marks it as being recorded: repair leaves it alone (see repair.py)
-            _write_all(fd, wav_header(0))
+            writer = cls(final, fd, settings, background_sync=background_sync, **options)
+            writer._begin()
             os.fsync(fd)
             fsync_directory(folder)
         except OSError as exc:
             os.close(fd)
             _remove_quietly(partial)
             raise ArchiveError(f"cannot write to output folder {folder}: {describe_os_error(exc)}") from exc
-        return cls(final, fd, settings, background_sync=background_sync, **options)
+        return writer
 
     @property
     def position(self) -> int:
@@ -212,7 +189,37 @@ class WavArchiveWriter:
         if self._fd is not None:
             self.finish()
 
-    # -- internals (and the hooks ResilientArchiveWriter overrides) --------------------------------------------
+    # -- internals (and the hooks ResilientArchiveWriter and SealedArchiveWriter override) ----------------------
+
+    def _begin(self) -> None:
+        """Write what the file starts with (the caller fsyncs it)."""
+        _write_all(self._require_open(), wav_header(0))
+
+    def _settle_after_error(self, whole: int) -> None:
+        """A write failed: make the file a complete recording of the first ``whole`` data bytes without needing
+        free space, durably; sets ``_data_bytes`` to what it holds. OSError if even that fails."""
+        seal(self._require_open(), whole)
+        self._data_bytes = whole
+
+    def _stop_writing(self, whole: int) -> None:
+        """Writing stops (and may resume): keep the first ``whole`` data bytes, durably, needing no free space."""
+        self._settle_after_error(whole)
+
+    def _reserve_space(self, nbytes: int) -> None:
+        """Reserve ``nbytes`` more data bytes after the data (OSError if they do not fit)."""
+        os.posix_fallocate(self._require_open(), HEADER_BYTES + self._data_bytes, nbytes)
+
+    def _drop_reservation(self) -> None:
+        os.ftruncate(self._require_open(), HEADER_BYTES + self._data_bytes)
+
+    def _skip_to(self, data_bytes: int) -> None:
+        """Go on writing at ``data_bytes``: the reserved blocks in between read as zeros (silence)."""
+        self._data_bytes = data_bytes
+        os.lseek(self._require_open(), HEADER_BYTES + data_bytes, os.SEEK_SET)
+        self._next_header = data_bytes  # the header follows at the next write
+
+    def _close_after_outage(self) -> None:
+        """The recording ends while writing is stopped: the file is already complete (sealed when it stopped)."""
 
     def _fault(self, exc: OSError, timeline_end: int) -> None:
         """A write, header rewrite or fsync failed after ``_data_bytes`` reached the file; the frames handed in
@@ -306,22 +313,22 @@ class WavArchiveWriter:
         self._stop_sync_pool()
         fd = self._fd
         reason = describe_os_error(exc)
-        self._fd = None
         if fd is None:  # pragma: no cover - guarded by _require_open
             raise ArchiveError(f"archive {self.final}: {reason}") from exc
         whole = self._data_bytes - self._data_bytes % BYTES_PER_SAMPLE
         try:
             try:
-                seal(fd, whole)
+                self._settle_after_error(whole)
             except OSError as seal_exc:
                 raise ArchiveError(
                     f"archive {self.partial} stopped ({reason}) and could not be sealed "
                     f"({describe_os_error(seal_exc)}): run 'medisync-agent repair' when the disk is fixed"
                 ) from exc
-            self._data_bytes = whole
             self._rename_to_final()
         finally:
+            self._fd = None
             os.close(fd)
+        whole = self._data_bytes
         seconds = whole / BYTES_PER_SAMPLE / SAMPLE_RATE
         raise ArchiveError(
             f"{reason} while writing {self.final}: recording stopped, the first {seconds:.2f} s are saved"

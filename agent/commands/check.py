@@ -19,6 +19,7 @@ from typing import TextIO
 
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
+from agent.archive.keys import load_archive_keys
 from agent.audio.mic import list_input_devices, parse_mic_spec
 from agent.audio.pipeline import AudioPipeline
 from agent.audio.sources import open_source
@@ -27,7 +28,7 @@ from agent.audio.vad import SegmentFrame
 from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
 from agent.device_watch import block_power, level_dbfs
-from agent.errors import AgentError, AuthError, ResponseError, SubscriptionError
+from agent.errors import AgentError, AuthError, ConfigError, ResponseError, SubscriptionError
 from agent.safe_text import clean_line
 from agent.settings import AgentSettings
 from agent.stream import wire
@@ -70,10 +71,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = load_from_args(args).settings
     seconds = duration_seconds(args.seconds, flag="--seconds", frame_ms=settings.audio.frame_ms)
     assert seconds is not None
-    rows = [check_devices(settings), check_audio(settings, seconds, sys.stderr)]
+    rows = [check_devices(settings), check_audio(settings, seconds, sys.stderr), check_archive_key(settings)]
     rows += asyncio.run(check_account(settings))
     print(format_table(rows))
     return 0 if all(row.ok for row in rows) else 1
+
+
+def check_archive_key(settings: AgentSettings) -> CheckRow:
+    """Recordings are sealed to a key this device can open (recipient and private key readable, matching)."""
+    if not settings.archive.encrypt:
+        return CheckRow("archive key", True, "recordings are NOT sealed at rest (archive.encrypt = false)", warn=True)
+    try:
+        keys = load_archive_keys(settings.archive, identity=True)
+    except ConfigError as exc:
+        return CheckRow("archive key", False, str(exc))
+    assert keys is not None
+    return CheckRow("archive key", True, f"recordings sealed (age) to {keys.recipient}; the device key opens them")
 
 
 def format_table(rows: list[CheckRow]) -> str:

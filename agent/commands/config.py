@@ -15,6 +15,7 @@ import msgspec
 
 from agent import settings as settings_module
 from agent.api.secret import MASK, load_credentials
+from agent.archive.keys import describe as describe_sealing
 from agent.config import (
     DEFAULT_CONFIG_PATH,
     ENV_PREFIX,
@@ -108,7 +109,8 @@ def _without_userinfo(dotted: str, value: object) -> object:
 def render_effective(loaded: LoadedConfig, environ: Mapping[str, str]) -> str:
     """The effective settings as TOML, each value annotated with where it came from; the password masked."""
     source = str(loaded.path) if loaded.path else f"none ({DEFAULT_CONFIG_PATH} absent: defaults)"
-    lines = [f"# Effective configuration. File: {source}", _login_note(loaded, environ)]
+    lines = [f"# Effective configuration. File: {source}", _login_note(loaded, environ),
+             f"# recordings at rest: {describe_sealing(loaded.settings.archive)}"]
     values = msgspec.to_builtins(loaded.settings)
     for section, table in values.items():
         lines += ["", f"[{section}]"]
@@ -132,7 +134,8 @@ def _check(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     load_credentials(loaded.settings.api)
     where = loaded.path or f"defaults ({DEFAULT_CONFIG_PATH} absent)"
-    print(f"configuration OK: {where}; login e-mail and password readable")
+    print(f"configuration OK: {where}; login e-mail and password readable; recordings at rest: "
+          f"{describe_sealing(loaded.settings.archive)}")
     return 0
 
 

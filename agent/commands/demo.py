@@ -18,6 +18,7 @@ from agent.account import prepare_visit
 from agent.api.medisync import MediSyncClient
 from agent.api.models import NewAppointment, NewPatient
 from agent.api.secret import Credentials, Secret
+from agent.archive.keys import init_keys
 from agent.archive.storage import ensure_private_dir
 from agent.archive.upload_policy import ItemState
 from agent.audio.pipeline import PipelineOutput
@@ -71,7 +72,8 @@ def demo_settings(root: Path, api_url: str, speech_url: str, pace: str) -> Agent
     return AgentSettings(
         audio=AudioSettings(source=f"file:{DIALOGUE}", pace="fast" if pace == "fast" else "realtime"),
         api=ApiSettings(api_url=api_url, speech_url=speech_url, email=DEMO_EMAIL),
-        archive=ArchiveSettings(directory=str(root / "archive")),
+        archive=ArchiveSettings(directory=str(root / "archive"), key_file=str(root / "keys" / "archive.key"),
+                                recipient_file=str(root / "keys" / "archive.recipient")),
         upload=UploadSettings(queue_dir=str(root / "queue")),
     )
 
@@ -86,6 +88,7 @@ async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
         server.server.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         print(f"local MediSync server: {urls.api_url} and {urls.speech_url}", file=err)
         settings = demo_settings(root, urls.api_url, urls.speech_url, pace)
+        await asyncio.to_thread(_ensure_device_key, settings.archive)
         credentials = Credentials(DEMO_EMAIL, Secret(DEMO_PASSWORD))
         async with MediSyncClient(settings.api, credentials) as client:
             appointment_id = await _demo_appointment(client)
@@ -110,6 +113,12 @@ async def run_demo(root: Path, *, pace: str, cut: bool) -> int:
         return 0 if ok else 1
     finally:
         server.stop()
+
+
+def _ensure_device_key(archive: ArchiveSettings) -> None:
+    """The demo's own device key (kept with --keep): its recordings are sealed as on a device."""
+    if not Path(archive.key_file).exists():
+        init_keys(archive)
 
 
 async def _demo_appointment(client: MediSyncClient) -> str:

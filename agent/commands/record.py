@@ -12,18 +12,24 @@ from types import FrameType
 from typing import Any
 
 from agent import SAMPLE_RATE
+from agent.archive.keys import load_archive_keys, load_identity
 from agent.archive.repair import RepairResult, repair_all
 from agent.audio.sources import open_source
 from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
+from agent.errors import ConfigError
 from agent.recorder import Recorder, RecordSummary, SpeechSegment
+from agent.settings import ArchiveSettings
 
 DESCRIPTION = """\
 Record audio into a WAV file (16 kHz mono 16-bit, the visit timeline) the way a visit is archived: the source is
 resampled, every sample is written (the voice gate only marks speech, it does not cut the archive), and the file
-is crash-safe: while recording it is FILE.wav.partial with its header refreshed every second, and it becomes
-FILE.wav when recording ends. Ctrl-C or SIGTERM end the recording cleanly. Interrupted recordings (.partial files)
-found in the output folder are repaired first.
+is crash-safe: while recording it is FILE.wav.partial (made durable every second), and it becomes FILE.wav when
+recording ends. Ctrl-C or SIGTERM end the recording cleanly. Interrupted recordings (.partial files) found in the
+output folder are repaired first (sealed ones need the device key: 'medisync-agent repair').
+
+The file is sealed (age format, to the device key's public recipient: archive.recipient_file) unless you ask
+for plaintext with --plaintext; open a sealed one with 'medisync-agent export FILE --out PLAIN.wav'.
 
 Sources:
   mic                        the default microphone
@@ -52,6 +58,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--frame-ms", type=int, choices=(10, 20, 30), help="timeline frame (and VAD frame) in ms")
     parser.add_argument("--overwrite", action="store_true", help="replace FILE.wav if it exists")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="write a plaintext WAV instead of a sealed one (patient audio readable by anyone "
+                             "who gets the file)")  # fmt: skip
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -63,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         flags["audio.pace"] = args.pace
     if args.frame_ms is not None:
         flags["audio.frame_ms"] = args.frame_ms
+    if args.plaintext:
+        flags["archive.encrypt"] = False
     settings = load_from_args(args, flags).settings
+    keys = load_archive_keys(settings.archive, identity=False)  # only the public recipient: exit 78 if missing
     duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     source = open_source(settings.audio.source, settings.audio)  # a bad source fails before any file is touched
-    repair_leftovers(out.parent)
+    repair_leftovers(out.parent, settings.archive)
     recorder = Recorder(source, out, settings, duration_s=duration_s, overwrite=args.overwrite,
-                        on_segment=print_segment)  # fmt: skip
+                        on_segment=print_segment, recipient=keys.recipient if keys else None)  # fmt: skip
     print(f"recording {source.description} to {out} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     with stop_on_signals(recorder):
         summary = recorder.run()
@@ -76,10 +88,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def repair_leftovers(folder: Path) -> None:
+def repair_leftovers(folder: Path, settings: ArchiveSettings) -> None:
+    """Repair interrupted recordings in ``folder``; sealed ones only if the device key is readable here (recording
+    itself never needs it: those are left for 'medisync-agent repair')."""
     if not folder.is_dir():
         return  # the archive reports a missing folder in its own words
-    for outcome in repair_all(folder):
+    try:
+        identity = load_identity(settings) if settings.key_file or settings.encrypt else None
+    except ConfigError:
+        identity = None
+    for outcome in repair_all(folder, identity=identity):
         if isinstance(outcome, RepairResult):
             print(f"repaired interrupted recording {outcome.final} ({outcome.seconds:.2f} s)", flush=True)
         else:

@@ -22,6 +22,7 @@ from typing import TextIO
 from agent.account import prepare_visit, token_provider
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
+from agent.archive.keys import load_archive_keys
 from agent.archive.recovery import recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
@@ -88,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_from_args(args, _flags(args)).settings
     duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     credentials = load_credentials(settings.api)
+    load_archive_keys(settings.archive, identity=True)  # a missing or wrong device key: exit 78 before anything
 
     async def main() -> int:
         async with MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes) as client:
@@ -119,7 +121,7 @@ async def record_and_upload(
     on_visit: Callable[[Visit], None] | None = None,
 ) -> tuple[VisitSummary, ItemState]:
     """Run one visit (stopping on SIGINT/SIGTERM), then upload its recording once; returns the item's state."""
-    queue = UploadQueue(settings.upload)
+    queue = UploadQueue(settings.upload, keys=load_archive_keys(settings.archive, identity=True))
     report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)

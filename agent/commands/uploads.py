@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.archive import intake
+from agent.archive.keys import load_archive_keys
 from agent.archive.recovery import Orphan, Recovery, recover
 from agent.archive.storage import Quarantined
 from agent.archive.upload_policy import ItemState
@@ -122,7 +123,7 @@ QueueAndRecovery = tuple[AgentSettings, UploadQueue, Recovery]
 def open_queue(args: argparse.Namespace, settings: AgentSettings | None = None) -> QueueAndRecovery:
     """Settings, the queue, and what recovering the storage found (done first by every action)."""
     settings = load_from_args(args).settings if settings is None else settings
-    queue = UploadQueue(settings.upload)
+    queue = UploadQueue(settings.upload, keys=load_archive_keys(settings.archive, identity=True))
     return settings, queue, recover(Path(settings.archive.directory), queue)
 
 

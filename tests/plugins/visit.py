@@ -14,6 +14,7 @@ stored_recording(server, appointment_id)        bytes the server holds; recordin
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.plugins.archive import DIALOGUE, REPO
+from tests.plugins.keys import TEST_KEY, TEST_RECIPIENT_FILE, plaintext
 from tests.plugins.server import RunningServer
 
 FAST_STREAM = {
@@ -54,7 +56,8 @@ class AgentHome:
         self.password_file = root / "password"
         sections: dict[str, dict[str, object]] = {
             "api": {"api_url": api_url, "speech_url": speech_url, "email": email, "timeout_s": 20.0},
-            "archive": {"directory": str(self.archive)},
+            "archive": {"directory": str(self.archive), "key_file": str(TEST_KEY),
+                        "recipient_file": str(TEST_RECIPIENT_FILE)},
             "upload": {"queue_dir": str(self.queue_dir), "backoff_first_s": 0.2, "backoff_cap_s": 1.0},
             "stream": dict(FAST_STREAM),
         }
@@ -146,6 +149,7 @@ def sped_up_clock(speed: float) -> tuple[Callable[[], float], Callable[[float], 
 
 
 def wav_samples(path: Path) -> bytes:
-    with wave.open(str(path), "rb") as w:
+    """Samples of a 16 kHz mono s16 WAV (a sealed one decrypted by Debian's ``age`` first)."""
+    with wave.open(io.BytesIO(plaintext(path)), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         return w.readframes(w.getnframes())
