@@ -103,10 +103,10 @@ def test_record_run_and_uploads_under_umask_000(medisync_server: RunningServer, 
     mine = [home.config, home.password_file]
     env = home.env()
 
-    # record: a take beside the configuration (record never creates folders)
+    # record: a plain take beside the configuration (record never creates folders), later added as an operator file
     out = root / "take.wav"
     done = run_umask0([sys.executable, "-m", "agent", "record", "--source", "synth:tone=440/2", "--pace", "fast",
-                       "--out", str(out)], env=env)  # fmt: skip
+                       "--out", str(out), "--plaintext", "--config", str(home.config)], env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert leaks(root, ignore=mine) == []
 
@@ -129,7 +129,7 @@ def test_record_run_and_uploads_under_umask_000(medisync_server: RunningServer, 
     assert done.returncode == 0, done.stderr
     orphan = home.archive / "visit-20240101T000000Z-0000orph.wav"
     done = run_umask0([sys.executable, "-m", "agent", "record", "--source", "synth:tone=300/1", "--pace", "fast",
-                       "--out", str(orphan)], env=env)  # fmt: skip
+                       "--out", str(orphan), "--config", str(home.config)], env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     third = medisync_server.create_appointment()
     done = run_umask0(home.argv("uploads", "assign", str(orphan), third), env=env)
