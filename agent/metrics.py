@@ -66,6 +66,26 @@ class AgentStats(msgspec.Struct, frozen=True, kw_only=True):
     """Recordings no visit journal or queue item accounts for (they need ``uploads assign``)."""
     uploads_quarantined: int = 0
     """Unreadable files set aside in the quarantine folders."""
+    visit_paused: bool = False
+    """Whether the current visit is paused for privacy now (nothing is captured into it)."""
+    paused_seconds: float = 0.0
+    """Seconds visits spent paused since start (counter)."""
+    visits_declined: int = 0
+    """Visits not recorded because consent was declined, since start (counter)."""
+    mic_silent: bool = False
+    """Whether the microphone delivers digital silence or a level too low for speech now."""
+    mic_clipping: bool = False
+    """Whether the microphone's signal is clipping now."""
+    mic_no_data: bool = False
+    """Whether the audio device has delivered nothing for longer than the detector allows."""
+    mic_no_speech: bool = False
+    """Whether a visit has had sound but no speech for longer than the detector allows."""
+    mic_level_dbfs: float = -120.0
+    """The microphone's recent RMS level in dBFS (-120 for digital silence or no data)."""
+    archive_disk_free_bytes: int = 0
+    """Bytes free for the agent on the archive's file system (0 when unknown)."""
+    archive_disk_free_ratio: float = 1.0
+    """Share of the archive's file system free for the agent, 0 to 1."""
 
 
 _COUNTERS = {
@@ -77,6 +97,8 @@ _COUNTERS = {
     "upload_failures": "Failed visit upload attempts.",
     "archive_samples_lost": "Visit samples (16 kHz) missing from the archive (disk full, I/O error).",
     "worker_restarts": "Restarts of background tasks (upload worker, tick, queue count) that died.",
+    "paused_seconds": "Seconds visits spent paused for privacy.",
+    "visits_declined": "Visits not recorded because consent was declined.",
 }
 _GAUGES = {
     "vad_speech_ratio": "Share of the visit's frames passed by the voice activity detector (0 to 1).",
@@ -89,6 +111,14 @@ _GAUGES = {
     "upload_worker_up": "1 while the background upload worker runs, 0 while it waits to be restarted.",
     "uploads_unassigned": "Recordings without a visit record, waiting for uploads assign.",
     "uploads_quarantined": "Unreadable files set aside in the quarantine folders.",
+    "visit_paused": "1 while the current visit is paused for privacy.",
+    "mic_silent": "1 while the microphone delivers digital silence or a level too low for speech.",
+    "mic_clipping": "1 while the microphone's signal clips.",
+    "mic_no_data": "1 while the audio device delivers nothing.",
+    "mic_no_speech": "1 while a visit has sound but no speech for too long.",
+    "mic_level_dbfs": "Recent microphone RMS level in dBFS (-120 for silence or no data).",
+    "archive_disk_free_bytes": "Bytes free for the agent on the archive's file system (0 when unknown).",
+    "archive_disk_free_ratio": "Share of the archive's file system free for the agent (0 to 1).",
 }
 
 

@@ -107,7 +107,7 @@ def test_the_error_line_is_clean(capsys: pytest.CaptureFixture[str], monkeypatch
         raise ApiError(f"login: not authorised (HTTP 401): {HOSTILE}\nsecond line")
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda full=(): parser)
     parser.set_defaults(func=fail)
     assert cli.main([]) == 69
     err = capsys.readouterr().err
