@@ -39,6 +39,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "ask": Command("agent.commands.ask", "ask MediSearch a medical question"),
+    "audit": Command("agent.commands.audit", "show the visit audit trail (consent, pauses, uploads)"),
     "check": Command("agent.commands.check", "installer check: microphone, login, subscription, speech socket"),
     "config": Command("agent.commands.config", "show, check or print an example of the configuration"),
     "daemon": Command("agent.commands.daemon", "run the service: capture, visits via the control socket, uploads"),

@@ -126,6 +126,8 @@ RULES: Mapping[str, Rule] = {
     ),
     "daemon.stop_timeout_s": positive(600, "seconds"),
     "daemon.device_retry_cap_s": positive(3600, "seconds"),
+    "audit.rotate_bytes": between(4096, 1024 * 1024 * 1024, "bytes"),
+    "audit.keep_files": between(1, 1000, "files"),
 }
 
 _ORDERED_PAIRS = (

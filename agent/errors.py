@@ -29,6 +29,7 @@ translated into these at the adapter boundary, so callers catch one family.
     ├── StreamError                 speech socket failures (exit 69)
     │   └── ProtocolError           the peer broke the speech protocol
     ├── ControlError                the daemon's control socket (exit 69)
+    ├── ConsentRequiredError        visit.require_consent is on and no consent answer was given (exit 77)
     └── NotInstalledError           a command needs an optional extra this installation lacks (exit 69)
 """
 
@@ -39,6 +40,7 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_IOERR = 74
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -148,6 +150,13 @@ class ControlError(AgentError):
     """The daemon's control socket: the daemon is not running, refused a request, or cannot create its socket."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class ConsentRequiredError(AgentError):
+    """``visit.require_consent`` is on and the start gave no answer (``--consent given`` or ``declined``): nothing
+    is recorded. Exit 77 (EX_NOPERM): recording is not permitted yet."""
+
+    exit_code = EX_NOPERM
 
 
 class NotInstalledError(AgentError):

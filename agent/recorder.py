@@ -52,6 +52,7 @@ from agent.audio.types import Frame, Source
 from agent.audio.vad import IsSpeech, SegmentEnd, SegmentStart
 from agent.errors import WrongKeyError
 from agent.settings import AgentSettings
+from agent.visit_pause import PauseGate
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,12 @@ class Recorder:
         resilient_archive: bool = False,
         on_archive: Callable[[ArchiveHealth], None] | None = None,
         recipient: Recipient | None = None,
+        pause: PauseGate | None = None,
     ) -> None:
         if settings.archive.encrypt and recipient is None:  # never a silent fallback to plaintext
             raise WrongKeyError("archive.encrypt is on but no device key recipient was given to seal the recording")
         self._recipient = recipient if settings.archive.encrypt else None
+        self._pause = pause
         self._source = source
         self._path = Path(archive_path)
         self._settings = settings
@@ -221,7 +224,7 @@ class Recorder:
 
     def _open(self, source: Source, *, background_sync: bool = False) -> tuple[AudioPipeline, WavArchiveWriter]:
         pipeline = AudioPipeline(source.sample_rate, self._settings.audio, self._settings.vad,
-                                 is_speech=self._is_speech)  # fmt: skip
+                                 is_speech=self._is_speech, pause=self._pause)  # fmt: skip
         if self._recipient is not None:
             sealed = ResilientSealedWriter if self._resilient else SealedArchiveWriter
             writer: WavArchiveWriter = sealed.create(self._path, self._settings.archive, overwrite=self._overwrite,

@@ -147,6 +147,23 @@ class DaemonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Upper bound in seconds between attempts to reopen a lost microphone."""
 
 
+class VisitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    require_consent: bool = False
+    """Refuse to start recording a visit until the patient's consent was asked (``--consent given`` or
+    ``declined``); a start without it exits 77 (EX_NOPERM). Off: ``not-asked`` is assumed and audited as such."""
+
+
+class AuditSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    directory: str = ""
+    """Folder of the visit audit trail (``audit.jsonl``, 0600 in a 0700 folder); empty: the folder ``audit`` beside
+    ``archive.directory`` (``/var/lib/medisync-agent/audit`` by default)."""
+    rotate_bytes: int = 1024 * 1024
+    """Size in bytes at which ``audit.jsonl`` is renamed to ``audit.jsonl.1`` (older ones shift up) and a new one
+    begun."""
+    keep_files: int = 9
+    """Rotated audit files kept (``audit.jsonl.1`` to ``.N``), a count; the oldest beyond it is deleted."""
+
+
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     vad: VadSettings = msgspec.field(default_factory=VadSettings)
@@ -155,3 +172,5 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    visit: VisitSettings = msgspec.field(default_factory=VisitSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)

@@ -42,12 +42,15 @@ from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentFrame
+from agent.audit_log import AuditLog, EventName
+from agent.consent import Consent
 from agent.errors import ArchiveError, InputError, NoAudioError
 from agent.ids import appointment_id_problem
 from agent.recorder import Recorder, RecordSummary
 from agent.settings import AgentSettings
 from agent.stream import wire
 from agent.stream.client import ProgressCallback, SpeechStream, StreamStats, TokenProvider
+from agent.visit_pause import PausedStretch, PauseGate
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class VisitSummary:
     """Samples the voice gate passed to the stream."""
     upload: UploadItem
     session_id: str
+    paused: tuple[PausedStretch, ...] = ()
+    """Privacy pauses on the timeline (silence in the archive, nothing on the wire)."""
 
     @property
     def seconds_captured(self) -> float:
@@ -103,8 +108,14 @@ class Visit:
         is_speech: IsSpeech | None = None,
         on_stream_progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.time,
+        consent: Consent = "not-asked",
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
+        self.consent: Consent = consent
+        self._audit = audit
+        self.pause_gate = PauseGate()
+        """The privacy pause (:mod:`agent.visit_pause`): :meth:`pause` and :meth:`resume` drive it."""
         self.appointment_id = appointment_id
         self._queue = queue
         self._on_output = on_output
@@ -118,7 +129,7 @@ class Visit:
         self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
                                   is_speech=is_speech, on_output=self._handle_output, resilient_archive=True,
-                                  on_archive=self._on_archive,
+                                  on_archive=self._on_archive, pause=self.pause_gate,
                                   recipient=queue.keys.recipient if queue.keys is not None else None)  # fmt: skip
         self.stream: SpeechStream | None = None
         if token is not None and settings.stream.enabled:
@@ -139,6 +150,51 @@ class Visit:
         """Whether the archive is being written now and how much of the visit it lacks (any thread)."""
         return self._recorder.archive_health
 
+    @property
+    def visit_id(self) -> str:
+        """The visit's id in the audit trail: its speech session id (no patient data)."""
+        return self.session_id
+
+    @property
+    def paused(self) -> bool:
+        return self.pause_gate.paused
+
+    def pause(self) -> bool:
+        """Privacy pause (any thread): from the next frame on nothing is archived (silence), gated or sent. False if
+        already paused. Audited (fsynced) before it returns; a failing audit trail is logged, the pause holds."""
+        if not self.pause_gate.request(True):
+            return False
+        self._audit_event("paused")
+        return True
+
+    def resume(self) -> bool:
+        """End the privacy pause (any thread); False if the visit was not paused."""
+        before = self.pause_gate.paused_seconds
+        if not self.pause_gate.request(False):
+            return False
+        self._audit_event("resumed", seconds=round(self.pause_gate.paused_seconds - before, 3))
+        return True
+
+    def _audit_event(self, event: EventName, **fields: str | int | float | None) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.append(event, visit=self.visit_id, **fields)
+        except ArchiveError as exc:
+            log.error("audit trail: %s (%s not recorded)", exc, event)
+
+    def _audit_end(self, record: RecordSummary | None, item: UploadItem | None) -> None:
+        """On a worker thread: the visit's end in the audit trail (stretches on the timeline, the upload item)."""
+        for gap in record.gaps if record is not None else ():
+            self._audit_event("gap", start=gap.start, end=gap.end, reason="lost")
+        for stretch in self.pause_gate.stretches:
+            self._audit_event("gap", start=stretch.start, end=stretch.end, reason="paused")
+        paused = sum(p.seconds for p in self.pause_gate.stretches)
+        self._audit_event("stopped", end=record.samples if record else None, seconds=round(paused, 3),
+                          reason=record.stopped_by if record else "error")  # fmt: skip
+        if item is not None:
+            self._audit_event("archived", item=item.item_id, appointment=self.appointment_id)
+
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
         self._stopped.set()
@@ -157,6 +213,11 @@ class Visit:
         background, so that the next visit need not wait for an outage's backlog)."""
         self._loop = asyncio.get_running_loop()
         self._write_journal()
+        if self._audit is not None:  # before the first sample: a visit without its audit line does not record
+            await asyncio.to_thread(self._audit.append, "consent", visit=self.visit_id, consent=self.consent,
+                                    appointment=self.appointment_id)  # fmt: skip
+            await asyncio.to_thread(self._audit.append, "started", visit=self.visit_id,
+                                    appointment=self.appointment_id)  # fmt: skip
         if self.stream is not None:
             await self.stream.start()
         try:
@@ -165,6 +226,7 @@ class Visit:
             await self._end_hold()
             if self._journal is not None:
                 self._journal.release()  # kept on disk: the next start recovers the visit
+            await asyncio.to_thread(self._audit_end, None, None)
             if self.stream is not None:
                 await self.stream.close()
             raise
@@ -175,6 +237,7 @@ class Visit:
             if self.stream is not None:
                 await self.stream.close()
             raise
+        await asyncio.to_thread(self._audit_end, record, item)
         if item is None:
             if self.stream is not None:
                 await self.stream.close()
@@ -191,6 +254,7 @@ class Visit:
             gated_samples=self.gated_samples,
             upload=item,
             session_id=self.session_id,
+            paused=tuple(self.pause_gate.stretches),
         )
 
     async def finish_stream(self) -> bool:

@@ -25,7 +25,8 @@ SERVER_STACK = ("aiohttp", "agent.server", "faster_whisper", "ctranslate2", "mee
 AUDIO_AND_NETWORK = ("numpy", "soxr", "sounddevice", "httpx", "websockets", "prometheus_client", "agent.daemon",
                      "agent.audio", "agent.stream", "agent.visit", "agent.api.medisync")  # fmt: skip
 """Not needed to talk to the daemon over its control socket (``status``, ``visit``) or to print the configuration."""
-LIGHT_MODULES = ["daemon", "status", "visit", "uploads", "check", "record", "run", "config", "devices", "repair", "ask"]
+LIGHT_MODULES = ["audit", "daemon", "status", "visit", "uploads", "check", "record", "run", "config", "devices",
+                 "repair", "ask"]
 
 PROBE = """
 import contextlib, io, json, sys

@@ -140,6 +140,8 @@ class UploadQueue:
         self.keys = keys
         """The device key: seals MP3 encodings, opens sealed recordings (hashing, encoding, uploading); None when
         ``archive.encrypt`` is off."""
+        self.on_event: Callable[[str, UploadItem], None] | None = None
+        """Hears ``upload_confirmed`` and ``deleted`` (retention) per item: the visit audit trail."""
         self.clock = clock
         self.rng = rng
         self.directory = Path(settings.queue_dir)
@@ -424,6 +426,8 @@ class UploadQueue:
             (self.directory / f"{item.item_id}.json").unlink(missing_ok=True)
             purged += 1
             log.info("upload item %s: retention expired, local audio deleted", item.item_id)
+            if self.on_event is not None:
+                self.on_event("deleted", item)
         return purged
 
     @contextlib.contextmanager

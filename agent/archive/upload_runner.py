@@ -175,6 +175,8 @@ async def _attempt(
             item.recording_id = outcome.recording.id if outcome.recording is not None else item.recording_id
             item.last_error = ""
             await asyncio.to_thread(queue.save, item)
+            if queue.on_event is not None:
+                await asyncio.to_thread(queue.on_event, "upload_confirmed", item)
             how = "already on MediSync (same bytes)" if outcome.already_present else "uploaded"
             log.info("upload item %s: %s (%d bytes)", item.item_id, how, item.size)
             return None

@@ -44,6 +44,8 @@ class Gap:
     """Timeline index of the first missing sample."""
     end: int
     """Timeline index one past the last missing sample."""
+    reason: str = ""
+    """Empty: the source lost the audio. ``paused``: a privacy pause (:mod:`agent.visit_pause`), silence on purpose."""
 
 
 def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:

@@ -29,11 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.audio.dsp import Dsp, Gap, Quality
 from agent.audio.types import Block, Frame, Source
 from agent.audio.vad import GateEvent, GateStats, IsSpeech, VadGate, WebRtcVad
 from agent.settings import AudioSettings, VadSettings
+
+if TYPE_CHECKING:
+    from agent.visit_pause import PauseGate
 
 
 @dataclass
@@ -55,8 +59,11 @@ class AudioPipeline:
         *,
         is_speech: IsSpeech | None = None,
         quality: Quality = "HQ",
+        pause: PauseGate | None = None,
     ) -> None:
         self.dsp = Dsp(sample_rate, audio, quality=quality)
+        self.pause = pause
+        """A visit's privacy pause (:mod:`agent.visit_pause`): paused frames are zeroed and kept from the gate."""
         self.gate = VadGate(vad, audio.frame_ms, is_speech or WebRtcVad(vad.aggressiveness))
         self._gaps_reported = 0
         self._finished = False
@@ -75,6 +82,8 @@ class AudioPipeline:
         self._finished = True
         out = self._gate(self.dsp.flush())
         out.events.extend(self.gate.finish())
+        if self.pause is not None:
+            out.gaps.extend(self.pause.finish(self.dsp.timeline_position))
         return out
 
     def run(self, source: Source) -> Iterator[PipelineOutput]:
@@ -85,8 +94,19 @@ class AudioPipeline:
 
     def _gate(self, frames: list[Frame]) -> PipelineOutput:
         events: list[GateEvent] = []
+        pause = self.pause
+        kept = frames if pause is None else []
         for frame in frames:
+            if pause is not None:
+                step = pause.step(frame)
+                kept.append(step.frame)
+                if step.began:  # the open segment ends where the pause begins
+                    events.extend(self.gate.finish())
+                if not step.live:
+                    continue
             events.extend(self.gate.push(frame))
         gaps = self.dsp.gaps[self._gaps_reported :]
         self._gaps_reported = len(self.dsp.gaps)
-        return PipelineOutput(frames, events, gaps)
+        if pause is not None:
+            gaps = [*gaps, *pause.take_gaps()]
+        return PipelineOutput(kept, events, gaps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
@@ -29,10 +30,13 @@ from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
+from agent.audit_log import AuditLog, queue_listener
 from agent.commands._args import duration_seconds
 from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
+from agent.consent import Consent, decide, parse_consent, record_declined
 from agent.errors import EX_CANTCREAT, InputError
+from agent.pause_key import pause_key as pause_key_view
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
 from agent.visit import Visit, VisitSummary, refuse_second_recording
@@ -49,7 +53,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "and the live stream go on, the part already on disk is queued at once, the archive resumes when space "
             "returns, and the summary names the stretch missing from the recording. Exit codes: 0 recorded and "
             "uploaded; 73 part of the visit is missing from the recording (disk full, I/O error), the rest was "
-            "recorded and queued; 75 recorded, upload still pending (retried later)."
+            "recorded and queued; 75 recorded, upload still pending (retried later); 77 visit.require_consent is "
+            "on and --consent gave no answer (nothing recorded); 65 bad input, e.g. an unknown --consent value. "
+            "The p key (or a line with p on standard input) pauses the visit for privacy and resumes it: silence in "
+            "the recording, nothing sent, the pause in the audit trail (medisync-agent audit)."
         ),
     )
     add_config_arguments(parser)
@@ -66,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--archive-dir", help="folder for the visit WAV files")
     parser.add_argument("--queue-dir", help="folder of the upload queue")
     parser.add_argument("--no-stream", action="store_true", help="record and upload without a live transcript")
+    parser.add_argument("--consent", metavar="ANSWER",
+                        help="the patient's answer: given, declined (nothing is recorded, only the audit line) or "
+                             "not-asked; required by visit.require_consent")  # fmt: skip
     parser.set_defaults(func=cmd_run)
 
 
@@ -87,6 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if value is not None and not value.strip():
             raise InputError(f"{flag} needs a MediSync id, not an empty string")
     settings = load_from_args(args, _flags(args)).settings
+    consent = decide(parse_consent(args.consent), required=settings.visit.require_consent)
+    if consent == "declined":
+        visit_id = record_declined(AuditLog.for_settings(settings), args.appointment)
+        print(f"consent declined: nothing recorded (audit trail: visit {visit_id})", file=sys.stderr)
+        return 0
     duration_s = duration_seconds(args.duration, frame_ms=settings.audio.frame_ms)
     credentials = load_credentials(settings.api)
     load_archive_keys(settings.archive, identity=True)  # a missing or wrong device key: exit 78 before anything
@@ -98,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"recording appointment {access.appointment_id}; Ctrl-C ends the visit", file=sys.stderr)
             summary, state = await record_and_upload(
                 settings, client, access.appointment_id, stream=access.stream_allowed,
-                duration_s=duration_s, out=sys.stdout, err=sys.stderr,
+                duration_s=duration_s, out=sys.stdout, err=sys.stderr, consent=consent, pause_key=True,
             )  # fmt: skip
             print(format_summary(summary, state), file=sys.stderr)
             if summary.archive_missing:  # the visit completed, but its recording lacks a stretch
@@ -119,22 +134,28 @@ async def record_and_upload(
     err: TextIO,
     on_output: Callable[[PipelineOutput], None] | None = None,
     on_visit: Callable[[Visit], None] | None = None,
+    consent: Consent = "not-asked",
+    pause_key: bool = False,
 ) -> tuple[VisitSummary, ItemState]:
     """Run one visit (stopping on SIGINT/SIGTERM), then upload its recording once; returns the item's state."""
     queue = UploadQueue(settings.upload, keys=load_archive_keys(settings.archive, identity=True))
+    audit = AuditLog.for_settings(settings)
+    queue.on_event = queue_listener(audit)
     report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
                   token=token_provider(client) if stream else None, on_transcript=TranscriptPrinter(out),
-                  on_output=on_output, duration_s=duration_s, on_stream_progress=_drain_progress(err))  # fmt: skip
+                  on_output=on_output, duration_s=duration_s, on_stream_progress=_drain_progress(err),
+                  consent=consent, audit=audit)  # fmt: skip
     if on_visit is not None:
         on_visit(visit)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, visit.interrupt)
     try:
-        summary = await visit.run()
+        with pause_key_view(visit, err) if pause_key else contextlib.nullcontext():
+            summary = await visit.run()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

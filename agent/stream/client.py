@@ -263,7 +263,7 @@ class SpeechStream:
             event = self._inbox.popleft()
             if isinstance(event, SourceGap):
                 if self._mode != "basic":
-                    self._ring.add_gap(event.start, event.end)
+                    self._ring.add_gap(event.start, event.end, event.reason)
                 continue
             frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
             try:

@@ -42,7 +42,7 @@ from agent.audio.types import Frame
 from agent.errors import ProtocolError
 from agent.settings import StreamSettings
 from agent.stream.policy import check_ack, check_ready
-from agent.stream.wire import MAX_PAYLOAD_BYTES, Gap
+from agent.stream.wire import LOST_REASON, MAX_PAYLOAD_BYTES, Gap
 
 
 def ms_to_bytes(ms: float) -> int:
@@ -77,6 +77,8 @@ class _GapEntry:
     """seq of a dropped message that was formed (the server may hold it); None: certainly not delivered."""
     confirm_seq: int | None = None
     """Set when announced on a connection: an ack of this seq proves the server read the gap."""
+    reason: str = ""
+    """Why the audio is absent; empty: lost (the wire's default reason). ``paused``: a privacy pause, not a loss."""
 
 
 @dataclass(slots=True)
@@ -133,10 +135,12 @@ class SendRing:
         while self._formed_bytes + self._pending_bytes > self._capacity:
             self._drop_oldest()
 
-    def add_gap(self, start: int, end: int) -> None:
-        """Timeline samples the source itself lost (device loss): announced with ``gap`` like an overflow."""
+    def add_gap(self, start: int, end: int, reason: str = "") -> None:
+        """Timeline samples the source itself lost (device loss): announced with ``gap`` like an overflow.
+
+        With a ``reason`` (``paused``) the stretch is announced under it, and not counted as lost."""
         if end > start:
-            self._gaps.append(_GapEntry(start, end, None))
+            self._gaps.append(_GapEntry(start, end, None, reason=reason))
 
     @property
     def timeline_end(self) -> int:
@@ -162,7 +166,8 @@ class SendRing:
             frame = self._pending.popleft()
             self._pending_bytes -= len(frame.pcm)
             last = self._gaps[-1] if self._gaps else None
-            if last is not None and last.seq is None and last.confirm_seq is None and last.end == frame.start:
+            if (last is not None and last.seq is None and last.confirm_seq is None and last.end == frame.start
+                    and not last.reason):
                 last.end = frame.end
             else:
                 self._gaps.append(_GapEntry(frame.start, frame.end, None))
@@ -288,12 +293,15 @@ class SendRing:
             if gap.seq is not None or gap.confirm_seq is not None or (limit is not None and gap.end > limit):
                 continue
             gap.confirm_seq = self._send_next
-            if out and out[-1].end == gap.start:
+            if gap.reason:
+                out.append(Gap(start=gap.start, end=gap.end, reason=gap.reason))
+            elif out and out[-1].end == gap.start and out[-1].reason == LOST_REASON:
                 out[-1] = Gap(start=out[-1].start, end=gap.end)
             else:
                 out.append(Gap(start=gap.start, end=gap.end))
         for g in out:
-            self._record_announced(g.start, g.end)
+            if g.reason == LOST_REASON:  # a loss (a pause is not one)
+                self._record_announced(g.start, g.end)
         return out
 
     def _record_announced(self, start: int, end: int) -> None:

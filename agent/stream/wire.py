@@ -51,6 +51,12 @@ class Gap(msgspec.Struct, tag="gap", tag_field="type", kw_only=True):
     end: int
     """Timeline index one past the last missing sample."""
     reason: str = "ring_overflow"
+    """``ring_overflow`` (lost: also device loss), or ``paused`` (a privacy pause: nothing was captured)."""
+
+
+LOST_REASON = "ring_overflow"
+"""The reason a gap of lost audio carries (the default of :class:`Gap`)."""
+PAUSED_REASON = "paused"
 
 
 class End(msgspec.Struct, tag="end", tag_field="type", kw_only=True):
