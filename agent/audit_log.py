@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from agent.archive.storage import ensure_private_dir, fsync_directory, open_private_append
+from agent.archive.storage import FILE_MODE, ensure_private_dir, fsync_directory, open_private_append
 from agent.errors import ArchiveError
 from agent.settings import AgentSettings, AuditSettings
 
@@ -110,8 +110,9 @@ class AuditLog:
             ensure_private_dir(self.directory)
             with self._locked():
                 self._rotate_if_full(len(line))
-                fd = open_private_append(self.path)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
                 try:
+                    os.fchmod(fd, FILE_MODE)
                     _end_torn_line(fd)
                     os.write(fd, line)
                     os.fsync(fd)

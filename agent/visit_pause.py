@@ -82,6 +82,11 @@ class PauseGate:
             current = 0.0 if self._since is None else self._clock() - self._since
             return self._paused_before + current
 
+    @property
+    def applied_from(self) -> int | None:
+        """Timeline index where the current pause took effect on the audio path; None when not paused there."""
+        return self._applied_from
+
     def request(self, paused: bool) -> bool:
         """Ask for a pause (True) or a resume (False); returns False when the visit already was in that state."""
         with self._lock:
