@@ -3,9 +3,12 @@
 One request per line, one response line per request::
 
     {"cmd": "visit_start", "appointment_id": "a1b2"}   -> {"ok": true, "status": {...}}
+    {"cmd": "visit_start", "appointment_id": "a1b2", "consent": "given"}   (given, declined or not-asked)
     {"cmd": "visit_stop"}                               -> {"ok": true, "status": {...}, "message": "..."}
+    {"cmd": "visit_pause"} / {"cmd": "visit_resume"}    -> {"ok": true, "status": {...}, "message": "..."}
     {"cmd": "status"}                                   -> {"ok": true, "status": {...}}
     anything wrong                                      -> {"ok": false, "error": "one line for a person"}
+                                                           (+ "code": 77 when consent is required and missing)
 
 Who may talk is decided by the socket file's permissions (mode 0660: the service user and its group), not by
 the protocol. Requests are size-limited and validated here; the daemon only sees typed requests.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import msgspec
 
+from agent.consent import parse_consent
+from agent.errors import InputError
 from agent.ids import appointment_id_problem
 
 MAX_LINE_BYTES = 4096
@@ -24,9 +29,19 @@ MAX_LINE_BYTES = 4096
 
 class StartVisit(msgspec.Struct, tag="visit_start", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
     appointment_id: str
+    consent: str | None = None
+    """The patient's answer (``given``, ``declined``, ``not-asked``); None: not asked (refused when required)."""
 
 
 class StopVisit(msgspec.Struct, tag="visit_stop", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class PauseVisit(msgspec.Struct, tag="visit_pause", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class ResumeVisit(msgspec.Struct, tag="visit_resume", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
     pass
 
 
@@ -34,14 +49,16 @@ class GetStatus(msgspec.Struct, tag="status", tag_field="cmd", forbid_unknown_fi
     pass
 
 
-Request = StartVisit | StopVisit | GetStatus
+Request = StartVisit | StopVisit | PauseVisit | ResumeVisit | GetStatus
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What ``medisync-agent status`` shows. Figures refer to the current visit, or the last one when idle."""
 
     state: str = "idle"
-    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle``."""
+    """``starting`` (checking the account), ``recording``, ``paused`` (privacy pause), ``stopping`` or ``idle``."""
+    paused_seconds: float = 0.0
+    """Seconds the current (or last) visit has been paused for privacy."""
     device: str = ""
     """Description of the capture source (e.g. "mic 'USB Audio' 48000 Hz x1")."""
     device_state: str = "opening"
@@ -98,6 +115,8 @@ class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message: str = ""
     """For a person: what happened (ok) or what went wrong (not ok)."""
     error: str = ""
+    code: int = 0
+    """Exit code for a refusal that has its own (77: consent required); 0: the generic 1."""
 
 
 class ProtocolViolation(ValueError):
@@ -136,7 +155,11 @@ def parse_request(line: bytes) -> Request:
     except UnicodeDecodeError:  # msgspec decodes strings lazily: invalid UTF-8 inside one raises this
         raise ProtocolViolation("bad request: not UTF-8 text") from None
     if isinstance(request, StartVisit):
-        return StartVisit(appointment_id=validate_appointment_id(request.appointment_id))
+        try:
+            consent = parse_consent(request.consent)
+        except InputError as exc:
+            raise ProtocolViolation(str(exc)) from None
+        return StartVisit(appointment_id=validate_appointment_id(request.appointment_id), consent=consent)
     return request
 
 
@@ -163,8 +186,8 @@ def ok(status: DaemonStatus, message: str = "") -> Response:
     return Response(ok=True, status=status, message=message)
 
 
-def failure(error: str) -> Response:
-    return Response(ok=False, error=" ".join(error.splitlines()))
+def failure(error: str, code: int = 0) -> Response:
+    return Response(ok=False, error=" ".join(error.splitlines()), code=code)
 
 
 def _db(value: float | None) -> str:
@@ -202,6 +225,9 @@ def format_status(status: DaemonStatus) -> str:
         rows.append(("needs a person", f"{status.needs_appointment} recording(s) need an appointment, "
                                         f"{status.quarantined} file(s) quarantined: see 'medisync-agent uploads list'"))
     if status.state != "idle":
+        if status.state == "paused" or status.paused_seconds:
+            rows.insert(1, ("privacy pause", ("PAUSED, nothing recorded or sent; " if status.state == "paused" else "")
+                            + f"{status.paused_seconds:.1f} s paused in this visit"))
         rows.insert(1, ("visit", f"appointment {status.appointment_id}, {status.visit_seconds:.1f} s recorded"
                                  + (f", {status.gap_seconds:.1f} s lost to device gaps" if status.gap_seconds else "")))
         rows.insert(2, ("archive", _archive_row(status)))

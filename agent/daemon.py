@@ -47,13 +47,17 @@ from agent.audio.mic import MicSource, parse_mic_spec
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
 from agent.audio.types import Source
+from agent.audit_log import AuditLog, queue_listener
+from agent.consent import Consent, decide, parse_consent, record_declined
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
     GetStatus,
+    PauseVisit,
     ProtocolViolation,
     Request,
     Response,
+    ResumeVisit,
     StartVisit,
     StopVisit,
     failure,
@@ -62,8 +66,9 @@ from agent.control import (
 )
 from agent.control_socket import bind_control_socket, serve_connection
 from agent.device_watch import Capture
-from agent.errors import AgentError
+from agent.errors import AgentError, ConsentRequiredError
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.pause_key import apply_pause
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
 from agent.supervise import WorkerHealth, supervise
@@ -104,7 +109,11 @@ class Daemon:
         self._watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
         self._capture: Capture | None = None
         self._client: MediSyncClient | None = None
+        self._audit = AuditLog.for_settings(settings)
         self._queue = UploadQueue(settings.upload)
+        self._queue.on_event = queue_listener(self._audit)
+        self._visits_declined = 0
+        self._ended_paused_s = 0.0
         self._upload_wake = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._visit: Visit | None = None
@@ -235,17 +244,30 @@ class Daemon:
 
     async def handle(self, request: Request) -> Response:
         if isinstance(request, StartVisit):
-            return await self._start_visit(request.appointment_id)
+            return await self._start_visit(request.appointment_id, parse_consent(request.consent))
+        if isinstance(request, PauseVisit | ResumeVisit):
+            visit = self._visit if self._state == "recording" else None
+            done, message = await apply_pause(visit, isinstance(request, PauseVisit))
+            return ok(self.status(), message) if done else failure(message)
         if isinstance(request, StopVisit):
             return await self._stop_visit()
         assert isinstance(request, GetStatus)
         return ok(self.status())
 
-    async def _start_visit(self, appointment_id: str) -> Response:
+    async def _start_visit(self, appointment_id: str, answer: Consent | None) -> Response:
         if self._shutdown.is_set():
             return failure("the daemon is shutting down")
         if self._state != "idle":
             return failure(f"a visit is already {self._state}; stop it first (medisync-agent visit stop)")
+        try:
+            consent = decide(answer, required=self.settings.visit.require_consent)
+            if consent == "declined":
+                visit_id = await asyncio.to_thread(record_declined, self._audit, appointment_id)
+        except AgentError as exc:
+            return failure(str(exc), exc.exit_code if isinstance(exc, ConsentRequiredError) else 0)
+        if consent == "declined":
+            self._visits_declined += 1
+            return ok(self.status(), f"consent declined: nothing recorded (audit trail: visit {visit_id})")
         capture, client = self._capture, self._client
         assert capture is not None and client is not None
         self._state = "starting"
@@ -264,7 +286,7 @@ class Daemon:
         self._visit_error = ""
         visit = Visit(self.settings, appointment_id=appointment_id, source=tap, queue=self._queue,
                       token=token_provider(client) if access.stream_allowed else None,
-                      on_output=self._on_visit_output)  # fmt: skip
+                      on_output=self._on_visit_output, consent=consent, audit=self._audit)  # fmt: skip
         self._visit = visit
         self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
         self._state = "recording"
@@ -274,7 +296,7 @@ class Daemon:
     def _on_visit_output(self, out: PipelineOutput) -> None:
         """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""
         if out.gaps:
-            self._gap_samples += sum(g.end - g.start for g in out.gaps)
+            self._gap_samples += sum(g.end - g.start for g in out.gaps if not g.reason)  # a pause is no loss
 
     async def _run_visit(self, visit: Visit) -> VisitSummary | None:
         try:
@@ -288,6 +310,7 @@ class Daemon:
             return None
         finally:
             self._ended_visits_archive_lost += visit.archive_health.missing_samples
+            self._ended_paused_s += visit.pause_gate.paused_seconds
             self._state = "idle"
             self._upload_wake.set()
         if visit.stream is not None:
@@ -361,7 +384,8 @@ class Daemon:
         captured = visit.samples_captured if active and visit is not None else 0
         archive = visit.archive_health if active and visit is not None else ArchiveHealth()
         return DaemonStatus(
-            state=self._state,
+            state="paused" if self._state == "recording" and visit is not None and visit.paused else self._state,
+            paused_seconds=visit.pause_gate.paused_seconds if visit is not None else 0.0,
             device=capture.description if capture else "",
             device_state=capture.state if capture else "opening",
             input_level_dbfs=capture.level_dbfs if capture else None,
@@ -454,6 +478,9 @@ class Daemon:
             worker_restarts=s.worker_restarts,
             uploads_unassigned=s.needs_appointment,
             uploads_quarantined=s.quarantined,
+            visit_paused=s.state == "paused",
+            paused_seconds=self._ended_paused_s + (s.paused_seconds if s.state != "idle" else 0.0),
+            visits_declined=self._visits_declined,
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -525,4 +552,6 @@ class Daemon:
             await self._client.aclose()
         self._client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
         self._queue = UploadQueue(settings.upload)
+        self._audit = AuditLog.for_settings(settings)
+        self._queue.on_event = queue_listener(self._audit)
         self._tasks[1] = self._supervised("upload_worker", self._uploads)

@@ -87,3 +87,16 @@ def _cbreak(fd: int) -> list[Any] | None:
 def _restore(fd: int, saved: list[Any] | None) -> None:
     if saved is not None:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def apply_pause(visit: Pausable | None, pause: bool) -> tuple[bool, str]:
+    """The control socket's ``visit_pause`` / ``visit_resume``: (done, one line for a person). The audit line is
+    written (fsynced) on a worker thread before the answer."""
+    if visit is None:
+        return False, "no visit is recording: nothing to pause" if pause else "no visit is paused: nothing to resume"
+    if pause == visit.paused:
+        return False, ("the visit is already paused (medisync-agent visit resume)" if pause
+                       else "the visit is not paused: nothing to resume")  # fmt: skip
+    await asyncio.to_thread(visit.pause if pause else visit.resume)
+    return True, ("paused for privacy: nothing is recorded or sent until 'medisync-agent visit resume'" if pause
+                  else "resumed: recording again")  # fmt: skip

@@ -1,4 +1,5 @@
-"""``medisync-agent visit start --appointment ID`` / ``visit stop``: control the running daemon's visit.
+"""``medisync-agent visit start --appointment ID [--consent ANSWER]`` / ``stop`` / ``pause`` / ``resume``: control the
+running daemon's visit.
 
 Also home of :func:`ask_daemon`, the control socket client used by ``status``.
 """
@@ -12,12 +13,15 @@ import sys
 import msgspec
 
 from agent.config import add_config_arguments, load_from_args
+from agent.consent import parse_consent
 from agent.control import (
     MAX_LINE_BYTES,
     GetStatus,
+    PauseVisit,
     ProtocolViolation,
     Request,
     Response,
+    ResumeVisit,
     StartVisit,
     StopVisit,
     encode_request,  # fmt: skip
@@ -80,7 +84,7 @@ def print_response(response: Response, as_json: bool) -> int:
             print(clean_text(format_status(response.status)))
     else:
         print(f"medisync-agent: error: {clean_line(response.error)}", file=sys.stderr)
-    return 0 if response.ok else 1
+    return 0 if response.ok else response.code or 1
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +102,10 @@ def socket_path(args: argparse.Namespace) -> str:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "visit", help="start or stop a visit on the running daemon",
-        description="Start or stop the recording of a visit on the running daemon (medisync-agent daemon).",
+        description="Start, stop, pause or resume the recording of a visit on the running daemon (medisync-agent "
+                    "daemon). Exit codes: 0 done; 1 the daemon refused (e.g. pause with no visit recording, resume "
+                    "when not paused); 65 bad input (unknown consent answer, bad appointment id); 69 the daemon is "
+                    "not running; 77 visit.require_consent is on and --consent gave no answer (nothing recorded).",
     )  # fmt: skip
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = actions.add_parser(
@@ -107,6 +114,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "captures, streams and archives until 'visit stop'.",
     )  # fmt: skip
     start.add_argument("--appointment", metavar="ID", required=True, help="MediSync appointment id")
+    start.add_argument("--consent", metavar="ANSWER",
+                       help="the patient's answer: given, declined (nothing is recorded, only an audit line) or "
+                            "not-asked; visit.require_consent needs given or declined (else exit 77)")  # fmt: skip
     add_common(start)
     start.set_defaults(func=cmd_start)
     stop = actions.add_parser(
@@ -115,6 +125,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     add_common(stop)
     stop.set_defaults(func=cmd_stop)
+    pause = actions.add_parser(
+        "pause", help="pause the running visit for privacy",
+        description="Pause the running visit for privacy: until 'visit resume' nothing is archived (silence keeps "
+                    "the recording's times), buffered or sent; the pause is in the audit trail. Exit 1 if no visit "
+                    "is recording or it is already paused.",
+    )  # fmt: skip
+    add_common(pause)
+    pause.set_defaults(func=lambda args: print_response(ask_daemon(socket_path(args), PauseVisit()), args.json))
+    resume = actions.add_parser(
+        "resume", help="resume the paused visit",
+        description="Resume recording the paused visit. Exit 1 if no visit is paused.",
+    )  # fmt: skip
+    add_common(resume)
+    resume.set_defaults(func=lambda args: print_response(ask_daemon(socket_path(args), ResumeVisit()), args.json))
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -122,7 +146,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         appointment_id = validate_appointment_id(args.appointment)
     except ProtocolViolation as exc:
         raise InputError(str(exc)) from None
-    return print_response(ask_daemon(socket_path(args), StartVisit(appointment_id=appointment_id)), args.json)
+    request = StartVisit(appointment_id=appointment_id, consent=parse_consent(args.consent))
+    return print_response(ask_daemon(socket_path(args), request), args.json)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
