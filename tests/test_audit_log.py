@@ -1,0 +1,91 @@
+"""The visit audit trail's file handling (agent/audit_log.py) and the ``audit`` command: private files, size rotation,
+torn lines tolerated by the reader and healed by the next append, ``--visit`` filtering."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.audit_log import AUDIT_FILE, AuditLog, audit_files, for_visit, read_events
+from agent.settings import AuditSettings
+
+
+def make(tmp_path: Path, **settings: int) -> AuditLog:
+    return AuditLog(tmp_path / "state" / "audit", AuditSettings(**settings), clock=lambda: 1764200000.5)
+
+
+def test_events_are_private_fsynced_lines_with_ids_only(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        log = make(tmp_path)
+        log.append("consent", visit="v1", appointment="a1", consent="given")
+        log.append("paused", visit="v1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.directory.stat().st_mode) == 0o700
+    assert log.path.read_text().splitlines() == [
+        '{"at":1764200000.5,"event":"consent","visit":"v1","appointment":"a1","consent":"given"}',
+        '{"at":1764200000.5,"event":"paused","visit":"v1"}',
+    ]
+
+
+def test_rotation_by_size_keeps_the_newest_files_and_every_line_in_order(tmp_path: Path) -> None:
+    log = make(tmp_path, rotate_bytes=4096, keep_files=3)
+    for n in range(400):
+        log.append("started", visit=f"v{n:04d}")
+    files = audit_files(log.directory)
+    assert [p.name for p in files] == [f"{AUDIT_FILE}.3", f"{AUDIT_FILE}.2", f"{AUDIT_FILE}.1", AUDIT_FILE]
+    assert all(p.stat().st_size <= 4096 for p in files)
+    visits = [e.visit for e in read_events(log.directory).events]
+    assert visits == [f"v{n:04d}" for n in range(400 - len(visits), 400)]  # the newest, none missing between
+
+
+def test_a_torn_last_line_is_skipped_and_the_next_append_stays_whole(tmp_path: Path) -> None:
+    log = make(tmp_path)
+    log.append("started", visit="v1")
+    log.append("stopped", visit="v1", end=16000, seconds=0.0, reason="stop")
+    whole = log.path.read_bytes()
+    log.path.write_bytes(whole[: len(whole) - 9])  # a kill in the middle of the second write
+    found = read_events(log.directory)
+    assert [e.event for e in found.events] == ["started"] and found.unreadable == 1
+    log.append("started", visit="v2")
+    found = read_events(log.directory)
+    assert [(e.event, e.visit) for e in found.events] == [("started", "v1"), ("started", "v2")]
+    assert found.unreadable == 1
+
+
+def test_for_visit_follows_the_upload_item(tmp_path: Path) -> None:
+    log = make(tmp_path)
+    log.append("started", visit="v1", appointment="a1")
+    log.append("started", visit="v2", appointment="a2")
+    log.append("archived", visit="v1", item="i1", appointment="a1")
+    log.append("upload_confirmed", item="i1", appointment="a1")
+    log.append("upload_confirmed", item="i2", appointment="a2")
+    log.append("deleted", item="i1", appointment="a1")
+    events = read_events(log.directory).events
+    assert [e.event for e in for_visit(events, "v1")] == ["started", "archived", "upload_confirmed", "deleted"]
+
+
+def test_audit_command_lists_and_filters(tmp_path: Path) -> None:
+    log = make(tmp_path)
+    log.append("consent", visit="v1", consent="declined", appointment="a1")
+    log.append("started", visit="v2", appointment="a2")
+    with log.path.open("ab") as f:
+        f.write(b'{"at": 1, "event": "sta')  # torn
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[audit]\ndirectory = "{log.directory}"\n')
+    base = [sys.executable, "-m", "agent", "audit", "--config", str(config)]
+    done = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [
+        "2025-11-26T23:33:20.500Z  v1                                    consent          appointment=a1 "
+        "consent=declined",
+        "2025-11-26T23:33:20.500Z  v2                                    started          appointment=a2",
+    ]
+    assert done.stderr.strip() == "medisync-agent: 1 unreadable line(s) skipped (torn by a crash?)"
+    done = subprocess.run([*base, "--visit", "v2", "--json"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout == '{"at":1764200000.5,"event":"started","visit":"v2","appointment":"a2"}\n'
