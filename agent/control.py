@@ -27,7 +27,8 @@ MAX_LINE_BYTES = 4096
 """Longest request or response line accepted, in bytes (newline included)."""
 
 
-class StartVisit(msgspec.Struct, tag="visit_start", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+class StartVisit(msgspec.Struct, tag="visit_start", tag_field="cmd", forbid_unknown_fields=True, frozen=True,
+                 omit_defaults=True):
     appointment_id: str
     consent: str | None = None
     """The patient's answer (``given``, ``declined``, ``not-asked``); None: not asked (refused when required)."""

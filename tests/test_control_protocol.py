@@ -124,3 +124,14 @@ def test_deeply_nested_request_or_answer_is_a_protocol_violation_not_a_recursion
         parse_request(deep)
     with pytest.raises(ProtocolViolation, match="nested too deeply"):
         parse_response(deep)
+
+
+def test_pause_resume_and_consent_on_the_wire() -> None:
+    from agent.control import PauseVisit, ResumeVisit
+
+    assert parse_request(b'{"cmd":"visit_pause"}') == PauseVisit()
+    assert parse_request(b'{"cmd":"visit_resume"}') == ResumeVisit()
+    assert parse_request(b'{"cmd":"visit_start","appointment_id":"a1","consent":" Given"}') == StartVisit(
+        appointment_id="a1", consent="given")
+    with pytest.raises(ProtocolViolation, match=r"^unknown consent 'maybe': use given, declined or not-asked$"):
+        parse_request(b'{"cmd":"visit_start","appointment_id":"a1","consent":"maybe"}')

@@ -8,18 +8,23 @@ and that nothing was recorded.
 from __future__ import annotations
 
 import json
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from agent.audit_log import read_events
 from agent.control import PauseVisit, ResumeVisit, StartVisit, StopVisit
 from tests.plugins.archive import DIALOGUE
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import AgentHome
+from tests.plugins.visit import AgentHome, wav_samples
+from tests.plugins.visit import poll as poll_for
 
 
 def home_for(tmp_path: Path, server: RunningServer, **settings: dict[str, object]) -> AgentHome:
@@ -133,3 +138,42 @@ def test_daemon_pause_resume_consent_and_their_refusals(start_daemon: Callable[.
     assert [e.event for e in visit_events] == ["consent", "started", "paused", "resumed", "gap", "stopped", "archived"]
     rc, _ = daemon.terminate()
     assert rc == 0
+
+
+def test_run_p_key_pauses_and_resumes_the_visit(medisync_server: RunningServer, tmp_path: Path,
+                                                dialogue_pcm: bytes) -> None:
+    home = home_for(tmp_path, medisync_server)
+    appointment = medisync_server.create_appointment()
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(home.argv("run", "--appointment", appointment, "--source", f"file:{DIALOGUE}"),
+                                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                env=home.env())  # fmt: skip
+    assert proc.stdin is not None
+
+    def audited(name: str) -> bool:
+        return name in [e.event for e in read_events(home.root / "audit").events]
+
+    poll_for(lambda: audited("started"), "the visit to start")
+    poll_for(lambda: b"press p to pause" in log_path.read_bytes(), "the pause key prompt")
+    proc.stdin.write(b"p\n")
+    proc.stdin.flush()
+    poll_for(lambda: audited("paused"), "the pause")
+    poll_for(lambda: b"PAUSED for privacy" in log_path.read_bytes(), "the pause line")
+    time.sleep(2.0)  # two seconds of the visit paused (the file source runs at real time)
+    proc.stdin.write(b"p\n")
+    proc.stdin.flush()
+    poll_for(lambda: audited("resumed"), "the resume")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) in (0, 75), log_path.read_text()
+    events = read_events(home.root / "audit").events
+    [gap] = [e for e in events if e.event == "gap"]
+    assert gap.reason == "paused" and gap.start is not None and gap.end is not None
+    assert gap.end - gap.start >= 1.5 * 16000
+    [wav] = home.wavs()
+    archive = np.frombuffer(wav_samples(wav), dtype="<i2")
+    expected = np.frombuffer(dialogue_pcm, dtype="<i2")[: len(archive)]
+    assert not archive[gap.start : gap.end].any()
+    assert np.array_equal(archive[: gap.start], expected[: gap.start])
+    assert np.array_equal(archive[gap.end :], expected[gap.end :])
