@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from agent import SAMPLE_RATE
 from agent.archive.upload_policy import ItemState
 from agent.safe_text import clean_line
 from agent.stream.wire import TranscriptEvent
@@ -44,8 +45,12 @@ def upload_outcome(summary: VisitSummary, state: ItemState) -> str:
 
 
 def _archive_rows(summary: VisitSummary) -> list[tuple[str, str]]:
-    """The stretches missing from the recording (disk full, I/O error), one row each; none when complete."""
-    return [("MISSING from the recording", m.describe()) for m in summary.archive_missing]
+    """The stretches missing from the recording (disk full, I/O error), one row each; none when complete; then the
+    privacy pauses (silence in the recording, on the same timeline)."""
+    rows = [("MISSING from the recording", m.describe()) for m in summary.archive_missing]
+    rows += [("privacy pause (silence)", f"{p.start / SAMPLE_RATE:.2f}-{p.end / SAMPLE_RATE:.2f} s")
+             for p in summary.paused]  # fmt: skip
+    return rows
 
 
 def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[str, str] | None = None) -> str:

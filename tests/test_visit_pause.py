@@ -131,3 +131,29 @@ def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(medisync_se
     gap = events[4]
     assert (gap.start, gap.end, gap.reason) == (p0, p1, "paused")
     assert events[5].seconds == round((p1 - p0) / RATE, 3)
+
+
+def test_pause_to_the_end_in_the_pipeline_closes_the_segment_and_announces_the_rest() -> None:
+    from agent.audio.pipeline import AudioPipeline
+    from agent.audio.types import Block
+    from agent.settings import VadSettings
+    from agent.visit_pause import PauseGate
+
+    gate = PauseGate()
+    pipeline = AudioPipeline(RATE, AudioSettings(), VadSettings(), is_speech=lambda pcm: True, pause=gate)
+    tone = (0.3 * np.sin(np.arange(RATE) * 2 * np.pi * 440 / RATE)).astype(np.float32).reshape(-1, 1)
+    outs = [pipeline.process(Block(tone, 0.0))]
+    gate.request(True)
+    assert not gate.request(True)
+    outs += [pipeline.process(Block(tone, 1.0)), pipeline.finish()]
+    frames = [f for o in outs for f in o.frames]
+    events = [e for o in outs for e in o.events]
+    gaps = [g for o in outs for g in o.gaps]
+    assert [(g.start, g.end, g.reason) for g in gaps] == [(RATE, 2 * RATE, "paused")]
+    assert not any(f.pcm.strip(b"\0") for f in frames if f.start >= RATE)
+    assert all(f.pcm.strip(b"\0") for f in frames if f.end <= RATE)
+    assert sum(f.samples for f in frames) == 2 * RATE  # wall time kept
+    ends = [e.end for e in events if type(e).__name__ == "SegmentEnd"]
+    assert ends == [RATE]  # the segment open when the pause began ends where it began
+    assert not [e for e in events if isinstance(e, SegmentFrame) and e.frame.end > RATE]
+    assert [(p.start, p.end) for p in gate.stretches] == [(RATE, 2 * RATE)]
