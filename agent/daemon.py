@@ -15,6 +15,10 @@
   is logged and restarted with backoff; ``status`` and the metrics show the upload worker's health.
 - A stopped visit's live stream keeps replaying its backlog in the background (``Visit.finish_stream``, bounded
   by ``stream.drain_max_s``) while the next visit starts at once; ``status`` lists streams still draining.
+- ``visit_pause`` / ``visit_resume`` drive the visit's privacy pause (:mod:`agent.visit_pause`, ``status`` shows
+  ``paused``); ``visit_start`` carries the consent answer (:mod:`agent.consent`: ``declined`` records nothing but
+  its audit line, a required missing answer is refused with code 77). Every visit event goes to the audit trail
+  (:mod:`agent.audit_log`), the upload worker's confirmations and retention deletions too.
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
   ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
