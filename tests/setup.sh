@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 # Every program the tests, the demo or the benchmarks start comes from one of these (ffmpeg: the independent MP3
 # decoder of the encode tests and the benchmarks' capture floor; prometheus: promtool, which checks and unit-tests
-# the fleet alert rules in monitoring/).
+# the fleet alert rules in systemd/monitoring/).
 SYSTEM_PACKAGES=(python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox ffmpeg systemd shellcheck age
                  prometheus)
 missing=()
