@@ -71,7 +71,7 @@ from agent.control import (
 from agent.control_socket import bind_control_socket, serve_connection
 from agent.device_watch import Capture
 from agent.errors import AgentError, ConsentRequiredError
-from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.metrics import AgentStats, Metrics, MetricsServer, disk_free, serve_metrics
 from agent.pause_key import apply_pause
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
@@ -130,6 +130,7 @@ class Daemon:
         self._queue_length = 0
         self._needs_appointment = 0
         self._quarantined = 0
+        self._disk_free: tuple[int, float] = (0, 1.0)
         self._known_items: set[str] = set()
         self._workers = {name: WorkerHealth(name) for name in ("tick", "upload_worker", "queue_count")}
         self._visit_error = ""
@@ -485,6 +486,8 @@ class Daemon:
             visit_paused=s.state == "paused",
             paused_seconds=self._ended_paused_s + (s.paused_seconds if s.state != "idle" else 0.0),
             visits_declined=self._visits_declined,
+            archive_disk_free_bytes=self._disk_free[0],
+            archive_disk_free_ratio=self._disk_free[1],
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -513,6 +516,7 @@ class Daemon:
         self._queue_length, self._known_items = len(pending), pending
         self._needs_appointment = len(find_orphans(archive_dir, queue))
         self._quarantined = len(quarantined(archive_dir, queue))
+        self._disk_free = disk_free(archive_dir)
         return new
 
     # --- configuration reload ---------------------------------------------------------------------------------
