@@ -8,7 +8,9 @@ and that nothing was recorded.
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from agent.audit_log import read_events
@@ -84,6 +87,13 @@ def test_visit_start_unknown_consent_value_exits_65_without_asking_the_daemon(tm
                                    "not-asked")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def visit_cli(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
     done = subprocess.run([sys.executable, "-m", "agent", "visit", *args, "--socket", str(daemon.control)],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
@@ -92,8 +102,18 @@ def visit_cli(daemon: DaemonProcess, *args: str) -> tuple[int, str, str]:
 
 def test_daemon_pause_resume_consent_and_their_refusals(start_daemon: Callable[..., DaemonProcess],
                                                         medisync_server: RunningServer) -> None:
-    daemon = start_daemon(extra="[visit]\nrequire_consent = true\n")
+    daemon = start_daemon(extra="[visit]\nrequire_consent = true\n",
+                          env={"MEDISYNC_AGENT_DAEMON_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"})
     daemon.wait_ready()
+    metrics_url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on http://"))
+    assert metrics_url is not None
+
+    def metric(name: str) -> float:
+        text = httpx.get(metrics_url.group(1), timeout=10).text
+        found = re.search(rf"^medisync_agent_{name} (\S+)$", text, re.M)
+        assert found is not None, name
+        return float(found.group(1))
+
     audit_dir = daemon.archive_dir.parent / "audit"
 
     code, _, err = visit_cli(daemon, "pause")
@@ -111,6 +131,7 @@ def test_daemon_pause_resume_consent_and_their_refusals(start_daemon: Callable[.
     assert declined.ok and "consent declined: nothing recorded" in declined.message
     assert declined.status is not None and declined.status.state == "idle"
     assert not daemon.archive_dir.exists() or not any(daemon.archive_dir.glob("visit-*"))
+    poll(lambda: metric("visits_declined_total") == 1.0, "visits_declined_total 1")
 
     started = daemon.ask(StartVisit(appointment_id=appointment, consent="given"))
     assert started.ok, started.error
@@ -118,11 +139,17 @@ def test_daemon_pause_resume_consent_and_their_refusals(start_daemon: Callable[.
     assert (code, err.strip()) == (1, "medisync-agent: error: the visit is not paused: nothing to resume")
     paused = daemon.ask(PauseVisit())
     assert paused.ok and paused.status is not None and paused.status.state == "paused"
+    poll(lambda: metric("visit_paused") == 1.0, "visit_paused 1")
+    shown = subprocess.run([sys.executable, "-m", "agent", "status", "--socket", str(daemon.control)],
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert "state:" in shown.stdout and "paused" in shown.stdout
+    assert "PAUSED, nothing recorded or sent" in shown.stdout
     code, out, _ = visit_cli(daemon, "pause")
     assert code == 1
     code, out, _ = visit_cli(daemon, "resume")
     assert code == 0 and "resumed" in out and "state:" in out
     assert daemon.ask(ResumeVisit()).ok is False
+    poll(lambda: metric("visit_paused") == 0.0 and metric("paused_seconds_total") > 0.0, "paused_seconds_total")
     stopped = daemon.ask(StopVisit())
     assert stopped.ok, stopped.error
     session = started.status.session_id if started.status else ""
