@@ -212,12 +212,16 @@ class Visit:
         With ``finish_stream=False`` the stream keeps running: call :meth:`finish_stream` (the daemon does, in the
         background, so that the next visit need not wait for an outage's backlog)."""
         self._loop = asyncio.get_running_loop()
-        self._write_journal()
-        if self._audit is not None:  # before the first sample: a visit without its audit line does not record
+        if self._audit is not None:  # before anything is on disk: a visit without its audit lines does not record
             await asyncio.to_thread(self._audit.append, "consent", visit=self.visit_id, consent=self.consent,
                                     appointment=self.appointment_id)  # fmt: skip
             await asyncio.to_thread(self._audit.append, "started", visit=self.visit_id,
                                     appointment=self.appointment_id)  # fmt: skip
+        try:
+            self._write_journal()
+        except ArchiveError:
+            await asyncio.to_thread(self._audit_end, None, None)
+            raise
         if self.stream is not None:
             await self.stream.start()
         try:
