@@ -284,3 +284,17 @@ def test_a_message_being_written_is_not_renumbered_when_the_ring_overflows() -> 
     gaps = [(g.start, g.end) for g in ring.gaps_to_send()]
     # Every frame was written or is announced as a gap: none was marked sent under a seq it never went out with.
     assert all(any(s <= f.start < e for s, e in sent + gaps) for f in pushed)
+
+
+def test_a_pause_is_announced_under_its_reason_and_not_counted_as_loss() -> None:
+    ring = make(ring_seconds=0.1)  # 5 frames
+    for f in frames(0, 8):
+        ring.push(f)  # 3 frames dropped: lost audio right before the pause
+    ring.add_gap(8 * FRAME, 20 * FRAME, "paused")
+    ring.push(frame(20 * FRAME))
+    ring.on_ready(0)
+    gaps = ring.gaps_to_send()
+    # The push after the pause dropped one more frame: announced with the earlier loss, in timeline order.
+    assert [(g.start, g.end, g.reason) for g in gaps] == [(0, 4 * FRAME, "ring_overflow"),
+                                                          (8 * FRAME, 20 * FRAME, "paused")]  # fmt: skip
+    assert ring.stats.gaps == [(0, 4 * FRAME)] and ring.stats.gap_samples_announced == 4 * FRAME

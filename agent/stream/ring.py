@@ -289,7 +289,7 @@ class SendRing:
         """Gaps to announce now, in timeline order; marks them announced (call right before the next audio)."""
         limit = self._formed[self._send_next - self._base_seq].start if self._send_next < self.assign_next else None
         out: list[Gap] = []
-        for gap in self._gaps:
+        for gap in sorted(self._gaps, key=lambda g: g.start):  # a drop can come after a later pause or device gap
             if gap.seq is not None or gap.confirm_seq is not None or (limit is not None and gap.end > limit):
                 continue
             gap.confirm_seq = self._send_next
