@@ -89,3 +89,34 @@ def test_audit_command_lists_and_filters(tmp_path: Path) -> None:
     assert done.stderr.strip() == "medisync-agent: 1 unreadable line(s) skipped (torn by a crash?)"
     done = subprocess.run([*base, "--visit", "v2", "--json"], capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout == '{"at":1764200000.5,"event":"started","visit":"v2","appointment":"a2"}\n'
+
+
+def test_retention_deletion_and_upload_confirmation_reach_the_trail(tmp_path: Path) -> None:
+    import io
+    import wave
+
+    from agent.archive.upload_policy import ItemState
+    from agent.archive.upload_queue import UploadQueue
+    from agent.audit_log import queue_listener
+    from agent.settings import UploadSettings
+
+    wav = tmp_path / "archive" / "visit.wav"
+    wav.parent.mkdir()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\1\0" * 1600)
+    wav.write_bytes(buf.getvalue())
+    queue = UploadQueue(UploadSettings(queue_dir=str(tmp_path / "queue"), retention_hours=0.0), clock=lambda: 1e9)
+    log = make(tmp_path)
+    queue.on_event = queue_listener(log)
+    item = queue.enqueue("apt-1", wav)
+    item.state, item.uploaded_at = ItemState.DONE, 1e9
+    queue.save(item)
+    queue.on_event("upload_confirmed", item)  # what the upload runner calls once MediSync confirmed (kill test: real)
+    assert queue.purge_expired() == 1
+    events = read_events(log.directory).events
+    assert [(e.event, e.item, e.appointment) for e in events] == [("upload_confirmed", item.item_id, "apt-1"),
+                                                                  ("deleted", item.item_id, "apt-1")]  # fmt: skip
