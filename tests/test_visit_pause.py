@@ -3,14 +3,17 @@
 Content checks, sample for sample: the archive holds zeros over the paused stretch and exactly the pipeline's
 output of the file everywhere else (keep-wall-time, see agent/visit_pause.py); the server stored no sample of the
 stretch (its runs end before it and start after it) and got a ``gap`` with reason ``paused`` covering it; while the
-pause lasted, the send ring held no frame of it and the voice gate passed none; every transcript's time span lies
+pause lasted (inside a speech-server outage through a real TCP proxy, so the send ring held audio all along) the ring
+held no frame of it and the voice gate passed none; every transcript's time span lies
 outside the pause and over the same audio in the archive as in the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from agent.stream.wire import TranscriptEvent
 from agent.visit import Visit, VisitSummary
 from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS
+from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import FAST_STREAM, sped_up_clock, wav_samples
 
@@ -50,12 +54,15 @@ def ring_spans(visit: Visit) -> list[tuple[int, int]]:
     return [(f.start, f.end) for f in ring._pending] + [(m.start, m.end) for m in ring._formed]
 
 
-def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(medisync_server: RunningServer,
-                                                                       tmp_path: Path, dialogue_pcm: bytes) -> None:
+def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path, dialogue_pcm: bytes
+) -> None:
+    target = urlsplit(medisync_server.speech_url)
+    assert target.hostname is not None and target.port is not None
+    proxy = tcp_proxy(target.hostname, target.port)
     settings = AgentSettings(
         audio=AudioSettings(source=f"file:{DIALOGUE}"),
-        api=ApiSettings(api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
-                        email=medisync_server.email),
+        api=ApiSettings(api_url=medisync_server.api_url, speech_url=proxy.url(), email=medisync_server.email),
         archive=ArchiveSettings(directory=str(tmp_path / "archive")),
         stream=StreamSettings(**FAST_STREAM),  # type: ignore[arg-type]
         upload=UploadSettings(queue_dir=str(tmp_path / "queue")),
@@ -76,6 +83,10 @@ def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(medisync_se
                           token=token_provider(client), on_transcript=transcripts.append, on_output=outputs.append,
                           audit=audit)  # fmt: skip
             running = asyncio.create_task(visit.run())
+            # An outage from 3 s before the pause to 3 s after it: the ring holds audio all through the pause.
+            await wait_for(lambda: visit.samples_captured >= (PAUSE_AT_S - 3) * RATE, "the outage's start")
+            medisync_server.knobs.refuse_handshake(503, count=-1)
+            await asyncio.to_thread(proxy.reset)
             await wait_for(lambda: visit.samples_captured >= PAUSE_AT_S * RATE or running.done(), "mid-visit")
             assert not running.done(), running.result()
             assert visit.pause() and not visit.pause()  # a second pause is refused
@@ -86,6 +97,8 @@ def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(medisync_se
                 ring_during_pause.extend(ring_spans(visit))
                 await asyncio.sleep(0.01)
             assert visit.resume() and not visit.resume()
+            await wait_for(lambda: visit.samples_captured >= start + (PAUSE_FOR_S + 3) * RATE, "the outage's end")
+            medisync_server.knobs.refuse_handshake(503, count=0)
             summary = await running
             [stretch] = summary.paused
             return summary, stretch.start, stretch.end
@@ -105,7 +118,8 @@ def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(medisync_se
     # The voice gate passed nothing of it, and the ring never held it.
     passed = [(e.frame.start, e.frame.end) for o in outputs for e in o.events if isinstance(e, SegmentFrame)]
     assert passed and not [s for s in passed if s[0] < p1 and s[1] > p0]
-    assert not [s for s in ring_during_pause if s[0] < p1 and s[1] > p0]  # looked at every 10 ms of the pause
+    assert ring_during_pause  # the outage kept pre-pause audio in the ring, looked at every 10 ms of the pause
+    assert not [s for s in ring_during_pause if s[0] < p1 and s[1] > p0]
 
     # The server: no stored sample inside the pause, every stored sample equals the archive; the gap announced.
     stored = medisync_server.session_audio(summary.session_id)
