@@ -126,7 +126,7 @@ RULES: Mapping[str, Rule] = {
     ),
     "daemon.stop_timeout_s": positive(600, "seconds"),
     "daemon.device_retry_cap_s": positive(3600, "seconds"),
-    "audit.rotate_bytes": between(4096, 1024 * 1024 * 1024, "bytes"),
+    "audit.rotate_bytes": Rule(lambda v: 4096 <= v <= 1 << 30, "4096 to 1073741824 bytes (1 GiB)"),
     "audit.keep_files": between(1, 1000, "files"),
 }
 
