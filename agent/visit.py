@@ -139,6 +139,11 @@ class Visit:
         """Whether the archive is being written now and how much of the visit it lacks (any thread)."""
         return self._recorder.archive_health
 
+    @property
+    def lost_samples(self) -> int:
+        """Timeline samples of this visit the source lost (device loss, overflow), archived as silence."""
+        return self._recorder.lost_samples
+
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
         self._stopped.set()
