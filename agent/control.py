@@ -38,10 +38,14 @@ Request = StartVisit | StopVisit | GetStatus
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``medisync-agent status`` shows. Figures refer to the current visit, or the last one when idle."""
+    """What ``medisync-agent status`` shows, projected from the daemon's one telemetry snapshot (agent.telemetry).
+
+    Visit figures (``visit_seconds`` to ``archive_problem``, ``vad_share``, the stream's, the ids) refer to the visit
+    in progress and are zero, empty or None when idle (``visit stop`` answers with the ended visit's figures);
+    device, upload and background-task figures are always filled. Totals since the start are in the metrics."""
 
     state: str = "idle"
-    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle``."""
+    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle`` (``agent.daemon_state``)."""
     device: str = ""
     """Description of the capture source (e.g. "mic 'USB Audio' 48000 Hz x1")."""
     device_state: str = "opening"
