@@ -29,9 +29,9 @@ from agent.archive.audio_format import AudioFormat, NotAudio, sniff
 from agent.archive.keys import ArchiveKeys
 from agent.archive.recovery import is_orphan
 from agent.archive.sealed import PlainDigest, SealedAppender, is_sealed_bytes, open_plain, plain_size
-from agent.archive.storage import atomic_private_file, copy_private, ensure_private_dir, read_blocks
+from agent.archive.storage import atomic_private_file, copy_private, describe_os_error, ensure_private_dir, read_blocks
 from agent.archive.upload_queue import UploadItem, UploadQueue
-from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error
+from agent.archive.wav import PARTIAL_SUFFIX
 from agent.archive.wavfmt import bytes_reader
 from agent.errors import ArchiveError, InputError
 from agent.ids import appointment_id_problem

@@ -38,7 +38,9 @@ from agent.archive.sealed import PlainDigest, destroy, is_sealed, plain_digest
 from agent.archive.storage import (
     Quarantined,
     Unreadable,
+    describe_os_error,
     ensure_private_dir,
+    fsync_directory,
     list_quarantine,
     quarantine,
     read_state,
@@ -53,7 +55,7 @@ from agent.archive.upload_policy import (
     retention_expired,
     seconds_until_due,
 )
-from agent.archive.wav import describe_os_error, fsync_directory, partial_path
+from agent.archive.wav import partial_path
 from agent.errors import ArchiveError, DamagedRecordingError, InputError, UploadTooLargeError, WrongKeyError
 from agent.ids import appointment_id_problem, is_item_id
 from agent.settings import UploadSettings
