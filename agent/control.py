@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import msgspec
 
-from agent.ids import appointment_id_problem
+from agent.ids import checked_appointment_id
 
 MAX_LINE_BYTES = 4096
 """Longest request or response line accepted, in bytes (newline included)."""
@@ -115,11 +115,7 @@ _encoder = msgspec.json.Encoder()
 
 def validate_appointment_id(value: str) -> str:
     """The id, stripped; ProtocolViolation when it is empty, too long or has characters an id cannot have."""
-    value = value.strip()
-    problem = appointment_id_problem(value)
-    if problem is not None:
-        raise ProtocolViolation(problem)
-    return value
+    return checked_appointment_id(value, ProtocolViolation)
 
 
 def parse_request(line: bytes) -> Request:

@@ -154,7 +154,8 @@ class Capture:
         self.samples = 0
         self.reopens = 0
         self.lost_samples = 0
-        """Source samples lost to device loss since start."""
+        """Source samples lost before the capture passed a block on, since start: device loss, and what the source
+        reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
 
     # --- control (daemon thread) ------------------------------------------------------------------------------
@@ -258,7 +259,6 @@ class Capture:
             missed = missed_samples(expected, block.capture_time, source.sample_rate)
             expected = None
             if missed:
-                self.lost_samples += missed
                 log.warning("microphone delivered again after %.1f s without audio", missed / source.sample_rate)
                 block = Block(block.samples, block.capture_time, block.missed + missed)
             self._count(block)
@@ -271,6 +271,7 @@ class Capture:
             self._policy.reset()
         self.blocks += 1
         self.samples += len(block.samples)
+        self.lost_samples += block.missed
         alpha = min(1.0, len(block.samples) / (self.sample_rate * LEVEL_WINDOW_S))
         self._power += alpha * (block_power(block.samples) - self._power)
         with self._lock:

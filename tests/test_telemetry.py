@@ -3,11 +3,17 @@ one place and both read the same value. Pure: built by hand, no daemon."""
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
+
 from agent import SAMPLE_RATE
 from agent.archive.resilient import ArchiveHealth
+from agent.audio.types import Block
 from agent.control import DaemonStatus
 from agent.daemon_state import DaemonState
 from agent.daemon_uploads import COUNTER, WORKER, QueueCounts, UploadTotals
+from agent.device_watch import Capture
 from agent.draining import EndedTotals
 from agent.metrics import AgentStats
 from agent.supervise import WorkerHealth
@@ -20,6 +26,7 @@ from agent.telemetry import (
     capture_figures,
     worker_figures,
 )
+from tests.plugins.daemon import poll
 
 STREAM = StreamFigures(state="streaming", mode="resume", held_samples=24_000, reconnects=2, ack_lag_s=0.3,
                        bytes_sent=64_000)  # fmt: skip
@@ -104,3 +111,44 @@ def test_without_a_capture_the_figures_say_opening() -> None:
 def test_worker_figures_copy_the_health() -> None:
     health = {WORKER: WorkerHealth(WORKER, running=False, reason="OSError: disk", restarts=4)}
     assert worker_figures(health) == {WORKER: WorkerFigures(False, "restarting (OSError: disk)", 4)}
+
+
+class OverflowingSource:
+    """A source that reports samples it lost itself (``Block.missed``: an input overflow), then waits for stop."""
+
+    description = "test source 16000 Hz x1"
+    sample_rate = 16_000
+    channels = 1
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self._blocks = blocks
+        self._stopped = threading.Event()
+
+    def __enter__(self) -> OverflowingSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read(self) -> Block | None:
+        if self._blocks:
+            return self._blocks.pop(0)
+        self._stopped.wait()
+        return None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def test_the_capture_owns_the_count_of_audio_lost_before_the_dsp() -> None:
+    silence = np.zeros((1600, 1), dtype=np.float32)
+    blocks = [Block(silence, 0.0), Block(silence, 0.1 + 0.05, missed=800), Block(silence, 0.25)]
+    capture = Capture(lambda rate, channels: OverflowingSource(list(blocks)), retry_cap_s=1.0)
+    capture.start(30.0)
+    try:
+        poll(lambda: capture.blocks >= 3, "three blocks captured")
+        figures = capture_figures(capture)
+    finally:
+        capture.stop(5.0)
+    assert (figures.blocks, figures.samples, figures.lost_samples) == (3, 3 * 1600, 800)
+    assert Telemetry(capture=figures).agent_stats().frames_dropped == 800 // 320
