@@ -51,7 +51,8 @@ class CaptureFigures:
     samples: int = 0
     """Source-rate sample frames captured since start."""
     lost_samples: int = 0
-    """Source-rate sample frames lost before the DSP since start (device loss, hand-off overflow)."""
+    """Source-rate sample frames lost before the DSP since start (device loss, source overflow), and what the
+    current visit's tap dropped (ended visits' taps: ``EndedTotals.handoff_samples_dropped``)."""
     sample_rate: int = 0
 
 
@@ -153,7 +154,7 @@ class Telemetry:
         live = [*self.draining, *([stream] if stream else [])]
         return AgentStats(
             frames_captured=self._frames(self.capture.samples),
-            frames_dropped=self._frames(self.capture.lost_samples),
+            frames_dropped=self._frames(self.capture.lost_samples + self.ended.handoff_samples_dropped),
             vad_speech_ratio=visit.gated_samples / visit.samples if visit is not None and visit.samples else 0.0,
             ring_fill_seconds=stream.held_samples / SAMPLE_RATE if stream else 0.0,
             reconnects=self.ended.reconnects + sum(s.reconnects for s in live),

@@ -46,7 +46,7 @@ def recording() -> Telemetry:
         capture=capture,
         visit=visit,
         draining=(DRAINING,),
-        ended=EndedTotals(reconnects=7, bytes_sent=10_000, archive_samples_lost=500),
+        ended=EndedTotals(reconnects=7, bytes_sent=10_000, archive_samples_lost=500, handoff_samples_dropped=48_000),
         queue=QueueCounts(pending=3, needs_appointment=1, quarantined=4),
         uploads=UploadTotals(completed=6, failures=2),
         workers=workers,
@@ -75,7 +75,8 @@ def test_metrics_fill_every_figure_of_the_snapshot_and_count_since_start() -> No
     unset = [name for name in AgentStats.__struct_fields__
              if name not in owned_elsewhere and getattr(stats, name) == getattr(AgentStats(), name)]  # fmt: skip
     assert unset == []
-    assert stats.frames_captured == 90 * 50 and stats.frames_dropped == 2 * 50  # 48 kHz counts as 20 ms frames
+    assert stats.frames_captured == 90 * 50  # 48 kHz counted as 20 ms frames
+    assert stats.frames_dropped == (2 + 1) * 50  # the capture's count and ended visits' hand-off drops
     assert stats.reconnects == 7 + 5 + 2  # ended visits + the draining stream + the current one
     assert stats.bytes_sent == 10_000 + 1_000 + 64_000
     assert stats.archive_samples_lost == 500 + SAMPLE_RATE * 3
