@@ -41,7 +41,7 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """What ``medisync-agent status`` shows, projected from the daemon's one telemetry snapshot (agent.telemetry).
 
     Visit figures (``visit_seconds`` to ``archive_problem``, ``vad_share``, the stream's, the ids) refer to the visit
-    in progress and are zero, empty or None when idle (``visit stop`` answers with the ended visit's figures);
+    in progress and are zero, empty or None when idle (the answer to ``visit_stop`` carries the ended visit's);
     device, upload and background-task figures are always filled. Totals since the start are in the metrics."""
 
     state: str = "idle"

@@ -298,11 +298,14 @@ class Daemon:
         summary = await asyncio.shield(task)
         if summary is None:
             return failure(self._visit_error or "the visit ended with an error; see the daemon's log")
+        ended = visit_figures(visit)  # the snapshot status showed while it ran, taken once more at its end
         message = f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued"
+        if ended.lost_samples:
+            message += f"; {ended.lost_samples / SAMPLE_RATE:.1f} s lost to device gaps (silence in the recording)"
         message += "".join(f"; missing from the recording: {m.describe()}" for m in summary.archive_missing)
         if self._draining.holds(visit):
             message += f"; live stream still confirming {unconfirmed_s(visit):.1f} s of audio"
-        return ok(self.status(), message)
+        return ok(dataclasses.replace(self.telemetry(), visit=ended).status(), message)
 
     # --- status, watchdog, metrics ----------------------------------------------------------------------------
 
