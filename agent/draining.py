@@ -28,8 +28,11 @@ class EndedTotals:
     """Counters of visits that are over, read from the visit's own parts once each (never counted a second time)."""
 
     reconnects: int = 0
+    """Speech socket reconnects of ended streams."""
     bytes_sent: int = 0
+    """Audio payload bytes ended streams sent."""
     archive_samples_lost: int = 0
+    """Timeline samples (16 kHz) missing from ended visits' archives."""
     handoff_samples_dropped: int = 0
     """Source-rate sample frames the visits' capture taps dropped (their consumer fell behind)."""
 

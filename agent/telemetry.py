@@ -58,11 +58,17 @@ class CaptureFigures:
 
 @dataclass(frozen=True, slots=True)
 class StreamFigures:
+    """A copy of one stream's :class:`~agent.stream.client.StreamStats` (the counts stay the stream's own)."""
+
     state: str = "-"
+    """The speech socket's state (``connecting``, ``streaming``, ``backoff`` ...)."""
     mode: str = ""
+    """``resume`` or ``basic`` once picked."""
     held_samples: int = 0
+    """Samples (16 kHz) held for sending that the server has not confirmed."""
     reconnects: int = 0
     ack_lag_s: float = 0.0
+    """Seconds between the newest audio sent and the newest acknowledged."""
     bytes_sent: int = 0
 
     @classmethod
