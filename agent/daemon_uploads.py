@@ -1,4 +1,5 @@
-"""The daemon's upload side: the worker that drains the queue between visits, and the counts ``status`` shows.
+"""The daemon's upload side: the worker that drains the queue between visits, and the counts ``status`` shows
+(with the archive's free disk space, looked at in the same pass).
 
 :func:`agent.archive.upload_runner.run` drains the upload queue, woken when a visit is queued (:meth:`wake`) or
 another process queues an item (the queue count notices a new pending item). Both loops run supervised under the
@@ -16,6 +17,7 @@ from agent.archive import upload_runner
 from agent.archive.recovery import find_orphans, quarantined
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
+from agent.metrics import disk_free
 
 WORKER = "upload_worker"
 COUNTER = "queue_count"
@@ -31,6 +33,10 @@ class QueueCounts:
     """Recordings no journal or queue item accounts for."""
     quarantined: int = 0
     """Unreadable files set aside."""
+    disk_free_bytes: int = 0
+    """Bytes free for the agent on the archive's file system (0 until the first look)."""
+    disk_free_ratio: float = 1.0
+    """Share of the archive's file system free for the agent, 0 to 1."""
 
 
 @dataclass
@@ -78,6 +84,8 @@ class Uploads:
         pending = {i.item_id for i in queue.items() if i.state is ItemState.PENDING}
         new = bool(pending - self._known_items)
         self._known_items = pending
+        free_bytes, free_ratio = disk_free(self._archive_dir)
         self.counts = QueueCounts(pending=len(pending), needs_appointment=len(find_orphans(self._archive_dir, queue)),
-                                  quarantined=len(quarantined(self._archive_dir, queue)))  # fmt: skip
+                                  quarantined=len(quarantined(self._archive_dir, queue)),
+                                  disk_free_bytes=free_bytes, disk_free_ratio=free_ratio)  # fmt: skip
         return new

@@ -13,7 +13,7 @@ visit gaps (silence)        the visit's DSP (``Visit.lost_samples``: gaps filled
 archive missing             the visit's archive writer (``ArchiveHealth.missing_samples``)
 stream figures              the visit's :class:`agent.stream.client.StreamStats`
 ended visits' totals        :class:`agent.draining.EndedTotals` (added once when a visit/stream ends)
-uploads                     :class:`agent.daemon_uploads.Uploads` (``counts``, ``totals``)
+uploads, archive disk free  :class:`agent.daemon_uploads.Uploads` (``counts``, ``totals``)
 background tasks            :class:`agent.supervise.SupervisedTasks` (``health``)
 ==========================  ==========================================================================
 
@@ -177,6 +177,8 @@ class Telemetry:
             worker_restarts=sum(w.restarts for w in self.workers.values()),
             uploads_unassigned=self.queue.needs_appointment,
             uploads_quarantined=self.queue.quarantined,
+            archive_disk_free_bytes=self.queue.disk_free_bytes,
+            archive_disk_free_ratio=self.queue.disk_free_ratio,
         )
 
 

@@ -8,15 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from agent.archive.upload_queue import UploadQueue
 from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
-from tests.plugins.archive import wav_pcm
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import RunningServer
+from tests.plugins.visit import wav_samples
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,10 @@ def status(daemon: DaemonProcess) -> DaemonStatus:
     answer = daemon.ask(GetStatus()).status
     assert answer is not None
     return answer
+
+
+def archive_pcm(path: Path) -> bytes:
+    return wav_samples(path)  # the archive is sealed: decrypted by Debian's age first
 
 
 def record_during_outage(daemon: DaemonProcess, server: RunningServer, appointment: str) -> str:
@@ -69,7 +74,7 @@ def test_the_next_visit_starts_while_the_last_ones_stream_drains(
     daemon.wait_for_log("live stream of the ended visit confirmed by the server")
     audio = medisync_server.session_audio(session)
     assert audio.closed_last_seq is not None and audio.gaps == [] and audio.runs
-    pcm = wav_pcm(first_wav)  # sealed at rest: decrypted by age first
+    pcm = archive_pcm(first_wav)
     assert all(pcm[start * 2 : start * 2 + len(run)] == run for start, run in audio.runs)  # the visit's own audio
     assert sum(len(run) for _, run in audio.runs) == len(set().union(
         *(range(start, start + len(run) // 2) for start, run in audio.runs))) * 2  # nothing stored twice
