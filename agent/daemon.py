@@ -44,9 +44,11 @@ from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.mic import MicSource, parse_mic_spec
+from agent.audio.mic_health import CLIPPING, NO_DATA, NO_SPEECH, SILENT
+from agent.audio.mic_monitor import MicHealth
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
-from agent.audio.types import Source
+from agent.audio.types import Block, Source
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
@@ -103,6 +105,8 @@ class Daemon:
         self._notifier = notifier
         self._watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
         self._capture: Capture | None = None
+        self.mic_health = MicHealth(settings.mic)
+        """The microphone's problems, idle and in visits: ``problems()``, ``add_listener(fn)`` (mic_monitor)."""
         self._client: MediSyncClient | None = None
         self._queue = UploadQueue(settings.upload)
         self._upload_wake = asyncio.Event()
@@ -149,6 +153,7 @@ class Daemon:
                             "uploads list'", len(recovery.orphans), len(recovery.quarantined))  # fmt: skip
             self._client = MediSyncClient(self.settings.api, credentials,
                                           max_upload_bytes=self.settings.upload.max_bytes)  # fmt: skip
+            self.mic_health.reset()  # "no data" counts from the device's opening, not from the recovery before it
             self._capture = await self._start_capture(self.settings.audio)
             self._start_metrics()
             server = await asyncio.start_unix_server(self._serve_client, sock=sock, limit=MAX_LINE_BYTES)
@@ -176,6 +181,7 @@ class Daemon:
 
     async def _start_capture(self, audio: AudioSettings) -> Capture:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
+        capture.on_block = self._feed_mic
         try:
             await asyncio.to_thread(capture.start, FIRST_OPEN_WAIT_S)
         except AgentError as exc:
@@ -267,12 +273,20 @@ class Daemon:
                       on_output=self._on_visit_output)  # fmt: skip
         self._visit = visit
         self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
+        self.mic_health.watch_speech(True)
         self._state = "recording"
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
+    def _feed_mic(self, block: Block) -> None:
+        """Capture thread: every block, idle or in a visit, goes through the microphone health detector."""
+        rate = self._capture.sample_rate if self._capture is not None else 0
+        end = block.capture_time + (len(block.samples) / rate if rate else 0.0)
+        self.mic_health.feed_block(block.samples, block.capture_time, end)
+
     def _on_visit_output(self, out: PipelineOutput) -> None:
         """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""
+        self.mic_health.feed_output(out, level=False)  # the voice gate's speech: the blocks gave the level
         if out.gaps:
             self._gap_samples += sum(g.end - g.start for g in out.gaps)
 
@@ -287,6 +301,7 @@ class Daemon:
             self._visit_error = str(exc)
             return None
         finally:
+            self.mic_health.watch_speech(False)
             self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
             self._upload_wake.set()
@@ -386,6 +401,7 @@ class Daemon:
             quarantined=self._quarantined,
             draining_streams=len(self._draining),
             draining_seconds=sum(self._unconfirmed_s(v) for v in self._draining.values()),
+            mic_problems=sorted(self.mic_health.problems()),
         )
 
     async def _tick(self) -> None:
@@ -395,6 +411,7 @@ class Daemon:
 
     def _observe_capture(self, now: float) -> None:
         capture = self._capture
+        self.mic_health.tick()
         if capture is None:
             return
         if not self._ready and capture.blocks > 0:
@@ -432,6 +449,7 @@ class Daemon:
         visit = self._visit
         stream = visit.stream.stats if visit is not None and visit.stream is not None and s.state != "idle" else None
         draining = [v.stream.stats for v in self._draining.values() if v.stream is not None]
+        mic = self.mic_health.problems()
         return AgentStats(
             frames_captured=round((capture.samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
             frames_dropped=round((capture.lost_samples if capture else 0) * SAMPLE_RATE / rate) // frame_samples,
@@ -454,6 +472,8 @@ class Daemon:
             worker_restarts=s.worker_restarts,
             uploads_unassigned=s.needs_appointment,
             uploads_quarantined=s.quarantined,
+            mic_silent=SILENT in mic, mic_clipping=CLIPPING in mic, mic_no_data=NO_DATA in mic,
+            mic_no_speech=NO_SPEECH in mic, mic_level_dbfs=self.mic_health.level_dbfs(),
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -510,6 +530,8 @@ class Daemon:
         if old.daemon.control_socket != new.daemon.control_socket or (
                 old.daemon.metrics_address != new.daemon.metrics_address):  # fmt: skip
             log.warning("daemon.control_socket and daemon.metrics_address take effect after a restart")
+        if old.mic != new.mic:
+            self.mic_health.reset(new.mic)
         log.info("configuration reloaded (%s)", ", ".join(changed) + " changed" if changed else "no changes")
 
     async def _restart_uploads(self, settings: AgentSettings) -> None:

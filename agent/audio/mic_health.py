@@ -28,28 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from agent.mic_problems import CLIPPING, NO_DATA, NO_SPEECH, PROBLEMS, SILENT, describe
 from agent.settings import MicSettings
 
-SILENT = "silent"
-CLIPPING = "clipping"
-NO_DATA = "no_data"
-NO_SPEECH = "no_speech"
-PROBLEMS = (SILENT, CLIPPING, NO_DATA, NO_SPEECH)
-"""Every problem name, in the order status lists them."""
+__all__ = ["CLIPPING", "FLOOR_DBFS", "NO_DATA", "NO_SPEECH", "PROBLEMS", "SILENT", "MicChange", "MicHealthDetector",
+           "describe"]
+
 FLOOR_DBFS = -120.0
 """The level reported for digital silence or no audio."""
-
-_MEANING = {
-    SILENT: "silent or too low for speech",
-    CLIPPING: "clipping",
-    NO_DATA: "the device delivers no audio",
-    NO_SPEECH: "sound but no speech",
-}
-
-
-def describe(problem: str) -> str:
-    """``silent`` -> ``silent or too low for speech``: for people (status, check)."""
-    return _MEANING.get(problem, problem)
 
 
 @dataclass(frozen=True, slots=True)

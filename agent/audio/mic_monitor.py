@@ -102,6 +102,15 @@ class MicHealth:
             changes = self._detector.tick(self._clock())
         self._publish(changes)
 
+    def reset(self, settings: MicSettings | None = None) -> None:
+        """Start afresh now (new thresholds, or the device is being opened): raised problems are cleared first."""
+        with self._lock:
+            old = self._detector
+            now = self._clock()
+            changes = [MicChange(p, False, now, now, old.level_dbfs) for p in sorted(old.problems)]
+            self._detector = MicHealthDetector(settings or old.settings, now)
+        self._publish(changes)
+
     def _publish(self, changes: list[MicChange]) -> None:
         if not changes:
             return
