@@ -15,6 +15,7 @@ block (hand over with ``loop.call_soon_threadsafe``). One that raises is logged 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -128,3 +129,12 @@ class MicHealth:
                 except Exception:  # one broken listener must not stop the capture or the others
                     log.exception("microphone health listener failed")
 
+
+
+async def tick_while(health: MicHealth, active: Callable[[], bool], period_s: float = 0.25) -> None:
+    """Tick ``health`` every ``period_s`` while ``active()`` (a visit's recording, not the stream draining after it);
+    runs until cancelled."""
+    while True:
+        await asyncio.sleep(period_s)
+        if active():
+            health.tick()
