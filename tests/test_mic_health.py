@@ -231,7 +231,7 @@ def test_monitor_logs_one_line_per_change_and_tells_listeners(caplog: pytest.Log
     assert [(c.problem, c.raised) for c in seen] == [(SILENT, True), (SILENT, False)]
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.audio.mic_monitor"]
     assert [lv for lv, msg in lines if msg.startswith("microphone problem")] == ["WARNING", "INFO"]
-    assert lines[0][1].startswith("microphone problem: silent: silent or too low for speech (level -120.0 dBFS")
+    assert lines[0][1].startswith("microphone problem: silent (silent or too low for speech; level -120.0 dBFS for")
     assert sum("listener failed" in msg for _, msg in lines) == 2
     remove()
     now[0] = 20.0

@@ -54,9 +54,10 @@ class MicChange:
     """RMS level over the window at that moment (:data:`FLOOR_DBFS` for silence or no data)."""
 
     def describe(self) -> str:
-        """One log line's worth, no audio content: ``silent (level -72.4 dBFS for 2.6 s)``."""
+        """One log line's worth, no audio content: ``silent (silent or too low for speech; level -120.0 dBFS for
+        1.5 s)``: the level now and how long the condition (or, when cleared, its end) had held."""
         held = max(0.0, self.at - self.since)
-        return f"{self.problem}: {describe(self.problem)} (level {self.level_dbfs:.1f} dBFS, for {held:.1f} s)"
+        return f"{self.problem} ({describe(self.problem)}; level {self.level_dbfs:.1f} dBFS for {held:.1f} s)"
 
 
 @dataclass
