@@ -278,11 +278,9 @@ class Daemon:
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
-    def _feed_mic(self, block: Block) -> None:
+    def _feed_mic(self, block: Block, rate: int) -> None:
         """Capture thread: every block, idle or in a visit, goes through the microphone health detector."""
-        rate = self._capture.sample_rate if self._capture is not None else 0
-        end = block.capture_time + (len(block.samples) / rate if rate else 0.0)
-        self.mic_health.feed_block(block.samples, block.capture_time, end)
+        self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
 
     def _on_visit_output(self, out: PipelineOutput) -> None:
         """Count device gaps for ``status`` (the visit archives them as silence and announces them itself)."""

@@ -156,8 +156,9 @@ class Capture:
         self.lost_samples = 0
         """Source samples lost to device loss since start."""
         self._power = 0.0
-        self.on_block: Callable[[Block], None] | None = None
-        """Called on the capture thread with every block (the microphone health detector); must be quick."""
+        self.on_block: Callable[[Block, int], None] | None = None
+        """Called on the capture thread with every block and its sample rate (the microphone health detector);
+        must be quick and must not raise."""
 
     # --- control (daemon thread) ------------------------------------------------------------------------------
 
@@ -276,7 +277,7 @@ class Capture:
         alpha = min(1.0, len(block.samples) / (self.sample_rate * LEVEL_WINDOW_S))
         self._power += alpha * (block_power(block.samples) - self._power)
         if self.on_block is not None:
-            self.on_block(block)
+            self.on_block(block, self.sample_rate)
         with self._lock:
             tap = self._tap
         if tap is not None:

@@ -6,7 +6,8 @@ A private PulseAudio server (so that unloading its null sink really ends the cap
 does) plays into the sink whose monitor is the microphone: digital silence, a -60 dBFS tone, a full-scale square
 (clipping) and an unplug (``pactl unload-module``). Each is raised within 5 s of when the test began the condition,
 measured on the detector's clock (the capture times, ``time.monotonic``), and cleared once normal speech plays again
-(or the sink is loaded again). Waiting is by polling with generous deadlines; the 5 s is a check of timestamps."""
+(or the sink is loaded again). Waiting is by polling with generous deadlines; the 5 s is a check of timestamps.
+And ``run`` on a silent microphone logs the problem: one WARNING line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 import subprocess
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ from agent.daemon import source_opener
 from agent.device_watch import Capture
 from agent.settings import AudioSettings, MicSettings
 from tests.plugins.daemon import PrivatePulse
+from tests.plugins.pulse import NullSink
+from tests.plugins.server import RunningServer
+from tests.plugins.visit import AgentHome
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
 RAISE_WITHIN_S = 5.0
@@ -84,8 +88,8 @@ def watched(private_pulse: PrivatePulse, monkeypatch: pytest.MonkeyPatch) -> Ite
     health = MicHealth(MicSettings())
     capture = Capture(source_opener(AudioSettings(source="mic:pulse@48000x1")), retry_cap_s=0.5)
 
-    def feed(block: Block) -> None:
-        health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / RATE)
+    def feed(block: Block, rate: int) -> None:  # what the daemon's hook does
+        health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
 
     capture.on_block = feed
     capture.start(timeout_s=DEADLINE_S)
@@ -132,3 +136,16 @@ def test_silence_low_level_clipping_and_unplug_are_raised_within_5_s_and_cleared
     print("raised after (s):", {k: round(v, 2) for k, v in delays.items()})
     raised_names = [c.problem for c in watched.changes if c.raised]
     assert raised_names == [SILENT, SILENT, CLIPPING, NO_DATA], watched.changes
+
+
+def test_run_on_a_silent_microphone_logs_the_problem_once(
+    medisync_server: RunningServer, null_sink: Callable[[int, int], NullSink], tmp_path: Path
+) -> None:
+    null_sink(48000, 1)  # its monitor is the default source: nothing plays, so digital silence
+    home = AgentHome(tmp_path / "agent", api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
+                     email=medisync_server.email, password=medisync_server.password)  # fmt: skip
+    done = home.run("run", "--appointment", medisync_server.create_appointment(), "--source", "mic:pulse",
+                    "--duration", "6")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "microphone problem" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "silent (silent or too low for speech" in warnings[0]
