@@ -2,10 +2,11 @@
 
 Each condition is raised within 3 s of when it began (defaults), cleared when it ends, with hysteresis in level and
 in time; short events do not raise; no_speech needs a level and a watched visit. The adapter logs one line per change
-and tells listeners."""
+and tells listeners; ``check`` judges its short listen with the same detector."""
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 
 from agent.audio.mic_health import CLIPPING, NO_DATA, NO_SPEECH, SILENT, MicChange, MicHealthDetector
 from agent.audio.mic_monitor import MicHealth
-from agent.settings import MicSettings
+from agent.commands.check import check_audio
+from agent.settings import AgentSettings, AudioSettings, MicSettings
 
 RATE = 16000
 BLOCK_S = 0.1
@@ -237,3 +239,18 @@ def test_monitor_logs_one_line_per_change_and_tells_listeners(caplog: pytest.Log
     now[0] = 20.0
     health.tick()
     assert health.problems() == {NO_DATA} and len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("recipe", "label", "words"),
+    [
+        ("tone=440/3/-20", "PASS", "level -23.0 dBFS"),  # synth levels are peaks: RMS 3 dB below
+        ("tone=440/3/-60", "WARN", "level too low for speech (below -55 dBFS)"),
+        ("tone=440/3/0", "WARN", "the signal clips: lower the microphone gain"),
+        ("silence/3", "FAIL", "only digital silence"),
+    ],
+)
+def test_check_judges_its_listen_with_the_detector(recipe: str, label: str, words: str) -> None:
+    settings = AgentSettings(audio=AudioSettings(source=f"synth:48000:{recipe}", pace="fast"))
+    row = check_audio(settings, 3.0, io.StringIO())
+    assert (row.label, words in row.detail) == (label, True), row
