@@ -65,7 +65,7 @@ from agent.control import (
 from agent.control_socket import bind_control_socket, serve_connection
 from agent.device_watch import Capture
 from agent.errors import AgentError
-from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.metrics import AgentStats, Metrics, MetricsServer, disk_free, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
 from agent.supervise import WorkerHealth, supervise
@@ -121,6 +121,7 @@ class Daemon:
         self._queue_length = 0
         self._needs_appointment = 0
         self._quarantined = 0
+        self._disk_free: tuple[int, float] = (0, 1.0)
         self._known_items: set[str] = set()
         self._workers = {name: WorkerHealth(name) for name in ("tick", "upload_worker", "queue_count")}
         self._visit_error = ""
@@ -472,6 +473,8 @@ class Daemon:
             uploads_quarantined=s.quarantined,
             mic_silent=SILENT in mic, mic_clipping=CLIPPING in mic, mic_no_data=NO_DATA in mic,
             mic_no_speech=NO_SPEECH in mic, mic_level_dbfs=self.mic_health.level_dbfs(),
+            archive_disk_free_bytes=self._disk_free[0],
+            archive_disk_free_ratio=self._disk_free[1],
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -500,6 +503,7 @@ class Daemon:
         self._queue_length, self._known_items = len(pending), pending
         self._needs_appointment = len(find_orphans(archive_dir, queue))
         self._quarantined = len(quarantined(archive_dir, queue))
+        self._disk_free = disk_free(archive_dir)
         return new
 
     # --- configuration reload ---------------------------------------------------------------------------------
