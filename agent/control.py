@@ -17,6 +17,7 @@ from __future__ import annotations
 import msgspec
 
 from agent.ids import checked_appointment_id
+from agent.mic_problems import describe as describe_problem
 
 MAX_LINE_BYTES = 4096
 """Longest request or response line accepted, in bytes (newline included)."""
@@ -94,6 +95,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Live streams of ended visits still replaying their backlog to the speech server (in the background)."""
     draining_seconds: float = 0.0
     """Seconds of audio those streams still have to get confirmed (their uploads hold it either way)."""
+    mic_problems: list[str] = msgspec.field(default_factory=list)
+    """Microphone problems now (``silent``, ``clipping``, ``no_data``, ``no_speech``: agent.audio.mic_health)."""
 
 
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -198,6 +201,8 @@ def format_status(status: DaemonStatus) -> str:
     if status.draining_streams:
         rows.insert(-1, ("ended visits' streams", f"{status.draining_streams} still confirming "
                                                   f"{status.draining_seconds:.1f} s of audio"))
+    rows.insert(3, ("microphone", "; ".join(f"PROBLEM {p} ({describe_problem(p)})" for p in status.mic_problems)
+                    or "ok"))
     if status.needs_appointment or status.quarantined:
         rows.append(("needs a person", f"{status.needs_appointment} recording(s) need an appointment, "
                                         f"{status.quarantined} file(s) quarantined: see 'medisync-agent uploads list'"))

@@ -44,8 +44,10 @@ from agent.archive.keys import load_archive_keys
 from agent.archive.recovery import recover
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.mic import MicSource, parse_mic_spec
+from agent.audio.mic_monitor import MicHealth
+from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
-from agent.audio.types import Source
+from agent.audio.types import Block, Source
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
@@ -110,6 +112,8 @@ class Daemon:
         )
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
+        self.mic_health = MicHealth(settings.mic)
+        """The microphone's problems, idle and in visits: ``problems()``, ``add_listener(fn)`` (mic_monitor)."""
         self._shutdown = asyncio.Event()
         self._slot = VisitSlot()
         self._visit: Visit | None = None
@@ -139,6 +143,7 @@ class Daemon:
             await self._recover()
             self._uploads.client = MediSyncClient(self.settings.api, credentials,
                                                   max_upload_bytes=self.settings.upload.max_bytes)  # fmt: skip
+            self.mic_health.reset()  # "no data" counts from the device's opening, not from the recovery before it
             self._capture = await self._start_capture(self.settings.audio)
             self._start_metrics()
             server = await asyncio.start_unix_server(self._serve_client, sock=sock, limit=MAX_LINE_BYTES)
@@ -172,6 +177,7 @@ class Daemon:
 
     async def _start_capture(self, audio: AudioSettings) -> Capture:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
+        capture.on_block = self._feed_mic
         try:
             await asyncio.to_thread(capture.start, FIRST_OPEN_WAIT_S)
         except AgentError as exc:
@@ -209,8 +215,7 @@ class Daemon:
     async def _close_parts(self) -> None:
         if self._capture is not None:
             await asyncio.to_thread(self._capture.stop, 2.0)
-        if self._uploads.client is not None:
-            await self._uploads.client.aclose()
+        await self._uploads.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()
         self._notifier.close()
@@ -247,21 +252,28 @@ class Daemon:
             await asyncio.to_thread(refuse_second_recording, queue, appointment_id)
             access = await prepare_visit(client, appointment_id)
             tap = capture.tap(self.settings.audio.handoff_seconds)
-        except AgentError as exc:
+        except BaseException as exc:
             self._slot.end()
+            if not isinstance(exc, AgentError):
+                raise
             log.warning("visit not started: %s", type(exc).__name__)
             return failure(str(exc))
-        except BaseException:
-            self._slot.end()
-            raise
         self._visit_error = ""
         visit = Visit(self.settings, appointment_id=appointment_id, source=tap, queue=queue,
-                      token=token_provider(client) if access.stream_allowed else None)  # fmt: skip
+                      token=token_provider(client) if access.stream_allowed else None,
+                      on_output=self._on_visit_output)  # fmt: skip
         self._visit, self._tap = visit, tap
         self._visit_task = asyncio.create_task(self._run_visit(visit, tap), name="visit")
+        self.mic_health.watch_speech(True)
         self._slot.move(DaemonState.RECORDING)
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
+
+    def _feed_mic(self, block: Block, rate: int) -> None:  # capture thread: every block, idle or in a visit
+        self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
+
+    def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
+        self.mic_health.feed_output(out, level=False)
 
     async def _run_visit(self, visit: Visit, tap: CaptureTap) -> VisitSummary | None:
         try:
@@ -274,6 +286,7 @@ class Daemon:
             self._visit_error = str(exc)
             return None
         finally:
+            self.mic_health.watch_speech(False)
             self._ended.add_archive(visit)
             self._ended.handoff_samples_dropped += tap.handoff.stats.samples_dropped
             self._tap = None
@@ -322,6 +335,8 @@ class Daemon:
             workers=worker_figures(self._tasks.health),
             pending_reload=self._reload_pending,
             frame_ms=self.settings.audio.frame_ms,
+            mic_problems=self.mic_health.problems(),
+            mic_level_dbfs=self.mic_health.level_dbfs(),
         )
 
     def status(self) -> DaemonStatus:
@@ -334,6 +349,7 @@ class Daemon:
 
     def _observe_capture(self, now: float) -> None:
         capture = self._capture
+        self.mic_health.tick()
         if capture is None:
             return
         telemetry = self.telemetry()
@@ -367,20 +383,18 @@ class Daemon:
         if old.daemon.control_socket != new.daemon.control_socket or (
                 old.daemon.metrics_address != new.daemon.metrics_address):  # fmt: skip
             log.warning("daemon.control_socket and daemon.metrics_address take effect after a restart")
+        if old.mic != new.mic:
+            self.mic_health.reset(new.mic)
         log.info("configuration reloaded (%s)", ", ".join(changed) + " changed" if changed else "no changes")
 
     async def _restart_uploads(self, settings: AgentSettings) -> None:
         try:
-            credentials = load_credentials(settings.api)
+            replacement = await self._uploads.replaced(settings)
         except AgentError as exc:
             log.error("cannot use the new MediSync settings, uploads keep the old ones: %s", exc)
             return
         await self._tasks.stop(WORKER, COUNTER)
-        old = self._uploads
-        if old.client is not None:
-            await old.client.aclose()
-        self._uploads = Uploads(UploadQueue(settings.upload, keys=old.queue.keys), Path(settings.archive.directory))
-        self._uploads.totals = old.totals  # counters run since the daemon started
-        self._uploads.client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
+        await self._uploads.aclose()
+        self._uploads = replacement
         self._tasks.start(WORKER, self._uploads.work)
         self._tasks.start(COUNTER, self._uploads.count)

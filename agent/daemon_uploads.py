@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.api.medisync import MediSyncClient
+from agent.api.secret import load_credentials
 from agent.archive import upload_runner
 from agent.archive.recovery import find_orphans, quarantined
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.metrics import disk_free
+from agent.settings import AgentSettings
 
 WORKER = "upload_worker"
 COUNTER = "queue_count"
@@ -56,6 +58,20 @@ class Uploads:
         self._archive_dir = archive_dir
         self._wake = asyncio.Event()
         self._known_items: set[str] = set()
+
+    async def replaced(self, settings: AgentSettings) -> Uploads:
+        """Uploads under new settings (the device key and the since-start counters carried over), a new client.
+
+        Raises AgentError when the new credentials cannot be read; then this one stays in use."""
+        credentials = load_credentials(settings.api)
+        new = Uploads(UploadQueue(settings.upload, keys=self.queue.keys), Path(settings.archive.directory))
+        new.totals = self.totals
+        new.client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
+        return new
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
     def wake(self) -> None:
         """Upload now (a visit was queued)."""

@@ -157,6 +157,9 @@ class Capture:
         """Source samples lost before the capture passed a block on, since start: device loss, and what the source
         reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
+        self.on_block: Callable[[Block, int], None] | None = None
+        """Called on the capture thread with every block and its sample rate (the microphone health detector);
+        must be quick and must not raise."""
 
     # --- control (daemon thread) ------------------------------------------------------------------------------
 
@@ -274,6 +277,8 @@ class Capture:
         self.lost_samples += block.missed
         alpha = min(1.0, len(block.samples) / (self.sample_rate * LEVEL_WINDOW_S))
         self._power += alpha * (block_power(block.samples) - self._power)
+        if self.on_block is not None:
+            self.on_block(block, self.sample_rate)
         with self._lock:
             tap = self._tap
         if tap is not None:

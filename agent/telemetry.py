@@ -33,6 +33,7 @@ from agent.daemon_state import DaemonState
 from agent.daemon_uploads import WORKER, QueueCounts, UploadTotals
 from agent.draining import EndedTotals
 from agent.metrics import AgentStats
+from agent.mic_problems import CLIPPING, NO_DATA, NO_SPEECH, SILENT
 from agent.stream.client import StreamStats
 
 if TYPE_CHECKING:
@@ -114,6 +115,10 @@ class Telemetry:
     workers: dict[str, WorkerFigures] = field(default_factory=dict)
     pending_reload: bool = False
     frame_ms: int = 20
+    mic_problems: frozenset[str] = frozenset()
+    """The microphone detector's problems now (agent.mic_problems names)."""
+    mic_level_dbfs: float = -120.0
+    """The detector's recent level in dBFS."""
 
     def _stream(self) -> StreamFigures | None:
         return self.visit.stream if self.visit is not None else None
@@ -147,6 +152,7 @@ class Telemetry:
             quarantined=self.queue.quarantined,
             draining_streams=len(self.draining),
             draining_seconds=sum(d.held_samples for d in self.draining) / SAMPLE_RATE,
+            mic_problems=sorted(self.mic_problems),
         )
 
     def _frames(self, source_samples: int) -> int:
@@ -179,6 +185,11 @@ class Telemetry:
             uploads_quarantined=self.queue.quarantined,
             archive_disk_free_bytes=self.queue.disk_free_bytes,
             archive_disk_free_ratio=self.queue.disk_free_ratio,
+            mic_silent=SILENT in self.mic_problems,
+            mic_clipping=CLIPPING in self.mic_problems,
+            mic_no_data=NO_DATA in self.mic_problems,
+            mic_no_speech=NO_SPEECH in self.mic_problems,
+            mic_level_dbfs=self.mic_level_dbfs,
         )
 
 

@@ -144,6 +144,11 @@ class Visit:
         """Timeline samples of this visit the source lost (device loss, overflow), archived as silence."""
         return self._recorder.lost_samples
 
+    @property
+    def recording(self) -> bool:
+        """True from the visit's first captured frame until its recording is finished (the stream may go on)."""
+        return self.frames_captured > 0 and self._final_sample is None
+
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
         self._stopped.set()
