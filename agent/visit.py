@@ -151,6 +151,16 @@ class Visit:
         return self._recorder.archive_health
 
     @property
+    def lost_samples(self) -> int:
+        """Timeline samples of this visit the source lost (device loss, overflow), archived as silence."""
+        return self._recorder.lost_samples
+
+    @property
+    def recording(self) -> bool:
+        """True from the visit's first captured frame until its recording is finished (the stream may go on)."""
+        return self.frames_captured > 0 and self._final_sample is None
+
+    @property
     def visit_id(self) -> str:
         """The visit's id in the audit trail: its speech session id (no patient data)."""
         return self.session_id
