@@ -30,8 +30,9 @@ from agent.api.medisearch_models import (
     TextDelta,
     validate_request,
 )
-from agent.api.responses import envelope_error_text, parse_retry_after
+from agent.api.responses import envelope_error_text
 from agent.api.secret import Secret
+from agent.backoff import parse_retry_after
 from agent.errors import ApiError, AuthError, RateLimitError, ResponseError, ServerError, TransportError
 
 DEFAULT_URL = "https://api.backend.medisearch.io/sse/medichat"

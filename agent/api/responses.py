@@ -7,13 +7,13 @@ strings (a patient search term is patient data) or tokens.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
 
+from agent.backoff import parse_retry_after
 from agent.errors import (
     AlreadyExistsError,
     ApiError,
@@ -43,31 +43,6 @@ def server_text(text: object) -> str:
     if len(cleaned) > SERVER_TEXT_LIMIT:
         cleaned = cleaned[: SERVER_TEXT_LIMIT - 3] + "..."
     return cleaned
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable.
-
-    ``now`` is the current Unix time, injected so the HTTP-date form is testable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT; a naive result means the zone was missing
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def envelope_error_text(body: bytes) -> str | None:
