@@ -228,10 +228,10 @@ class SpeechSession:
     def _poll_resume(self, c: _Conn, now: float) -> str | bytes | Ended | None:
         if c.watchdog.expired(now):
             return Ended(Failure.TRANSIENT, "no ack progress: connection considered dead")
+        msg = self._ring.next_message()  # formed first: a gap is announced only once the audio before it is out
         c.queued.extend(wire.encode(gap) for gap in self._ring.gaps_to_send())
         if c.queued:
             return c.queued.popleft()
-        msg = self._ring.next_message()
         if msg is None:
             if self._finishing and not c.end_sent:
                 c.end_sent = True
@@ -283,7 +283,7 @@ class SpeechSession:
         if c.phase is Phase.AWAIT_INIT:
             return 0.0 if c.init_seen else c.init_deadline  # seen: due at once
         if c.phase is Phase.AWAIT_READY:
-            return c.ready_deadline
+            return 0.0 if c.early_ready is not None else c.ready_deadline
         if not c.resume:
             return self._basic.next_deadline()
         times = [t for t in (c.pace_until, c.watchdog.deadline()) if t is not None]
