@@ -45,6 +45,13 @@ def server_text(text: object) -> str:
     return cleaned
 
 
+def rate_limited(endpoint: str, headers: Mapping[str, str], detail: str, now: float) -> RateLimitError:
+    """A 429 answer, with the server's ``Retry-After`` read by the agent's one rule (:mod:`agent.backoff`)."""
+    retry_after = parse_retry_after(headers.get("retry-after"), now)
+    wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+    return RateLimitError(f"{endpoint}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
+
+
 def envelope_error_text(body: bytes) -> str | None:
     """The ``error`` text of a ``{"success": false, "error": ...}`` body, if the body is one."""
     try:
@@ -75,9 +82,7 @@ def error_for_status(
     if status == 413:
         return UploadTooLargeError(f"{endpoint}: upload too large (HTTP 413){detail}", status=status)
     if status == 429:
-        retry_after = parse_retry_after(headers.get("retry-after"), now)
-        wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-        return RateLimitError(f"{endpoint}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
+        return rate_limited(endpoint, headers, detail, now)
     if status >= 500:
         return ServerError(f"{endpoint}: server error (HTTP {status}){detail}", status=status)
     if text is not None:
