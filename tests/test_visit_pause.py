@@ -50,7 +50,7 @@ async def wait_for(predicate: object, what: str, deadline_s: float = 120.0) -> N
 def ring_spans(visit: Visit) -> list[tuple[int, int]]:
     """Timeline spans of the audio the send ring holds now (unsent frames and unacknowledged messages)."""
     assert visit.stream is not None
-    ring = visit.stream._ring
+    ring = visit.stream._session._ring
     return [(f.start, f.end) for f in ring._pending] + [(m.start, m.end) for m in ring._formed]
 
 
