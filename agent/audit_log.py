@@ -205,20 +205,27 @@ def decode_line(line: bytes) -> AuditEvent | None:
 
 
 def for_visit(events: tuple[AuditEvent, ...], visit_id: str) -> list[AuditEvent]:
-    """The events of one visit, including those of its upload item (which name only the item)."""
+    """The events of one visit, and those of its upload that name no visit (``upload_confirmed``, ``deleted``, a
+    recovered ``archived``): by its upload item, or by its appointment (MediSync keeps one recording per
+    appointment)."""
     items = {e.item for e in events if e.visit == visit_id and e.item}
-    return [e for e in events if e.visit == visit_id or (e.item and e.item in items)]
+    appointments = {e.appointment for e in events if e.visit == visit_id and e.event == "started" and e.appointment}
+    return [e for e in events if e.visit == visit_id
+            or (not e.visit and ((e.item and e.item in items) or e.appointment in appointments))]  # fmt: skip
 
 
 def queue_listener(audit: AuditLog) -> Callable[[str, _HasItem], None]:
-    """An ``UploadQueue.on_event`` that records ``upload_confirmed`` and ``deleted`` (errors logged, not raised:
-    the upload itself succeeded)."""
+    """An ``UploadQueue.on_event`` that records ``upload_confirmed``, ``deleted`` and ``recovered`` (a visit cut
+    short by a crash, queued on the next start: ``archived`` with reason ``recovered``). Errors are logged, not
+    raised: the upload or the recovery itself succeeded."""
 
     def hear(event: str, item: _HasItem) -> None:
-        if event not in ("upload_confirmed", "deleted"):
+        if event not in ("upload_confirmed", "deleted", "recovered"):
             return
+        name: EventName = "archived" if event == "recovered" else event  # type: ignore[assignment]
         try:
-            audit.append(event, item=item.item_id, appointment=item.appointment_id)  # type: ignore[arg-type]
+            audit.append(name, item=item.item_id, appointment=item.appointment_id,
+                         reason="recovered" if event == "recovered" else "")  # fmt: skip
         except ArchiveError as exc:
             log.error("audit trail: %s (%s not recorded)", exc, event)
 

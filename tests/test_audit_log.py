@@ -66,8 +66,13 @@ def test_for_visit_follows_the_upload_item(tmp_path: Path) -> None:
     log.append("upload_confirmed", item="i1", appointment="a1")
     log.append("upload_confirmed", item="i2", appointment="a2")
     log.append("deleted", item="i1", appointment="a1")
+    log.append("started", visit="v3", appointment="a3")  # killed while recording; the next start queued it:
+    log.append("archived", item="i3", appointment="a3", reason="recovered")
+    log.append("upload_confirmed", item="i3", appointment="a3")
     events = read_events(log.directory).events
     assert [e.event for e in for_visit(events, "v1")] == ["started", "archived", "upload_confirmed", "deleted"]
+    assert [(e.event, e.reason) for e in for_visit(events, "v3")] == [("started", ""), ("archived", "recovered"),
+                                                                      ("upload_confirmed", "")]  # fmt: skip
 
 
 def test_audit_command_lists_and_filters(tmp_path: Path) -> None:

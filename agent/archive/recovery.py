@@ -174,6 +174,8 @@ def _queue_recording(appointment_id: str, wav: Path, queue: UploadQueue, report:
     if existing is None:
         report.queued.append(queue.enqueue(appointment_id, wav, digest=digest))
         log.warning("queued the upload of interrupted visit %s", wav.name)
+        if queue.on_event is not None:  # the audit trail: the interrupted visit's recording is archived after all
+            queue.on_event("recovered", report.queued[-1])
     elif os.path.realpath(wav) not in {os.path.realpath(p) for p in (existing.audio_path, existing.source_path) if p}:
         log.error("the appointment of interrupted visit %s has another recording queued (item %s): this one "
                   "needs an appointment", wav.name, existing.item_id[:8])  # fmt: skip
