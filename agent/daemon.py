@@ -203,7 +203,8 @@ class Daemon:
             log.info("stopping: ending the visit, finishing its archive and queueing its upload")
             visit.stop()
             try:
-                await asyncio.wait_for(asyncio.shield(task), max(0.5, budget - 2.0))
+                async with asyncio.timeout(max(0.5, budget - 2.0)):  # not wait_for: it can lose a cancel on 3.11
+                    await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
