@@ -126,6 +126,11 @@ RULES: Mapping[str, Rule] = {
     ),
     "daemon.stop_timeout_s": positive(600, "seconds"),
     "daemon.device_retry_cap_s": positive(3600, "seconds"),
+    "device.state_hook": Rule(
+        lambda v: all(part.strip() for part in v[:1]),
+        'empty (no hook) or a command as a list, e.g. ["/usr/local/bin/led-hook", "--pin", "17"]',
+    ),
+    "device.state_hook_timeout_s": positive(600, "seconds"),
 }
 
 _ORDERED_PAIRS = (

@@ -17,6 +17,9 @@
   by ``stream.drain_max_s``) while the next visit starts at once; ``status`` lists streams still draining.
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
   ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
+- The device state (idle, recording, paused, offline, uploading, error, audio warnings: :mod:`agent.events`) is
+  looked at every tick and after each visit change; each change goes to the control socket's followers
+  (:mod:`agent.event_hub`, ``status --follow``) and to the optional state hook (:mod:`agent.hook`).
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
 
 Logs carry no appointment ids, patient data or tokens.
@@ -50,7 +53,7 @@ from agent.audio.types import Source
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
-    GetStatus,
+    Follow,
     ProtocolViolation,
     Request,
     Response,
@@ -60,9 +63,12 @@ from agent.control import (
     ok,
     parse_request,
 )
-from agent.control_socket import bind_control_socket, serve_connection
+from agent.control_socket import Streamer, bind_control_socket, serve_connection
 from agent.device_watch import Capture
 from agent.errors import AgentError
+from agent.event_hub import EventHub, facts_of
+from agent.events import Facts
+from agent.hook import HookRunner
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
@@ -131,6 +137,10 @@ class Daemon:
         self._ended_visits_reconnects = 0
         self._ended_visits_bytes_sent = 0
         self._ended_visits_archive_lost = 0
+        self._uploads_unreachable = False
+        self._events = EventHub(self._facts, time.time)
+        self._hook = HookRunner(lambda: self.settings.device)
+        self._events.listeners.append(self._hook.submit)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -157,7 +167,8 @@ class Daemon:
                                  (signal.SIGHUP, self._on_sighup)):  # fmt: skip
                 loop.add_signal_handler(sig, handler)
             self._tasks = [self._supervised("tick", self._tick), self._supervised("upload_worker", self._uploads),
-                           self._supervised("queue_count", self._count_queue)]  # fmt: skip
+                           self._supervised("queue_count", self._count_queue),
+                           asyncio.create_task(self._hook.run(), name="state_hook")]  # fmt: skip
             await self._shutdown.wait()
             await self._stop(server)
         finally:
@@ -207,6 +218,7 @@ class Daemon:
                 await asyncio.gather(task, return_exceptions=True)
                 log.error("the visit did not end in time; its recording is queued at the next start")
         await self._end_draining(budget - (time.monotonic() - started) - STOP_MARGIN_S)
+        await self._events.close(min(1.0, budget - (time.monotonic() - started)))
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -226,11 +238,13 @@ class Daemon:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._answer)
 
-    async def _answer(self, line: bytes) -> Response:
+    async def _answer(self, line: bytes) -> Response | Streamer:
         try:
             request = parse_request(line)
         except ProtocolViolation as exc:
             return failure(str(exc))
+        if isinstance(request, Follow):
+            return self._events.follow
         return await self.handle(request)
 
     async def handle(self, request: Request) -> Response:
@@ -238,7 +252,8 @@ class Daemon:
             return await self._start_visit(request.appointment_id)
         if isinstance(request, StopVisit):
             return await self._stop_visit()
-        assert isinstance(request, GetStatus)
+        if isinstance(request, Follow):
+            return failure("follow is served on the control socket only")
         return ok(self.status())
 
     async def _start_visit(self, appointment_id: str) -> Response:
@@ -268,6 +283,7 @@ class Daemon:
         self._visit = visit
         self._visit_task = asyncio.create_task(self._run_visit(visit), name="visit")
         self._state = "recording"
+        self._events.refresh()
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
@@ -290,6 +306,7 @@ class Daemon:
             self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
             self._upload_wake.set()
+            self._events.refresh()
         if visit.stream is not None:
             self._drain_in_background(visit)
         if self._gap_samples:
@@ -342,6 +359,7 @@ class Daemon:
         if self._state not in ("recording", "stopping") or task is None or self._visit is None:
             return failure("no visit is running")
         self._state = "stopping"
+        self._events.refresh()
         self._visit.stop()
         summary = await asyncio.shield(task)
         if summary is None:
@@ -410,8 +428,14 @@ class Daemon:
                 log.error("no audio from %s for %.1f s: watchdog pings stopped, systemd will restart the service "
                           "(check the microphone connection)", capture.description, self._watchdog.stalled_for(now))
         self._update_status_text()
+        self._events.refresh()
         if self._metrics is not None:
             self._metrics.update(self._agent_stats())
+
+    def _facts(self) -> Facts:
+        """For the device state; audio warnings come from the microphone detector once it is wired in."""
+        return facts_of(self.status(), visit_failed=bool(self._visit_error),
+                        uploads_unreachable=self._uploads_unreachable)  # fmt: skip
 
     def _update_status_text(self) -> None:
         s = self.status()
@@ -467,6 +491,8 @@ class Daemon:
     def _count_report(self, report: upload_runner.DrainReport) -> None:
         self._uploads_done += len(report.uploaded)
         self._upload_failures += len(report.failed) + len(report.blocked) + len(report.dead)
+        if report.stopped_early or report.uploaded:
+            self._uploads_unreachable = report.stopped_early
 
     async def _count_queue(self) -> None:
         while True:

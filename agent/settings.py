@@ -147,6 +147,15 @@ class DaemonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Upper bound in seconds between attempts to reopen a lost microphone."""
 
 
+class DeviceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state_hook: tuple[str, ...] = ()
+    """Command run on each device state change (idle, recording, paused, offline, uploading, error, audio warnings),
+    as an argv list run without a shell, e.g. ``["/usr/local/bin/led-hook", "--pin", "17"]``: the event's JSON
+    line on stdin, the state in ``MEDISYNC_STATE``. Empty: no hook."""
+    state_hook_timeout_s: float = 5.0
+    """Seconds a state hook may run before it is killed (and a WARNING logged)."""
+
+
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     vad: VadSettings = msgspec.field(default_factory=VadSettings)
@@ -155,3 +164,4 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    device: DeviceSettings = msgspec.field(default_factory=DeviceSettings)
