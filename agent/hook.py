@@ -92,6 +92,11 @@ class HookRunner:
         self.runs = 0
         self.failures = 0
 
+    @property
+    def pending(self) -> tuple[StateEvent, ...]:
+        """Changes waiting for the hook, oldest first."""
+        return tuple(self._pending)
+
     def submit(self, event: StateEvent) -> None:
         if self._settings().state_hook:
             self._pending.append(event)
