@@ -138,6 +138,8 @@ class Daemon:
         self._ended_visits_bytes_sent = 0
         self._ended_visits_archive_lost = 0
         self._uploads_unreachable = False
+        self._upload_due = False
+        """A visit ended and the upload worker has not reported a pass since (the queue count lags behind)."""
         self._events = EventHub(self._facts, time.time)
         self._hook = HookRunner(lambda: self.settings.device)
         self._events.listeners.append(self._hook.submit)
@@ -305,6 +307,7 @@ class Daemon:
         finally:
             self._ended_visits_archive_lost += visit.archive_health.missing_samples
             self._state = "idle"
+            self._upload_due = True
             self._upload_wake.set()
             self._events.refresh()
         if visit.stream is not None:
@@ -434,7 +437,7 @@ class Daemon:
 
     def _facts(self) -> Facts:
         """For the device state; audio warnings come from the microphone detector once it is wired in."""
-        return facts_of(self.status(), visit_failed=bool(self._visit_error),
+        return facts_of(self.status(), visit_failed=bool(self._visit_error), upload_due=self._upload_due,
                         uploads_unreachable=self._uploads_unreachable)  # fmt: skip
 
     def _update_status_text(self) -> None:
@@ -493,6 +496,7 @@ class Daemon:
         self._upload_failures += len(report.failed) + len(report.blocked) + len(report.dead)
         if report.stopped_early or report.uploaded:
             self._uploads_unreachable = report.stopped_early
+        self._upload_due = False
 
     async def _count_queue(self) -> None:
         while True:

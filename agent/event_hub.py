@@ -29,9 +29,10 @@ QUEUE_LINES = 64
 STOPPING_LINE = encode_response(failure("the daemon is stopping"))
 
 
-def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool,
+def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool, upload_due: bool = False,
              warnings: frozenset[str] = frozenset()) -> Facts:  # fmt: skip
-    """The daemon's facts from its status and the flags status does not carry."""
+    """The daemon's facts from its status and the flags status does not carry; ``upload_due``: a visit was just
+    queued and the upload worker has not reported since (the queue count, every 2 s, has not seen it yet)."""
     worker = status.upload_worker
     return Facts(
         daemon_state=status.state,
@@ -41,7 +42,7 @@ def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: b
         archive_writable=status.archive_writable,
         worker_problem=worker if worker.startswith("restarting") else "",
         visit_failed=visit_failed,
-        upload_queue=status.upload_queue,
+        upload_queue=max(status.upload_queue, 1 if upload_due else 0),
         uploads_unreachable=uploads_unreachable,
         warnings=warnings,
         session_id=status.session_id,

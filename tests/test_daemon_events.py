@@ -80,6 +80,7 @@ def test_followers_see_each_change_and_the_stop(
 
     rc, _ = daemon.terminate()
     assert rc == 0
+    print("states seen:", " ".join(f"{e.get('state')}({e.get('reason')})" for e in followers[0].lines))
     for f in followers:
         assert f.ended.wait(20)
         assert f.lines[-1] == {"ok": False, "error": "the daemon is stopping"}
@@ -134,11 +135,31 @@ def test_hook_gets_each_change_and_a_hanging_or_failing_one_is_a_warning(
     assert rc == 0
     log = daemon.joined_log()
     warnings = [line for line in log.splitlines() if "state hook" in line]
-    assert len(warnings) == 2 and all(" WARNING agent.hook: " in line for line in warnings), warnings
+    assert len(warnings) == 1 + states().count("uploading"), warnings  # one line per failed run
+    assert all(" WARNING agent.hook: " in line for line in warnings), warnings
     assert "for state recording failed: did not finish within 1 s (killed)" in warnings[0]
-    assert "for state uploading failed: exit status 1: the LED is on fire" in warnings[1]
+    assert all("for state uploading failed: exit status 1: the LED is on fire" in w for w in warnings[1:])
     assert medisync_server.password not in seen.read_text()
     for line in seen.read_text().splitlines():
         entry = json.loads(line)
         assert entry["state"] == entry["event"]["state"]
         assert not {"MEDISYNC_PASSWORD", "CREDENTIALS_DIRECTORY"} & set(entry["env"])
+
+
+def test_uploads_failing_between_visits_show_offline_until_they_go_through(
+    start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
+) -> None:
+    medisync_server.server.knobs.fail_next("/api/recordings/add", 1000, status=503)
+    daemon = start_daemon()
+    daemon.wait_ready()
+    follower = LineFollower(daemon.control)
+    assert daemon.ask(StartVisit(appointment_id=medisync_server.create_appointment())).ok
+    poll(lambda: follower.saw("recording"), "recording")
+    assert daemon.ask(StopVisit()).ok
+    poll(lambda: follower.saw("offline", "MediSync unreachable, uploads waiting"), "offline between visits")
+    medisync_server.server.knobs.reset()
+    poll(lambda: follower.states()[-1:] == ["idle"], "idle once the upload went through", deadline_s=60)
+    states = follower.states()
+    assert states.index("recording") < states.index("offline") < len(states) - 1
+    rc, _ = daemon.terminate()
+    assert rc == 0
