@@ -75,6 +75,8 @@ def describe_type(tp: Any) -> str:
 
 def _short(value: object) -> str:
     text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    if isinstance(value, tuple):  # as the TOML list it was written as
+        text = msgspec.json.encode(list(value)).decode()
     text = mask_userinfo(text)  # an error message never repeats a password
     return text if len(text) <= 40 else text[:37] + "..."
 
