@@ -38,7 +38,8 @@ class Facts:
     """What the daemon knows at one moment (from its status and workers); every field has a harmless default."""
 
     daemon_state: str = "idle"
-    """The daemon's visit state: ``idle``, ``starting``, ``recording``, ``stopping``."""
+    """The daemon's visit state: ``idle``, ``starting``, ``recording``, ``stopping`` (``paused`` is understood too,
+    should the daemon name the privacy pause as a visit state rather than set :attr:`paused`)."""
     paused: bool = False
     """The visit is paused (privacy pause)."""
     connection: str = "-"
@@ -63,8 +64,12 @@ class Facts:
     """The current visit's speech session id (no patient data)."""
 
 
+IN_VISIT = frozenset({"recording", "paused", "stopping"})
+"""Daemon states with a visit whose archive and session count."""
+
+
 def _error_reason(facts: Facts) -> str:
-    in_visit = facts.daemon_state in ("recording", "stopping")
+    in_visit = facts.daemon_state in IN_VISIT
     if facts.device_lost:
         return "microphone lost"
     if in_visit and not facts.archive_writable:
@@ -87,8 +92,8 @@ def derive_state(facts: Facts) -> tuple[DeviceState, str]:
     error = _error_reason(facts)
     if error:
         return "error", error
-    if facts.daemon_state == "recording":
-        if facts.paused:
+    if facts.daemon_state in ("recording", "paused"):
+        if facts.paused or facts.daemon_state == "paused":
             return "paused", "privacy pause"
         if _stream_offline(facts):
             return "offline", "speech stream disconnected"
@@ -135,7 +140,7 @@ class StateTracker:
     def observe(self, facts: Facts) -> StateEvent | None:
         state, reason = derive_state(facts)
         warnings = tuple(sorted(facts.warnings))
-        session = facts.session_id if facts.daemon_state in ("recording", "stopping") else ""
+        session = facts.session_id if facts.daemon_state in IN_VISIT else ""
         key = (state, reason, warnings, session)
         if key == self._key:
             return None

@@ -91,12 +91,16 @@ def test_followers_see_each_change_and_the_stop(
         session = started.status.session_id if started.status else ""
         assert {e["session_id"] for e in events if e["state"] in ("recording", "offline")} == {session}
         assert appointment not in json.dumps(f.lines)  # ids only: never the appointment
+    stuck.settimeout(20)
+    taken = b"".join(iter(lambda: stuck.recv(65536), b""))  # what the follower that never read was sent
+    stuck.close()
+    assert taken.splitlines()[-1] == b'{"ok":false,"error":"the daemon is stopping"}'
+    assert len(taken.splitlines()) == len(followers[0].lines)  # everything, though it read nothing until now
     out, err = cli.communicate(timeout=20)
     assert cli.returncode == 69, err
     assert err.strip() == "medisync-agent: error: the daemon is stopping"
     printed = [json.loads(line) for line in out.splitlines()]
     assert [e["state"] for e in printed] == followers[0].states()[:-1]  # one line per change, the same changes
-    stuck.close()
 
 
 HOOK = """

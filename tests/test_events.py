@@ -26,6 +26,8 @@ REC = Facts(daemon_state="recording", connection="streaming", session_id="s-1")
         (Facts(daemon_state="recording", connection="backoff"), "offline", "speech stream disconnected"),
         (Facts(daemon_state="recording", connection="forbidden"), "offline", "speech stream disconnected"),
         (Facts(daemon_state="recording", connection="backoff", paused=True), "paused", "privacy pause"),
+        (Facts(daemon_state="paused", connection="streaming"), "paused", "privacy pause"),
+        (Facts(daemon_state="paused", archive_writable=False), "error", "archive not writable"),
         (Facts(daemon_state="recording", paused=True, device_lost=True), "error", "microphone lost"),
         (Facts(daemon_state="recording", archive_writable=False), "error", "archive not writable"),
         (Facts(archive_writable=False), "idle", ""),  # the last visit's archive problem is history
