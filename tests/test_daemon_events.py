@@ -2,11 +2,13 @@
 several followers and ``status --follow`` see idle -> recording -> offline (speech stream cut through a real TCP
 proxy) -> recording -> uploading -> idle, a follower that never reads holds nothing up, the daemon's stop ends
 every stream with a clear line (the CLI exits 69), and the state hook gets each change (a hanging and a failing
-hook are one WARNING line each; the hook never sees the daemon's environment)."""
+hook are one WARNING line each; the hook never sees the daemon's environment); ``status --follow`` ends with exit 130 on Ctrl-C and 69 when the daemon
+is killed with SIGKILL."""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -58,8 +60,7 @@ def test_followers_see_each_change_and_the_stop(
     proxy = tcp_proxy(target.hostname, target.port)
     daemon = start_daemon(env={"MEDISYNC_AGENT_API_SPEECH_URL": proxy.url()})
     daemon.wait_ready()
-    cli = subprocess.Popen([sys.executable, "-m", "agent", "status", "--follow", "--socket", str(daemon.control)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cli = follow_cli(daemon.control)
     followers = [LineFollower(daemon.control) for _ in range(2)]
     stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stuck.connect(str(daemon.control))
@@ -167,3 +168,26 @@ def test_uploads_failing_between_visits_show_offline_until_they_go_through(
     assert states.index("recording") < states.index("offline") < len(states) - 1
     rc, _ = daemon.terminate()
     assert rc == 0
+
+
+def follow_cli(control: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "agent", "status", "--follow", "--socket", str(control)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_follow_ends_with_a_clear_line_on_ctrl_c_and_on_kill_9(start_daemon: Callable[..., DaemonProcess]) -> None:
+    daemon = start_daemon()
+    daemon.wait_ready()
+    interrupted, orphaned = follow_cli(daemon.control), follow_cli(daemon.control)
+    for proc in (interrupted, orphaned):
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["state"] == "idle"  # the current state comes first
+    interrupted.send_signal(signal.SIGINT)
+    _, err = interrupted.communicate(timeout=20)
+    assert (interrupted.returncode, err) == (130, "medisync-agent: interrupted\n")
+    daemon.proc.kill()  # kill -9: no stop line, the connection just ends
+    daemon.proc.wait(20)
+    _, err = orphaned.communicate(timeout=20)
+    assert orphaned.returncode == 69
+    assert err == ("medisync-agent: error: the daemon ended the event stream (it stopped, or this follower fell too "
+                   "far behind)\n")  # fmt: skip
