@@ -2,8 +2,8 @@
 several followers and ``status --follow`` see idle -> recording -> offline (speech stream cut through a real TCP
 proxy) -> recording -> uploading -> idle, a follower that never reads holds nothing up, the daemon's stop ends
 every stream with a clear line (the CLI exits 69), and the state hook gets each change (a hanging and a failing
-hook are one WARNING line each; the hook never sees the daemon's environment); ``status --follow`` ends with exit 130 on Ctrl-C and 69 when the daemon
-is killed with SIGKILL."""
+hook are one WARNING line each; the hook never sees the daemon's environment); ``status --follow`` ends with
+exit 130 on Ctrl-C and 69 when the daemon is killed with SIGKILL."""
 
 from __future__ import annotations
 
