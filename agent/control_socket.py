@@ -14,7 +14,7 @@ anything malformed: bytes that are not UTF-8, not JSON, nested too deeply, a lin
 a last line without its newline before the client's end of file.
 
 An answer may also be a :data:`Streamer` (the ``follow`` request): the connection is then handed to it and carries
-its lines until it returns; later request lines on that connection are not read as requests.
+its lines until it returns; anything the client sends after that request ends the stream (it is not read).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ then one line per change (:mod:`agent.events`). Several followers may follow at 
 Publishing never waits for a follower: each has a bounded queue of ``queue_lines`` lines; one that falls that far
 behind (it stopped reading, or reads too slowly) is dropped and its connection aborted, with one WARNING line.
 When the daemon stops, every follower gets a last line ``{"ok": false, "error": "the daemon is stopping"}``.
+A follower ends its stream by closing its end (or by sending anything: a stream takes no further requests).
 
 Listeners (the hook runner) get every event too, synchronously and without waiting: they must only queue it.
 """
@@ -149,8 +150,8 @@ class EventHub:
             while (line := await follower.next_line()) is not None:
                 writer.write(line)
                 await writer.drain()
-        except ConnectionError:
-            pass  # it hung up or was aborted for falling behind: nothing to tell it
+        except ConnectionError as exc:  # it hung up, or was cut for falling behind: nothing to tell it
+            log.debug("event stream follower gone: %s", type(exc).__name__)
         finally:
             hangup.cancel()
             await asyncio.gather(hangup, return_exceptions=True)
