@@ -155,6 +155,8 @@ def test_led_patterns_and_button_requests_over_a_control_socket(mock_pins: MockF
     shows(panel, led, "fast")
     thread.join(20)
     assert not thread.is_alive()
+    panel.led.close()
+    panel.button.close()
 
 
 @pytest.mark.slow
@@ -183,3 +185,5 @@ def test_led_follows_the_real_daemon_and_a_held_press_stops_the_visit(
     shows(panel, led, "fast")
     thread.join(20)
     assert not thread.is_alive()
+    panel.led.close()
+    panel.button.close()
