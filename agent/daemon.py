@@ -69,7 +69,7 @@ from agent.errors import AgentError
 from agent.event_hub import EventHub, facts_of
 from agent.events import Facts
 from agent.hook import HookRunner
-from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.metrics import AgentStats, Metrics, MetricsServer, disk_free, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
 from agent.supervise import WorkerHealth, supervise
@@ -123,6 +123,7 @@ class Daemon:
         self._queue_length = 0
         self._needs_appointment = 0
         self._quarantined = 0
+        self._disk_free: tuple[int, float] = (0, 1.0)
         self._known_items: set[str] = set()
         self._workers = {name: WorkerHealth(name) for name in ("tick", "upload_worker", "queue_count")}
         self._visit_error = ""
@@ -481,6 +482,8 @@ class Daemon:
             worker_restarts=s.worker_restarts,
             uploads_unassigned=s.needs_appointment,
             uploads_quarantined=s.quarantined,
+            archive_disk_free_bytes=self._disk_free[0],
+            archive_disk_free_ratio=self._disk_free[1],
         )
 
     # --- uploads ----------------------------------------------------------------------------------------------
@@ -512,6 +515,7 @@ class Daemon:
         self._queue_length, self._known_items = len(pending), pending
         self._needs_appointment = len(find_orphans(archive_dir, queue))
         self._quarantined = len(quarantined(archive_dir, queue))
+        self._disk_free = disk_free(archive_dir)
         return new
 
     # --- configuration reload ---------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import RunningServer
+from tests.plugins.visit import wav_samples
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,7 @@ def status(daemon: DaemonProcess) -> DaemonStatus:
 
 
 def archive_pcm(path: Path) -> bytes:
-    with wave.open(str(path)) as w:
-        return w.readframes(w.getnframes())
+    return wav_samples(path)  # the archive is sealed: decrypted by Debian's age first
 
 
 def record_during_outage(daemon: DaemonProcess, server: RunningServer, appointment: str) -> str:

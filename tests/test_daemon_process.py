@@ -121,15 +121,18 @@ def test_daemon_help() -> None:
 def test_metrics_and_sighup_reload_waits_for_the_visit(
     start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
 ) -> None:
+    import os
     import re
     import signal
     import socket
+    import time
 
     import httpx
 
     with socket.socket() as probe:  # config rules refuse port 0; take a free one
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    started = time.time()
     daemon = start_daemon(extra=f'metrics_address = "127.0.0.1:{port}"')
     daemon.wait_ready()
     url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on "))
@@ -142,6 +145,13 @@ def test_metrics_and_sighup_reload_waits_for_the_visit(
 
     def frames_captured() -> float:
         return metric("frames_captured_total")
+
+    # Disk free for the archive (statvfs of its file system, f_bavail) and when the daemon started.
+    poll(lambda: metric("archive_disk_free_bytes") > 0, "archive_disk_free_bytes from the queue poll")
+    st = os.statvfs(daemon.archive_dir if daemon.archive_dir.exists() else daemon.archive_dir.parent)
+    assert abs(metric("archive_disk_free_bytes") - st.f_bavail * st.f_frsize) < 0.01 * st.f_blocks * st.f_frsize
+    assert abs(metric("archive_disk_free_ratio") - st.f_bavail / st.f_blocks) < 0.01
+    assert started - 1 <= metric("start_time_seconds") <= time.time()
 
     first = frames_captured()
     poll(lambda: frames_captured() > first, "frames_captured to grow between visits")
