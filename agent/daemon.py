@@ -17,10 +17,10 @@
   by ``stream.drain_max_s``) while the next visit starts at once; ``status`` lists streams still draining.
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
   ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
+  SIGHUP: reload the configuration now when idle, after the visit otherwise.
 - The device state (idle, recording, paused, offline, uploading, error, audio warnings: :mod:`agent.events`) is
   looked at every tick and after each visit change; each change goes to the control socket's followers
   (:mod:`agent.event_hub`, ``status --follow``) and to the optional state hook (:mod:`agent.hook`).
-  SIGHUP: reload the configuration now when idle, after the visit otherwise.
 
 Logs carry no appointment ids, patient data or tokens.
 """
