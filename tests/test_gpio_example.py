@@ -10,6 +10,7 @@ import importlib.util
 import itertools
 import json
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from agent.control import GetStatus, StartVisit
 from tests.plugins.daemon import DaemonProcess, poll, short_tmp_dir
 from tests.plugins.server import RunningServer
+from tests.test_systemd_unit import tool
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "examples" / "gpio_led_button.py"
 LED_PIN, BUTTON_PIN = 17, 27
@@ -187,3 +189,15 @@ def test_led_follows_the_real_daemon_and_a_held_press_stops_the_visit(
     assert not thread.is_alive()
     panel.led.close()
     panel.button.close()
+
+
+def test_example_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    unit = EXAMPLE.with_name("medisync-led.service")
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text())
+    result = subprocess.run([tool("systemd-analyze"), "verify", "--man=no", str(copy)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and unit.name not in result.stderr, result.stderr
+    exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[1].endswith("/" + EXAMPLE.name)
+    assert [a for a in exec_start.split() if a.startswith("--")] == ["--socket", "--led", "--button"]
