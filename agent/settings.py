@@ -151,7 +151,8 @@ class DeviceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     state_hook: tuple[str, ...] = ()
     """Command run on each device state change (idle, recording, paused, offline, uploading, error, audio warnings),
     as an argv list run without a shell, e.g. ``["/usr/local/bin/led-hook", "--pin", "17"]``: the event's JSON
-    line on stdin, the state in ``MEDISYNC_STATE``. Empty: no hook."""
+    line on stdin, the state in ``MEDISYNC_STATE``. Empty: no hook. It runs as the service, inside its sandbox (no
+    GPIO devices: a LED script runs as its own service, see ``systemd/examples/``)."""
     state_hook_timeout_s: float = 5.0
     """Seconds a state hook may run before it is killed (and a WARNING logged)."""
 
