@@ -140,7 +140,7 @@ class Daemon:
         self._ended_visits_archive_lost = 0
         self._uploads_unreachable = False
         self._upload_due = False
-        """A visit ended and the upload worker has not reported a pass since (the queue count lags behind)."""
+        """A visit ended, or the last upload pass stopped on a failure: an item waits (the queue count lags)."""
         self._events = EventHub(self._facts, time.time)
         self._hook = HookRunner(lambda: self.settings.device)
         self._events.listeners.append(self._hook.submit)
@@ -499,7 +499,8 @@ class Daemon:
         self._upload_failures += len(report.failed) + len(report.blocked) + len(report.dead)
         if report.stopped_early or report.uploaded:
             self._uploads_unreachable = report.stopped_early
-        self._upload_due = False
+        self._upload_due = report.stopped_early  # an item waits for its retry (the queue count may lag 2 s)
+        self._events.refresh()
 
     async def _count_queue(self) -> None:
         while True:

@@ -32,8 +32,8 @@ STOPPING_LINE = encode_response(failure("the daemon is stopping"))
 
 def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool, upload_due: bool = False,
              warnings: frozenset[str] = frozenset()) -> Facts:  # fmt: skip
-    """The daemon's facts from its status and the flags status does not carry; ``upload_due``: a visit was just
-    queued and the upload worker has not reported since (the queue count, every 2 s, has not seen it yet)."""
+    """The daemon's facts from its status and the flags status does not carry; ``upload_due``: an item surely waits
+    (a visit was just queued, or the last pass failed on one) though the queue count, every 2 s, may not show it."""
     worker = status.upload_worker
     return Facts(
         daemon_state=status.state,
@@ -172,7 +172,8 @@ class EventHub:
         for follower in list(self._followers):
             follower.finish(STOPPING_LINE)
         try:
-            await asyncio.wait_for(self._done.wait(), max(0.0, wait_s))
+            async with asyncio.timeout(max(0.0, wait_s)):  # not wait_for: on 3.11 it can lose a cancellation
+                await self._done.wait()
         except TimeoutError:
             log.warning("%d event stream follower(s) did not take the last line in time", len(self._followers))
             for follower in list(self._followers):

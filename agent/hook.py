@@ -51,7 +51,8 @@ def _last_line(stderr: bytes) -> str:
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    """SIGKILL the hook's process group (its pid is the group's id: it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
         os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -65,7 +66,10 @@ async def run_hook(argv: tuple[str, ...], event: StateEvent, timeout_s: float) -
     except OSError as exc:
         return f"cannot start it ({exc.strerror or exc})"
     try:
-        _, stderr = await asyncio.wait_for(proc.communicate(encode_event(event)), timeout_s)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that meets the hook's exit, and the
+        # daemon's stop then waits for this task forever.
+        async with asyncio.timeout(timeout_s):
+            _, stderr = await proc.communicate(encode_event(event))
     except TimeoutError:
         _kill_group(proc)
         await proc.wait()

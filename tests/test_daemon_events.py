@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from agent.control import Follow, GetStatus, StartVisit, StopVisit, encode_request
+from agent.control import DaemonStatus, Follow, GetStatus, StartVisit, StopVisit, encode_request
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
@@ -51,6 +51,11 @@ class LineFollower:
         return any(e.get("state") == state and reason in (None, e.get("reason")) for e in list(self.lines))
 
 
+def recorded(daemon: DaemonProcess, seconds: float = 0.5) -> None:
+    """Wait until the visit holds some audio: one stopped before any is refused ("captured no audio")."""
+    poll(lambda: (daemon.ask(GetStatus()).status or DaemonStatus()).visit_seconds >= seconds, f"{seconds} s recorded")
+
+
 def test_followers_see_each_change_and_the_stop(
     start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer,
     tcp_proxy: Callable[[str, int], TcpProxy],
@@ -61,6 +66,8 @@ def test_followers_see_each_change_and_the_stop(
     daemon = start_daemon(env={"MEDISYNC_AGENT_API_SPEECH_URL": proxy.url()})
     daemon.wait_ready()
     cli = follow_cli(daemon.control)
+    assert cli.stdout is not None
+    first = json.loads(cli.stdout.readline())  # the CLI follows before anything changes
     followers = [LineFollower(daemon.control) for _ in range(2)]
     stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stuck.connect(str(daemon.control))
@@ -76,6 +83,7 @@ def test_followers_see_each_change_and_the_stop(
     poll(lambda: all(f.saw("offline", "speech stream disconnected") for f in followers), "offline")
     proxy.cut_after_client_bytes(None)
     poll(lambda: all(f.states()[-1:] == ["recording"] for f in followers), "recording again after the outage")
+    recorded(daemon)
     assert daemon.ask(StopVisit()).ok
     poll(lambda: all(f.saw("uploading") and f.states()[-1] == "idle" for f in followers), "uploaded, idle")
 
@@ -100,7 +108,7 @@ def test_followers_see_each_change_and_the_stop(
     out, err = cli.communicate(timeout=20)
     assert cli.returncode == 69, err
     assert err.strip() == "medisync-agent: error: the daemon is stopping"
-    printed = [json.loads(line) for line in out.splitlines()]
+    printed = [first, *(json.loads(line) for line in out.splitlines())]
     assert [e["state"] for e in printed] == followers[0].states()[:-1]  # one line per change, the same changes
 
 
@@ -132,6 +140,7 @@ def test_hook_gets_each_change_and_a_hanging_or_failing_one_is_a_warning(
     assert daemon.ask(StartVisit(appointment_id=appointment)).ok
     poll(lambda: "recording" in states(), "the hook for recording")
     assert daemon.ask(GetStatus()).ok  # the hook hangs; the daemon does not
+    recorded(daemon)
     assert daemon.ask(StopVisit()).ok
     daemon.wait_for_log("did not finish within 1 s (killed)")
     poll(lambda: states()[-1:] == ["idle"] and "uploading" in states(), "the hook for uploading, then idle")
@@ -154,15 +163,15 @@ def test_hook_gets_each_change_and_a_hanging_or_failing_one_is_a_warning(
 def test_uploads_failing_between_visits_show_offline_until_they_go_through(
     start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
 ) -> None:
-    medisync_server.server.knobs.fail_next("/api/recordings/add", 1000, status=503)
+    medisync_server.server.knobs.fail_next("/api/recordings/add", 3, status=503)  # then it takes the upload
     daemon = start_daemon()
     daemon.wait_ready()
     follower = LineFollower(daemon.control)
     assert daemon.ask(StartVisit(appointment_id=medisync_server.create_appointment())).ok
     poll(lambda: follower.saw("recording"), "recording")
+    recorded(daemon)
     assert daemon.ask(StopVisit()).ok
     poll(lambda: follower.saw("offline", "MediSync unreachable, uploads waiting"), "offline between visits")
-    medisync_server.server.knobs.reset()
     poll(lambda: follower.states()[-1:] == ["idle"], "idle once the upload went through", deadline_s=60)
     states = follower.states()
     assert states.index("recording") < states.index("offline") < len(states) - 1

@@ -24,6 +24,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from agent.control import GetStatus, StartVisit
 from tests.plugins.daemon import DaemonProcess, poll, short_tmp_dir
 from tests.plugins.server import RunningServer
+from tests.test_daemon_events import recorded
 from tests.test_systemd_unit import tool
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "systemd" / "examples" / "gpio_led_button.py"
@@ -174,6 +175,7 @@ def test_led_follows_the_real_daemon_and_a_held_press_stops_the_visit(
 
     assert daemon.ask(StartVisit(appointment_id=medisync_server.create_appointment())).ok
     shows(panel, led, "solid")
+    recorded(daemon)
     press(button, hold=lambda: panel._held)
     poll(lambda: bool(panel.answers), "the daemon's answer to the held press")
     assert panel.answers[0]["ok"] and "visit ended" in panel.answers[0]["message"]

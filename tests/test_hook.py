@@ -102,3 +102,4 @@ def test_runner_never_waits_and_logs_one_warning_per_failure(tmp_path: Path, cap
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     name = Path(sys.executable).name
     assert warnings == [f"state hook {name} for state recording failed: did not finish within 1 s (killed)"]
+
