@@ -154,8 +154,12 @@ class Capture:
         self.samples = 0
         self.reopens = 0
         self.lost_samples = 0
-        """Source samples lost to device loss since start."""
+        """Source samples lost before the capture passed a block on, since start: device loss, and what the source
+        reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
+        self.on_block: Callable[[Block, int], None] | None = None
+        """Called on the capture thread with every block and its sample rate (the microphone health detector);
+        must be quick and must not raise."""
 
     # --- control (daemon thread) ------------------------------------------------------------------------------
 
@@ -258,7 +262,6 @@ class Capture:
             missed = missed_samples(expected, block.capture_time, source.sample_rate)
             expected = None
             if missed:
-                self.lost_samples += missed
                 log.warning("microphone delivered again after %.1f s without audio", missed / source.sample_rate)
                 block = Block(block.samples, block.capture_time, block.missed + missed)
             self._count(block)
@@ -271,8 +274,11 @@ class Capture:
             self._policy.reset()
         self.blocks += 1
         self.samples += len(block.samples)
+        self.lost_samples += block.missed
         alpha = min(1.0, len(block.samples) / (self.sample_rate * LEVEL_WINDOW_S))
         self._power += alpha * (block_power(block.samples) - self._power)
+        if self.on_block is not None:
+            self.on_block(block, self.sample_rate)
         with self._lock:
             tap = self._tap
         if tap is not None:

@@ -30,10 +30,11 @@ QUEUE_LINES = 64
 STOPPING_LINE = encode_response(failure("the daemon is stopping"))
 
 
-def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool, upload_due: bool = False,
-             warnings: frozenset[str] = frozenset()) -> Facts:  # fmt: skip
+def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool,
+             upload_due: bool = False) -> Facts:  # fmt: skip
     """The daemon's facts from its status and the flags status does not carry; ``upload_due``: an item surely waits
-    (a visit was just queued, or the last pass failed on one) though the queue count, every 2 s, may not show it."""
+    (a visit was just queued, or the last pass failed on one) though the queue count, every 2 s, may not show it.
+    The microphone's problems (``silent``, ``clipping``, ...) become the warnings ``mic_silent``, ``mic_clipping``."""
     worker = status.upload_worker
     return Facts(
         daemon_state=status.state,
@@ -45,7 +46,7 @@ def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: b
         visit_failed=visit_failed,
         upload_queue=max(status.upload_queue, 1 if upload_due else 0),
         uploads_unreachable=uploads_unreachable,
-        warnings=warnings,
+        warnings=frozenset(f"mic_{problem}" for problem in status.mic_problems),
         session_id=status.session_id,
     )
 

@@ -200,3 +200,20 @@ def test_follow_ends_with_a_clear_line_on_ctrl_c_and_on_kill_9(start_daemon: Cal
     assert orphaned.returncode == 69
     assert err == ("medisync-agent: error: the daemon ended the event stream (it stopped, or this follower fell too "
                    "far behind)\n")  # fmt: skip
+
+
+def test_microphone_warnings_ride_on_the_event_stream(start_daemon: Callable[..., DaemonProcess]) -> None:
+    """-30 dBFS noise and digital silence, 6 s each: ``mic_silent`` is raised and cleared on the stream, idle."""
+    daemon = start_daemon("synth:noise/6/-30+silence/6*100000")
+    daemon.wait_ready()
+    follower = LineFollower(daemon.control)
+
+    def warnings() -> list[object]:
+        return [e.get("warnings") for e in list(follower.lines)]
+
+    poll(lambda: ["mic_silent"] in warnings(), "mic_silent on the event stream", deadline_s=40)
+    raised = warnings().index(["mic_silent"])
+    poll(lambda: [] in warnings()[raised:], "mic_silent cleared on the event stream", deadline_s=40)
+    assert all(e.get("state") == "idle" for e in follower.lines)  # a warning, not a state of its own
+    rc, _ = daemon.terminate()
+    assert rc == 0

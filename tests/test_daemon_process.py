@@ -58,6 +58,9 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
     stopped = daemon.ask(StopVisit())
     assert stopped.ok, stopped.error
     assert "upload queued" in stopped.message
+    ended = stopped.status  # the ended visit's figures, from the snapshot status read while it ran
+    assert ended is not None and ended.state == "idle" and ended.appointment_id == appointment
+    assert ended.visit_seconds >= 1.5 and ended.session_id == started.status.session_id
 
     archive = only_wav(daemon.archive_dir)
     poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from agent.control import DaemonStatus
+from agent.daemon_state import DaemonState, VisitSlot
 from agent.event_hub import facts_of
 from agent.events import Facts, StateTracker, derive_state, encode_event, parse_event, utc_stamp
 
@@ -84,3 +85,20 @@ def test_facts_of_status_keeps_appointment_out() -> None:
     assert "appt-123" not in repr(facts)
     assert not facts_of(DaemonStatus(upload_worker="starting"), visit_failed=False,
                         uploads_unreachable=False).worker_problem  # fmt: skip
+
+
+def test_facts_of_status_names_microphone_problems_as_warnings_and_counts_a_due_upload() -> None:
+    status = DaemonStatus(mic_problems=["silent", "no_data"])
+    facts = facts_of(status, visit_failed=False, uploads_unreachable=True, upload_due=True)
+    assert facts.warnings == {"mic_silent", "mic_no_data"}
+    assert derive_state(facts) == ("offline", "MediSync unreachable, uploads waiting")  # the count lags; due counts
+
+
+def test_visit_slot_tells_every_move() -> None:
+    moves: list[str] = []
+    slot = VisitSlot(on_change=lambda: moves.append(slot.state.value))
+    slot.move(DaemonState.STARTING)
+    slot.move(DaemonState.RECORDING)
+    slot.end()
+    slot.end()  # already idle: no move, no call
+    assert moves == ["starting", "recording", "idle"]

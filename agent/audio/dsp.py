@@ -78,6 +78,8 @@ class Dsp:
         self.in_rate = in_rate
         self.frame_samples = SAMPLE_RATE * settings.frame_ms // 1000
         self.gaps: list[Gap] = []
+        self.lost_samples = 0
+        """Timeline samples (16 kHz) filled with silence so far: the sum of :attr:`gaps` (the visit's one count)."""
         self._resampler: soxr.ResampleStream | None = None
         if in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
             self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
@@ -116,6 +118,7 @@ class Dsp:
         start = round(self._in_pos * SAMPLE_RATE / self.in_rate)
         end = round((self._in_pos + missed) * SAMPLE_RATE / self.in_rate)
         self.gaps.append(Gap(start, end))
+        self.lost_samples += end - start
         self._anchors.append((self._in_pos, capture_time - missed / self.in_rate))
         self._in_pos += missed
         chunk = max(1, round(self.in_rate * _SILENCE_CHUNK_SECONDS))
