@@ -20,6 +20,7 @@
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
   ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
+- The device state for ``status --follow`` and the state hook: :class:`~agent.device_state.StateView`.
 
 Logs carry no appointment ids, patient data or tokens.
 """
@@ -43,14 +44,14 @@ from agent.api.secret import load_credentials
 from agent.archive.keys import load_archive_keys
 from agent.archive.recovery import recover
 from agent.archive.upload_queue import UploadQueue
-from agent.audio.mic import MicSource, parse_mic_spec
 from agent.audio.mic_monitor import MicHealth
 from agent.audio.pipeline import PipelineOutput
-from agent.audio.sources import open_source
-from agent.audio.types import Block, Source
+from agent.audio.sources import source_opener
+from agent.audio.types import Block
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
+    Follow,
     GetStatus,
     ProtocolViolation,
     Request,
@@ -61,12 +62,15 @@ from agent.control import (
     ok,
     parse_request,
 )
-from agent.control_socket import bind_control_socket, serve_connection
+from agent.control_socket import Streamer, bind_control_socket, serve_connection
 from agent.daemon_state import DaemonState, VisitSlot
 from agent.daemon_uploads import COUNTER, WORKER, Uploads
+from agent.device_state import HOOK, StateView
 from agent.device_watch import Capture, CaptureTap
 from agent.draining import DrainingStreams, EndedTotals, unconfirmed_s
 from agent.errors import AgentError
+from agent.event_hub import facts_of
+from agent.events import Facts
 from agent.heartbeat import Heartbeat
 from agent.metrics import Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
@@ -87,20 +91,6 @@ FIRST_OPEN_WAIT_S = 10.0
 """Seconds the start waits for the first open of the source before going on (it keeps retrying)."""
 
 
-def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], Source]:
-    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
-
-    def open_(rate: int | None, channels: int | None) -> Source:
-        spec = audio.source
-        if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
-            name = parse_mic_spec(spec).name
-            return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
-                             handoff_seconds=audio.handoff_seconds, block_ms=audio.capture_block_ms)  # fmt: skip
-        return open_source(spec, audio)
-
-    return open_
-
-
 class Daemon:
     def __init__(self, settings: AgentSettings, *, reload: Callable[[], AgentSettings],
                  notifier: Notifier, watchdog_s: float | None) -> None:  # fmt: skip
@@ -115,14 +105,15 @@ class Daemon:
         self.mic_health = MicHealth(settings.mic)
         """The microphone's problems, idle and in visits: ``problems()``, ``add_listener(fn)`` (mic_monitor)."""
         self._shutdown = asyncio.Event()
-        self._slot = VisitSlot()
+        self._shown = StateView(self._facts, lambda: self.settings.device)
+        self._slot = VisitSlot(on_change=self._shown.refresh)
         self._visit: Visit | None = None
         self._tap: CaptureTap | None = None
         self._visit_task: asyncio.Task[VisitSummary | None] | None = None
         self._ended = EndedTotals()
         self._draining = DrainingStreams(self._ended)
         self._reload_pending = False
-        self._tasks = SupervisedTasks((TICK, WORKER, COUNTER))
+        self._tasks = SupervisedTasks((TICK, WORKER, COUNTER, HOOK))
         self._visit_error = ""
         self._metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -154,6 +145,7 @@ class Daemon:
             self._tasks.start(TICK, self._tick)
             self._tasks.start(WORKER, self._uploads.work)
             self._tasks.start(COUNTER, self._uploads.count)
+            self._tasks.start(HOOK, self._shown.hook.run)
             await self._shutdown.wait()
             await self._stop(server)
         finally:
@@ -210,6 +202,7 @@ class Daemon:
                 await asyncio.gather(task, return_exceptions=True)
                 log.error("the visit did not end in time; its recording is queued at the next start")
         await self._draining.end(budget - (time.monotonic() - started) - STOP_MARGIN_S)
+        await self._shown.close(budget - (time.monotonic() - started))
         await self._tasks.stop()
         log.info("stopped in %.1f s", time.monotonic() - started)
 
@@ -226,11 +219,13 @@ class Daemon:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._answer)
 
-    async def _answer(self, line: bytes) -> Response:
+    async def _answer(self, line: bytes) -> Response | Streamer:
         try:
             request = parse_request(line)
         except ProtocolViolation as exc:
             return failure(str(exc))
+        if isinstance(request, Follow):
+            return self._shown.hub.follow  # the connection becomes the event stream
         return await self.handle(request)
 
     async def handle(self, request: Request) -> Response:
@@ -291,8 +286,8 @@ class Daemon:
             self._ended.add_archive(visit)
             self._ended.handoff_samples_dropped += tap.handoff.stats.samples_dropped
             self._tap = None
+            self._uploads.wake()  # first: the slot's move shows "uploading", not a moment of "idle"
             self._slot.end()
-            self._uploads.wake()
         if visit.stream is not None:
             self._draining.add(visit)
         if visit.lost_samples:
@@ -343,6 +338,10 @@ class Daemon:
     def status(self) -> DaemonStatus:
         return self.telemetry().status()
 
+    def _facts(self) -> Facts:
+        return facts_of(self.status(), visit_failed=bool(self._visit_error), upload_due=self._uploads.due,
+                        uploads_unreachable=self._uploads.unreachable)  # fmt: skip
+
     async def _tick(self) -> None:
         while True:
             self._observe_capture(time.monotonic())
@@ -351,6 +350,7 @@ class Daemon:
     def _observe_capture(self, now: float) -> None:
         capture = self._capture
         self.mic_health.tick()
+        self._shown.refresh()
         if capture is None:
             return
         telemetry = self.telemetry()

@@ -20,6 +20,7 @@ Clock and sleep are injectable (``clock=``, ``sleep=``) so paced sources run ins
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -106,3 +107,17 @@ def open_source(
         return SynthSource(parse_recipe(spec[6:]), pace=settings.pace, clock=clock, sleep=sleep,
                            block_frames=block_frames)
     raise ConfigError(f"unknown audio source {spec!r}: use mic, mic:<name>, file:<path.wav> or synth:<recipe>")
+
+
+def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], Source]:
+    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
+
+    def open_(rate: int | None, channels: int | None) -> Source:
+        spec = audio.source
+        if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
+            name = parse_mic_spec(spec).name
+            return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
+                             handoff_seconds=audio.handoff_seconds, block_ms=audio.capture_block_ms)  # fmt: skip
+        return open_source(spec, audio)
+
+    return open_
