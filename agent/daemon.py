@@ -97,9 +97,8 @@ class Daemon:
         self.settings = settings
         self._reload = reload
         self._notifier = notifier
-        self._heartbeat = Heartbeat(
-            notifier, None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
-        )
+        watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
+        self._heartbeat = Heartbeat(notifier, watchdog)
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
         self.mic_health = MicHealth(settings.mic)
