@@ -136,6 +136,11 @@ RULES: Mapping[str, Rule] = {
     "mic.clear_s": between(0, 600, "seconds"),
     "mic.no_data_s": positive(600, "seconds"),
     "mic.no_speech_s": positive(86400, "seconds"),
+    "device.state_hook": Rule(
+        lambda v: all(part.strip() for part in v[:1]),
+        'empty (no hook) or a command as a list, e.g. ["/usr/local/bin/led-hook", "--pin", "17"]',
+    ),
+    "device.state_hook_timeout_s": positive(600, "seconds"),
     "audit.rotate_bytes": Rule(lambda v: 4096 <= v <= 1 << 30, "4096 to 1073741824 bytes (1 GiB)"),
     "audit.keep_files": between(1, 1000, "files"),
 }

@@ -7,6 +7,8 @@ One request per line, one response line per request::
     {"cmd": "visit_stop"}                               -> {"ok": true, "status": {...}, "message": "..."}
     {"cmd": "visit_pause"} / {"cmd": "visit_resume"}    -> {"ok": true, "status": {...}, "message": "..."}
     {"cmd": "status"}                                   -> {"ok": true, "status": {...}}
+    {"cmd": "follow"}                                   -> one state event line now and one per change
+                                                           (agent.events.StateEvent) until either side ends
     anything wrong                                      -> {"ok": false, "error": "one line for a person"}
                                                            (+ "code": 77 when consent is required and missing)
 
@@ -51,7 +53,11 @@ class GetStatus(msgspec.Struct, tag="status", tag_field="cmd", forbid_unknown_fi
     pass
 
 
-Request = StartVisit | StopVisit | PauseVisit | ResumeVisit | GetStatus
+class Follow(msgspec.Struct, tag="follow", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    """Turn the connection into the event stream (:mod:`agent.event_hub`); it takes no further requests."""
+
+
+Request = StartVisit | StopVisit | PauseVisit | ResumeVisit | GetStatus | Follow
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):

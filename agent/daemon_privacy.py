@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TypeGuard
 
 from agent.archive.upload_queue import UploadQueue
 from agent.audit_log import AuditLog, queue_listener
@@ -26,13 +27,14 @@ from agent.settings import AgentSettings
 
 class Privacy:
     def __init__(self, settings: AgentSettings, totals: EndedTotals, status: Callable[[], DaemonStatus],
-                 expect_speech: Callable[[bool], None]) -> None:  # fmt: skip
+                 expect_speech: Callable[[bool], None], queue: UploadQueue) -> None:  # fmt: skip
         self.audit = AuditLog.for_settings(settings)
         self._settings = settings
         self._totals = totals
         self._status = status
         self._expect_speech = expect_speech
         """The microphone detector's "no speech" rule: off while paused (a pause is quiet on purpose)."""
+        self.listen(queue)
 
     def reload(self, settings: AgentSettings, queue: UploadQueue) -> None:
         """New settings (SIGHUP): the trail may have moved; ``queue`` reports to it."""
@@ -54,6 +56,10 @@ class Privacy:
             return failure(str(exc), exc.exit_code if isinstance(exc, ConsentRequiredError) else 0)
         self._totals.visits_declined += 1
         return ok(self._status(), f"consent declined: nothing recorded (audit trail: visit {visit_id})")
+
+    @staticmethod
+    def handles(request: object) -> TypeGuard[PauseVisit | ResumeVisit]:
+        return isinstance(request, PauseVisit | ResumeVisit)
 
     async def pause(self, request: PauseVisit | ResumeVisit, visit: Pausable | None) -> Response:
         """``visit_pause`` or ``visit_resume`` on the recording visit (None: no visit is recording)."""

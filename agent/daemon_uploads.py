@@ -9,19 +9,22 @@ daemon's :class:`~agent.supervise.SupervisedTasks` (names :data:`WORKER` and :da
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
 from agent.archive import upload_runner
-from agent.archive.recovery import find_orphans, quarantined
+from agent.archive.recovery import find_orphans, quarantined, recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.metrics import disk_free
 from agent.settings import AgentSettings
 
 WORKER = "upload_worker"
+log = logging.getLogger(__name__)
+
 COUNTER = "queue_count"
 QUEUE_POLL_S = 2.0
 """Seconds between counts of the upload queue (a directory listing)."""
@@ -58,6 +61,19 @@ class Uploads:
         self._archive_dir = archive_dir
         self._wake = asyncio.Event()
         self._known_items: set[str] = set()
+        self.unreachable = False
+        """The last pass that tried an item stopped on an account-wide failure (unreachable, 5xx, 429, 401, 403)."""
+        self.due = False
+        """An item surely waits, though the count may not show it yet: a visit was just queued, or a pass failed."""
+
+    async def recover(self) -> None:
+        """At the start: repair and queue visits a crash cut short (:func:`~agent.archive.recovery.recover`)."""
+        recovery = await asyncio.to_thread(recover, self._archive_dir, self.queue)
+        for item in recovery.queued:
+            log.warning("queued the upload of an interrupted earlier visit (%s)", item.item_id[:8])
+        if recovery.orphans or recovery.quarantined:
+            log.warning("%d recording(s) need an appointment, %d file(s) quarantined: see 'medisync-agent "
+                        "uploads list'", len(recovery.orphans), len(recovery.quarantined))  # fmt: skip
 
     async def replaced(self, settings: AgentSettings) -> Uploads:
         """Uploads under new settings (the device key and the since-start counters carried over), a new client.
@@ -75,6 +91,7 @@ class Uploads:
 
     def wake(self) -> None:
         """Upload now (a visit was queued)."""
+        self.due = True
         self._wake.set()
 
     async def work(self) -> None:
@@ -86,6 +103,9 @@ class Uploads:
     def _count_report(self, report: upload_runner.DrainReport) -> None:
         self.totals.completed += len(report.uploaded)
         self.totals.failures += len(report.failed) + len(report.blocked) + len(report.dead)
+        if report.stopped_early or report.uploaded:
+            self.unreachable = report.stopped_early
+        self.due = report.stopped_early
 
     async def count(self) -> None:
         """Count the queue every :data:`QUEUE_POLL_S` seconds; wake the worker when another process queued."""

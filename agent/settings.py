@@ -179,6 +179,16 @@ class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Seconds of a visit with sound present (not silent) but no speech from the voice gate before it is raised."""
 
 
+class DeviceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state_hook: tuple[str, ...] = ()
+    """Command run on each device state change (idle, recording, paused, offline, uploading, error, audio warnings),
+    as an argv list run without a shell, e.g. ``["/usr/local/bin/led-hook", "--pin", "17"]``: the event's JSON
+    line on stdin, the state in ``MEDISYNC_STATE``. Empty: no hook. It runs as the service, inside its sandbox (no
+    GPIO devices: a LED script runs as its own service, see ``systemd/examples/``)."""
+    state_hook_timeout_s: float = 5.0
+    """Seconds a state hook may run before it is killed (and a WARNING logged)."""
+
+
 class VisitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     require_consent: bool = False
     """Refuse to start recording a visit until the patient's consent was asked (``--consent given`` or
@@ -204,6 +214,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    device: DeviceSettings = msgspec.field(default_factory=DeviceSettings)
     mic: MicSettings = msgspec.field(default_factory=MicSettings)
     visit: VisitSettings = msgspec.field(default_factory=VisitSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
