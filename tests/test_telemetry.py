@@ -170,6 +170,14 @@ def test_a_privacy_pause_shows_in_status_and_metrics() -> None:
     assert (status.state, status.paused_seconds) == ("paused", 4.5)
     assert (stats.visit_paused, stats.paused_seconds, stats.visits_declined) == (True, 14.5, 2)
     assert stats.visit_active  # a paused visit is still a visit (the fleet's microphone alerts look at both)
+    from agent.event_hub import facts_of
+    from agent.events import derive_state
+
+    calm = Telemetry(state=DaemonState.RECORDING, visit=VisitFigures(
+        appointment_id="a1", session_id="s-1", samples=SAMPLE_RATE, gated_samples=0, lost_samples=0,
+        archive=ArchiveHealth(), stream=STREAM, paused=True))  # fmt: skip
+    assert derive_state(facts_of(calm.status(), visit_failed=False, uploads_unreachable=False)) == (
+        "paused", "privacy pause")  # what the event stream and the LED hook show
     stopping = dataclasses.replace(paused, state=DaemonState.STOPPING)
     assert stopping.status().state == "stopping" and not stopping.agent_stats().visit_paused
     idle = dataclasses.replace(paused, state=DaemonState.IDLE, visit=None)
