@@ -43,10 +43,7 @@ from agent.archive.recovery import find_orphans, quarantined, recover
 from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
-from agent.audio.mic import MicSource, parse_mic_spec
 from agent.audio.pipeline import PipelineOutput
-from agent.audio.sources import open_source
-from agent.audio.types import Source
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
@@ -61,7 +58,7 @@ from agent.control import (
     parse_request,
 )
 from agent.control_socket import bind_control_socket, serve_connection
-from agent.device_watch import Capture
+from agent.device_watch import Capture, source_opener
 from agent.errors import AgentError
 from agent.metrics import AgentStats, Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
@@ -79,20 +76,6 @@ STOP_MARGIN_S = 2.5
 """Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
 """Seconds the start waits for the first open of the source before going on (it keeps retrying)."""
-
-
-def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], Source]:
-    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
-
-    def open_(rate: int | None, channels: int | None) -> Source:
-        spec = audio.source
-        if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
-            name = parse_mic_spec(spec).name
-            return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
-                             handoff_seconds=audio.handoff_seconds, block_ms=audio.capture_block_ms)  # fmt: skip
-        return open_source(spec, audio)
-
-    return open_
 
 
 class Daemon:
@@ -177,7 +160,7 @@ class Daemon:
     async def _start_capture(self, audio: AudioSettings) -> Capture:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
         try:
-            await asyncio.to_thread(capture.start, FIRST_OPEN_WAIT_S)
+            await capture.start(FIRST_OPEN_WAIT_S)
         except AgentError as exc:
             # Keep running and retrying: the watchdog gets no pings, so systemd restarts us if it stays away.
             log.error("cannot open the audio source (%s); retrying", exc)
@@ -214,7 +197,7 @@ class Daemon:
 
     async def _close_parts(self) -> None:
         if self._capture is not None:
-            await asyncio.to_thread(self._capture.stop, 2.0)
+            await self._capture.stop()
         if self._client is not None:
             await self._client.aclose()
         if self._metrics_server is not None:
@@ -503,7 +486,7 @@ class Daemon:
         old, self.settings = self.settings, new
         changed = [name for name in AgentSettings.__struct_fields__ if getattr(old, name) != getattr(new, name)]
         if old.audio != new.audio and self._capture is not None:
-            await asyncio.to_thread(self._capture.stop, 2.0)
+            await self._capture.stop()
             self._capture = await self._start_capture(new.audio)
         if old.api != new.api or old.upload != new.upload:
             await self._restart_uploads(new)
