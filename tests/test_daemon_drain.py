@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from agent.archive.upload_queue import UploadQueue
 from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
+from tests.plugins.archive import wav_pcm
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import RunningServer
 
@@ -32,8 +32,7 @@ def status(daemon: DaemonProcess) -> DaemonStatus:
 
 
 def archive_pcm(path: Path) -> bytes:
-    with wave.open(str(path)) as w:
-        return w.readframes(w.getnframes())
+    return wav_pcm(path)  # a sealed archive is decrypted first
 
 
 def record_during_outage(daemon: DaemonProcess, server: RunningServer, appointment: str) -> str:
