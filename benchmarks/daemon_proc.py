@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         return cli.main(args)
     finally:
         trace.write_text(json.dumps({"frames": probe.frames, "sends": probe.sends, "acks": probe.acks,
-                                     "readies": probe.readies}))  # fmt: skip
+                                     "readies": probe.readies, "lookback": probe.lookback}))  # fmt: skip
 
 
 if __name__ == "__main__":
