@@ -160,7 +160,7 @@ def daemon_run(srv: ServerProc, work: Path, env: dict[str, str], monitor: str, p
         connected = min((t for t, _ in r["readies"]), default=0.0) + 1.0
         out["latency_ms"] = (sample_latencies(r, since=connected) * 1000).tolist()
         out["latency_path_ms"] = (sample_latencies(r, since=connected, without_lookback=True) * 1000).tolist()
-        out["lookback_share"] = sum(n for _, n in r["lookback"]) / max(1, sum(n for _, _, n in r["frames"]))
+        out["lookback_share"] = sum(n for _, n in r["lookback"]) / max(1, sum(n for _, n, _ in r["frames"]))
     return out
 
 
@@ -190,8 +190,8 @@ def scenario(profiles: dict[str, dict[str, dict[str, Any]]], wav: Path, work: Pa
     res.add("idle, microphone open: daemon/ffmpeg ratio", [i["daemon"] / i["ffmpeg"]], "", "<= 0.6")
     for when, mem in (("visit running", plain["rss_visit"]), ("idle after the visit", plain["rss_idle"])):
         res.add(f"daemon RSS, {when}", [mem["VmRSS"]], "MB", "<= 60")
-        res.add(f"daemon RSS, {when}: anonymous (own heap) / file-backed (libraries)",
-                [mem["RssAnon"]], f"MB / {mem['RssFile']:.1f} MB")  # fmt: skip
+        res.add(f"daemon RSS, {when}: anonymous (the process's own memory)", [mem["RssAnon"]], "MB")
+        res.add(f"daemon RSS, {when}: file-backed (mapped libraries, shared)", [mem["RssFile"]], "MB")
     for when, window in (("visit", v), ("idle", i)):
         res.notes.append(f"busiest daemon threads, {when} (CPU-s per audio-hour, wake-ups/s, name): "
                          + "; ".join(f"{c:g}, {w:g}/s, {n}" for c, w, n in window["threads"]))  # fmt: skip

@@ -46,8 +46,8 @@ class Sizes:
     fleet_s: float = 60.0
     startup_runs: int = 10
     idle_settle_s: float = 10.0
-    daemon_visit_s: float = 90.0
-    daemon_idle_s: float = 45.0
+    daemon_visit_s: float = 60.0
+    daemon_idle_s: float = 40.0
 
 
 FULL = Sizes()
@@ -408,7 +408,9 @@ def startup_cost(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
 
 def daemon(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
     wav = looped_dialogue(cache, 600)
-    return daemon_bench.scenario(PROFILES, wav, work, sizes.daemon_visit_s, sizes.daemon_idle_s)
+    soxr = {"audio": {**PROFILES["efficient"]["audio"], "resampler": "soxr"}, "stream": PROFILES["efficient"]["stream"]}
+    profiles = {**PROFILES, "efficient with soxr": soxr}  # the resampler before issue 11, for comparison
+    return daemon_bench.scenario(profiles, wav, work, sizes.daemon_visit_s, sizes.daemon_idle_s)
 
 
 SCENARIOS = {"throughput": throughput, "live": live, "replay": replay, "memory": memory, "fleet": fleet,
