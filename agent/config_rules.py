@@ -126,6 +126,15 @@ RULES: Mapping[str, Rule] = {
     ),
     "daemon.stop_timeout_s": positive(600, "seconds"),
     "daemon.device_retry_cap_s": positive(3600, "seconds"),
+    "mic.silence_dbfs": between(-120, 0, "dBFS"),
+    "mic.hysteresis_db": between(0, 60, "dB"),
+    "mic.clip_dbfs": between(-20, 0, "dBFS"),
+    "mic.clip_share": Rule(lambda v: math.isfinite(v) and 0 < v <= 1, "greater than 0 and at most 1"),
+    "mic.window_s": positive(60, "seconds"),
+    "mic.raise_s": between(0, 600, "seconds"),
+    "mic.clear_s": between(0, 600, "seconds"),
+    "mic.no_data_s": positive(600, "seconds"),
+    "mic.no_speech_s": positive(86400, "seconds"),
 }
 
 _ORDERED_PAIRS = (

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import msgspec
 
-from agent.ids import appointment_id_problem
+from agent.ids import checked_appointment_id
+from agent.mic_problems import describe as describe_problem
 
 MAX_LINE_BYTES = 4096
 """Longest request or response line accepted, in bytes (newline included)."""
@@ -38,10 +39,14 @@ Request = StartVisit | StopVisit | GetStatus
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``medisync-agent status`` shows. Figures refer to the current visit, or the last one when idle."""
+    """What ``medisync-agent status`` shows, projected from the daemon's one telemetry snapshot (agent.telemetry).
+
+    Visit figures (``visit_seconds`` to ``archive_problem``, ``vad_share``, the stream's, the ids) refer to the visit
+    in progress and are zero, empty or None when idle (the answer to ``visit_stop`` carries the ended visit's);
+    device, upload and background-task figures are always filled. Totals since the start are in the metrics."""
 
     state: str = "idle"
-    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle``."""
+    """``starting`` (checking the account), ``recording``, ``stopping`` or ``idle`` (``agent.daemon_state``)."""
     device: str = ""
     """Description of the capture source (e.g. "mic 'USB Audio' 48000 Hz x1")."""
     device_state: str = "opening"
@@ -90,6 +95,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Live streams of ended visits still replaying their backlog to the speech server (in the background)."""
     draining_seconds: float = 0.0
     """Seconds of audio those streams still have to get confirmed (their uploads hold it either way)."""
+    mic_problems: list[str] = msgspec.field(default_factory=list)
+    """Microphone problems now (``silent``, ``clipping``, ``no_data``, ``no_speech``: agent.audio.mic_health)."""
 
 
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -111,11 +118,7 @@ _encoder = msgspec.json.Encoder()
 
 def validate_appointment_id(value: str) -> str:
     """The id, stripped; ProtocolViolation when it is empty, too long or has characters an id cannot have."""
-    value = value.strip()
-    problem = appointment_id_problem(value)
-    if problem is not None:
-        raise ProtocolViolation(problem)
-    return value
+    return checked_appointment_id(value, ProtocolViolation)
 
 
 def parse_request(line: bytes) -> Request:
@@ -198,6 +201,8 @@ def format_status(status: DaemonStatus) -> str:
     if status.draining_streams:
         rows.insert(-1, ("ended visits' streams", f"{status.draining_streams} still confirming "
                                                   f"{status.draining_seconds:.1f} s of audio"))
+    rows.insert(3, ("microphone", "; ".join(f"PROBLEM {p} ({describe_problem(p)})" for p in status.mic_problems)
+                    or "ok"))
     if status.needs_appointment or status.quarantined:
         rows.append(("needs a person", f"{status.needs_appointment} recording(s) need an appointment, "
                                         f"{status.quarantined} file(s) quarantined: see 'medisync-agent uploads list'"))

@@ -25,6 +25,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from agent.archive.storage import make_dirs
 from agent.control import MAX_LINE_BYTES, Response, encode_response, failure
 from agent.errors import ConfigError, ControlError
 
@@ -45,22 +46,6 @@ def _kind(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a named pipe"
     return "a device or other special file"
-
-
-def _make_socket_dir(folder: Path) -> None:
-    """Create ``folder`` and missing parents 0750 (exactly: chmod after mkdir, whatever the umask)."""
-    missing = []
-    while not (folder.exists() or folder.is_symlink()):
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    for new in reversed(missing):
-        try:
-            new.mkdir(mode=SOCKET_DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(new, SOCKET_DIR_MODE)
 
 
 def _clear_stale(path: Path) -> None:
@@ -86,7 +71,7 @@ def _clear_stale(path: Path) -> None:
 def bind_control_socket(path: Path) -> socket.socket:
     """A listening, non-blocking Unix socket at ``path``, mode 0660; parents created 0750 if missing."""
     try:
-        _make_socket_dir(path.parent)
+        make_dirs(path.parent, SOCKET_DIR_MODE)  # 0750 exactly, whatever the umask
     except OSError as exc:
         raise ControlError(f"cannot create the folder of the control socket {path}: {exc.strerror or exc}") from None
     _clear_stale(path)

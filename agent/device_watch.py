@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
 from agent.audio.sources import open_source
-from agent.audio.types import BlockSink, Source
+from agent.audio.types import Block, BlockSink, Source
 from agent.errors import AgentError, DeviceError
 from agent.settings import AudioSettings
 
@@ -165,8 +165,12 @@ class Capture:
         self.samples = 0
         self.reopens = 0
         self.lost_samples = 0
-        """Source samples lost to device loss since start."""
+        """Source samples lost before the capture passed a block on, since start: device loss, and what the source
+        reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
+        self.on_block: Callable[[Block, int], None] | None = None
+        """Called on the source's producer thread (PortAudio's callback) with every block and its sample rate (the
+        microphone health detector); must be quick and must not raise."""
 
     # --- control (event loop) ---------------------------------------------------------------------------------
 
@@ -283,7 +287,6 @@ class Capture:
             lost = missed_samples(self._expected, capture_time, rate)
             self._expected = None
             if lost:
-                self.lost_samples += lost
                 missed += lost
                 log.warning("microphone delivered again after %.1f s without audio", lost / rate)
         if self.state != "open":
@@ -291,9 +294,12 @@ class Capture:
             self._policy.reset()
         self.blocks += 1
         self.samples += len(samples)
+        self.lost_samples += missed
         alpha = min(1.0, len(samples) / (rate * LEVEL_WINDOW_S))
         self._power += alpha * (block_power(samples) - self._power)
         self._last_end = capture_time + len(samples) / rate
+        if self.on_block is not None:
+            self.on_block(Block(samples, capture_time, missed), rate)
         with self._lock:
             tap = self._tap
         if tap is not None:

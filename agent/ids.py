@@ -8,6 +8,7 @@ which is also the item's file name (the name is authoritative; an id inside the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MAX_APPOINTMENT_ID = 128
 """Longest appointment id accepted, in characters."""
@@ -24,6 +25,15 @@ def appointment_id_problem(value: str) -> str | None:
     if not _APPOINTMENT_ID.fullmatch(value) or not value.strip("."):
         return "appointment id may only contain letters, digits and . _ : - (and not only dots)"
     return None
+
+
+def checked_appointment_id(value: str, error: Callable[[str], Exception]) -> str:
+    """``value`` stripped; raises ``error(problem)`` (a one-line reason) when it cannot be an appointment id."""
+    value = value.strip()
+    problem = appointment_id_problem(value)
+    if problem is not None:
+        raise error(problem)
+    return value
 
 
 def is_item_id(value: str) -> bool:

@@ -7,8 +7,11 @@ agent's version (see :data:`ALLOWED_LABELS`). Counters in the snapshot are total
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -123,8 +126,9 @@ _GAUGES = {
 
 
 class _SnapshotCollector:  # a prometheus_client Collector (a protocol: collect() is all it needs)
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, started: float) -> None:
         self.version = version
+        self.started = started
         self.stats = AgentStats()
 
     def collect(self) -> Iterator[Metric]:
@@ -134,6 +138,8 @@ class _SnapshotCollector:  # a prometheus_client Collector (a protocol: collect(
         info = GaugeMetricFamily(PREFIX + "info", "Agent version.", labels=["version"])
         info.add_metric([self.version], 1.0)
         yield info
+        yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Unix time the agent's daemon started (a change is a "
+                                "restart).", value=self.started)
         for name, doc in _COUNTERS.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=float(getattr(stats, name)))
         for name, doc in _GAUGES.items():
@@ -143,11 +149,12 @@ class _SnapshotCollector:  # a prometheus_client Collector (a protocol: collect(
 class Metrics:
     """The agent's metrics registry. Thread-safe: update from the event loop, scrape from the HTTP thread."""
 
-    def __init__(self, version: str = __version__) -> None:
+    def __init__(self, version: str = __version__, started: float | None = None) -> None:
+        """``started``: Unix time the daemon started (now when not given)."""
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self._collector = _SnapshotCollector(version)
+        self._collector = _SnapshotCollector(version, time.time() if started is None else started)
         self.registry.register(self._collector)
 
     def update(self, stats: AgentStats) -> None:
@@ -162,6 +169,17 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()
+
+
+def disk_free(directory: Path) -> tuple[int, float]:
+    """Bytes, and share of the file system, free for an unprivileged writer (``f_bavail``) where ``directory`` is
+    (or, while it does not exist yet, where it will be made)."""
+    path = directory.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    return free, st.f_bavail / st.f_blocks if st.f_blocks else 1.0
 
 
 class MetricsServer:

@@ -154,6 +154,7 @@ class Recorder:
         self._resilient = resilient_archive
         self._on_archive = on_archive
         self._writer: WavArchiveWriter | None = None
+        self._pipeline: AudioPipeline | None = None
         self._archive_writable = True
 
     @property
@@ -161,6 +162,12 @@ class Recorder:
         """Whether the archive is being written and how much of the timeline it lacks (any thread may read it)."""
         writer = self._writer
         return writer.health if isinstance(writer, ResilientArchiveWriter) else ArchiveHealth()
+
+    @property
+    def lost_samples(self) -> int:
+        """Timeline samples the source lost so far, archived as silence (read from the DSP, any thread)."""
+        pipeline = self._pipeline
+        return pipeline.dsp.lost_samples if pipeline is not None else 0
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish soon. Thread-safe and safe in a signal handler (a flag and the source's stop)."""
@@ -221,7 +228,7 @@ class Recorder:
             kind = ResilientArchiveWriter if self._resilient else WavArchiveWriter
             writer = kind.create(self._path, self._settings.archive, overwrite=self._overwrite,
                                  background_sync=background_sync)  # fmt: skip
-        self._writer = writer
+        self._writer, self._pipeline = writer, pipeline
         log.info("recording %s to %s", source.description, self._path.name)
         return pipeline, writer
 

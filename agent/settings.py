@@ -151,6 +151,35 @@ class DaemonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Upper bound in seconds between attempts to reopen a lost microphone."""
 
 
+class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The microphone health detector (:mod:`agent.audio.mic_health`): a microphone that went deaf is noticed.
+
+    A condition is raised when it has held for ``raise_s`` (the level ones judged over the last ``window_s``), and
+    cleared when its opposite, with the hysteresis margin, has held for ``clear_s``. With the defaults digital
+    silence is raised ~2.6 s after it began, clipping ~1.6 s, a device that delivers nothing 2 s."""
+
+    silence_dbfs: float = -55.0
+    """RMS level in dBFS (full-scale square = 0) below which the input counts as silent or too low for speech
+    (speech at a desk is -40 to -20 dBFS; a muted or disconnected input is below -90). A -60 dBFS tone is too low."""
+    hysteresis_db: float = 6.0
+    """Decibels above ``silence_dbfs`` the level must reach before a silent microphone counts as fixed."""
+    clip_dbfs: float = -0.1
+    """Sample magnitude in dBFS at or above which a sample counts as clipped (full scale is 0 dBFS)."""
+    clip_share: float = 0.01
+    """Share of clipped samples over ``window_s`` (0 to 1) that means the signal clips; it clears below half of it."""
+    window_s: float = 1.0
+    """Seconds of audio over which the level and the clipped share are judged."""
+    raise_s: float = 1.5
+    """Seconds the level or clipping condition must hold before it is raised. Above ``window_s``, a single bang
+    shorter than ``raise_s - window_s`` never raises clipping."""
+    clear_s: float = 2.0
+    """Seconds a raised condition's opposite (beyond the hysteresis margin) must hold before it is cleared."""
+    no_data_s: float = 2.0
+    """Seconds without any audio block from the device before it counts as delivering nothing."""
+    no_speech_s: float = 60.0
+    """Seconds of a visit with sound present (not silent) but no speech from the voice gate before it is raised."""
+
+
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     vad: VadSettings = msgspec.field(default_factory=VadSettings)
@@ -159,3 +188,4 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    mic: MicSettings = msgspec.field(default_factory=MicSettings)

@@ -91,3 +91,32 @@ async def supervise(
         if error is not None:
             log.debug("%s failure", health.name, exc_info=error)
         await sleep(delay)
+
+
+class SupervisedTasks:
+    """The daemon's background tasks, each held by its name (never found by position) with its health."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.health = {name: WorkerHealth(name) for name in names}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` under :func:`supervise` as the task ``name`` (one of the names given at construction)."""
+        if name in self._tasks and not self._tasks[name].done():
+            raise RuntimeError(f"background task {name} is already running")
+        self._tasks[name] = asyncio.create_task(supervise(work, self.health[name]), name=name)
+
+    async def stop(self, *names: str) -> None:
+        """Cancel the named tasks (all of them when no name is given) and wait until they have ended."""
+        tasks = [self._tasks.pop(n) for n in (names or tuple(self._tasks)) if n in self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def restart(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        await self.stop(name)
+        self.start(name, work)
+
+    @property
+    def restarts(self) -> int:
+        return sum(h.restarts for h in self.health.values())

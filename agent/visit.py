@@ -137,6 +137,16 @@ class Visit:
         """Whether the archive is being written now and how much of the visit it lacks (any thread)."""
         return self._recorder.archive_health
 
+    @property
+    def lost_samples(self) -> int:
+        """Timeline samples of this visit the source lost (device loss, overflow), archived as silence."""
+        return self._recorder.lost_samples
+
+    @property
+    def recording(self) -> bool:
+        """True from the visit's first captured frame until its recording is finished (the stream may go on)."""
+        return self.frames_captured > 0 and self._final_sample is None
+
     def stop(self) -> None:
         """End the visit soon: the recorder finishes its WAV and :meth:`run` goes on to end the stream."""
         self._stopped.set()

@@ -15,3 +15,14 @@ pytest_plugins = [
     for m in pkgutil.iter_modules([str(Path(__file__).parent / "plugins")])
     if not m.name.startswith("_")
 ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist every microphone test runs on one worker, one after another.
+
+    They share one PulseAudio server whose default source each test points at its own null sink's monitor;
+    run side by side they would capture each other's audio.
+    """
+    for item in items:
+        if item.get_closest_marker("pulse") is not None:
+            item.add_marker(pytest.mark.xdist_group("pulse"))

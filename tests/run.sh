@@ -4,7 +4,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh || exit 1
-.venv/bin/python -m pytest "$@"
+# Three workers: most tests wait on sockets and subprocesses, not the CPU; the microphone tests share one worker.
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-3}" --dist loadgroup "$@"
 status=$?
 if [ $status -eq 5 ]; then
   echo "run: error: pytest collected no tests" >&2

@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Every program the tests, the demo or the benchmarks start comes from one of these (ffmpeg: the independent MP3
-# decoder of the encode tests and the benchmarks' capture floor).
-SYSTEM_PACKAGES=(python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox ffmpeg systemd shellcheck age)
+# decoder of the encode tests and the benchmarks' capture floor; prometheus: promtool, which checks and unit-tests
+# the fleet alert rules in systemd/monitoring/).
+SYSTEM_PACKAGES=(python3-venv libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils sox ffmpeg systemd shellcheck age
+                 prometheus)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${SYSTEM_PACKAGES[@]}"; do
@@ -20,8 +22,24 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${missing[*]}"
     # Wait for another apt/dpkg run (unattended upgrades, a parallel setup) instead of failing on its lock.
     apt-get -o DPkg::Lock::Timeout=600 update -qq
+    # Packages installed for the tests must not start their services (prometheus would start a server on :9090):
+    # a policy-rc.d that refuses every start, only for this install and only if the machine has none (containers
+    # usually have one already).
+    policy=/usr/sbin/policy-rc.d own_policy=
+    if [ ! -e "$policy" ]; then
+      own_policy=1; printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+      trap 'rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
+    if [ -n "$own_policy" ]; then
+      rm -f "$policy"; trap - EXIT
+      # Only promtool is wanted: keep the server installed here from starting at the next boot.
+      if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+        update-rc.d prometheus disable >/dev/null 2>&1 || true
+      fi
+    fi
   else
     echo "setup: warning: missing system packages: ${missing[*]} (as root: apt-get install ${missing[*]});" \
          "the microphone tests need them" >&2

@@ -15,9 +15,9 @@ import pytest
 from agent.archive.upload_queue import UploadQueue
 from agent.control import DaemonStatus, GetStatus, StartVisit, StopVisit
 from agent.settings import UploadSettings
-from tests.plugins.archive import wav_pcm
 from tests.plugins.daemon import DaemonProcess, poll
 from tests.plugins.server import RunningServer
+from tests.plugins.visit import wav_samples
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def status(daemon: DaemonProcess) -> DaemonStatus:
 
 
 def archive_pcm(path: Path) -> bytes:
-    return wav_pcm(path)  # a sealed archive is decrypted first
+    return wav_samples(path)  # the archive is sealed: decrypted by Debian's age first
 
 
 def record_during_outage(daemon: DaemonProcess, server: RunningServer, appointment: str) -> str:

@@ -58,6 +58,9 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
     stopped = daemon.ask(StopVisit())
     assert stopped.ok, stopped.error
     assert "upload queued" in stopped.message
+    ended = stopped.status  # the ended visit's figures, from the snapshot status read while it ran
+    assert ended is not None and ended.state == "idle" and ended.appointment_id == appointment
+    assert ended.visit_seconds >= 1.5 and ended.session_id == started.status.session_id
 
     archive = only_wav(daemon.archive_dir)
     poll(lambda: stored_bytes(medisync_server, appointment) is not None, "the upload to reach the server")
@@ -121,15 +124,18 @@ def test_daemon_help() -> None:
 def test_metrics_and_sighup_reload_waits_for_the_visit(
     start_daemon: Callable[..., DaemonProcess], medisync_server: RunningServer
 ) -> None:
+    import os
     import re
     import signal
     import socket
+    import time
 
     import httpx
 
     with socket.socket() as probe:  # config rules refuse port 0; take a free one
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    started = time.time()
     daemon = start_daemon(extra=f'metrics_address = "127.0.0.1:{port}"')
     daemon.wait_ready()
     url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on "))
@@ -142,6 +148,13 @@ def test_metrics_and_sighup_reload_waits_for_the_visit(
 
     def frames_captured() -> float:
         return metric("frames_captured_total")
+
+    # Disk free for the archive (statvfs of its file system, f_bavail) and when the daemon started.
+    poll(lambda: metric("archive_disk_free_bytes") > 0, "archive_disk_free_bytes from the queue poll")
+    st = os.statvfs(daemon.archive_dir if daemon.archive_dir.exists() else daemon.archive_dir.parent)
+    assert abs(metric("archive_disk_free_bytes") - st.f_bavail * st.f_frsize) < 0.01 * st.f_blocks * st.f_frsize
+    assert abs(metric("archive_disk_free_ratio") - st.f_bavail / st.f_blocks) < 0.01
+    assert started - 1 <= metric("start_time_seconds") <= time.time()
 
     first = frames_captured()
     poll(lambda: frames_captured() > first, "frames_captured to grow between visits")

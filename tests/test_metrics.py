@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
 from agent.errors import ConfigError
-from agent.metrics import ALLOWED_LABELS, AgentStats, Metrics, MetricsServer, serve_metrics
+from agent.metrics import ALLOWED_LABELS, AgentStats, Metrics, MetricsServer, disk_free, serve_metrics
 
 
 @pytest.fixture
@@ -114,3 +115,35 @@ def test_bad_or_busy_address_is_a_config_error() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"127\.0\.0\.1:{port}: cannot listen"):
             serve_metrics(Metrics(), f"127.0.0.1:{port}")
+
+
+def test_snapshot_fields_are_numbers_and_all_exposed_nothing_else() -> None:
+    """No field can carry an identifier (no strings), and the exposition is exactly the snapshot's fields plus
+    the version info and the start time: a field added later is exposed and checked by the label test above."""
+    import typing
+
+    hints = typing.get_type_hints(AgentStats)
+    assert hints and all(hints[name] in (int, float, bool) for name in AgentStats.__struct_fields__), hints
+    text = Metrics(started=1_764_000_000.0).render()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    fields = {"medisync_agent_" + name for name in AgentStats.__struct_fields__}
+    assert families == fields | {"medisync_agent_info", "medisync_agent_start_time_seconds"}
+    for word in ("appointment", "patient", "user", "uid", "email", "name"):
+        assert not any(word in name for name in AgentStats.__struct_fields__), word
+    assert samples(text)["medisync_agent_start_time_seconds"] == ({}, 1_764_000_000.0)
+
+
+def test_disk_free_is_what_statvfs_gives_for_the_archive_or_the_folder_it_will_be_made_in(tmp_path: Path) -> None:
+    import os
+
+    st = os.statvfs(tmp_path)
+    free, ratio = disk_free(tmp_path)
+    assert free % st.f_frsize == 0 and 0.0 < ratio <= 1.0
+    # The file system's free space moves with other writers: compare with a second look either side.
+    after = os.statvfs(tmp_path)
+    low, high = sorted((st.f_bavail * st.f_frsize, after.f_bavail * after.f_frsize))
+    assert low - 64 * 2**20 <= free <= high + 64 * 2**20
+    assert abs(ratio - st.f_bavail / st.f_blocks) < 0.01
+    not_yet = tmp_path / "archive" / "not" / "made"
+    assert abs(disk_free(not_yet)[0] - free) <= 64 * 2**20
+    assert not (tmp_path / "archive").exists()  # looking never makes the folder

@@ -13,13 +13,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
-KNOWN_OVER = {"agent/daemon.py", "agent/archive/upload_queue.py"}
-"""Modules over the limit when this test was written; other issue-11 helpers are splitting them. Empty this set
-and remove the xfail marker below once they are under (the strict xfail then fails to remind)."""
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -124,13 +119,6 @@ def modules_over_limit() -> dict[str, int]:
     return {name: n for name, n in sorted(counts.items()) if n > MAX_LINES}
 
 
-def test_no_new_module_over_the_limit() -> None:
-    over = modules_over_limit()
-    assert set(over) <= KNOWN_OVER, f"modules over {MAX_LINES} lines: {over}"
-
-
-@pytest.mark.xfail(strict=True, reason="agent/daemon.py (571 lines) and agent/archive/upload_queue.py (427) are over "
-                   "400 lines; issue 11's daemon and archive work splits them: then remove this marker and KNOWN_OVER")
 def test_no_module_over_the_limit() -> None:
     over = modules_over_limit()
     assert not over, f"modules over {MAX_LINES} lines: {over}"

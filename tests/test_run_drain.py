@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.archive import DIALOGUE
+from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
 from tests.plugins.visit import AgentHome, stored_recording
 
@@ -33,4 +34,4 @@ def test_run_waits_for_the_backlog_with_progress_then_uploads(medisync_server: R
     assert re.search(r"stream confirmed by server\s+yes", done.stderr), done.stderr
     assert re.search(r"upload\s+uploaded and confirmed", done.stderr)
     [wav] = home.wavs()
-    assert stored_recording(medisync_server, appointment) == wav.read_bytes()
+    assert stored_recording(medisync_server, appointment) == uploaded_bytes(wav)

@@ -22,7 +22,7 @@ import lameenc
 
 from agent.archive.keys import ArchiveKeys
 from agent.archive.sealed import PlainDigest, SealedAppender, open_plain
-from agent.archive.wav import FILE_MODE, fsync_directory
+from agent.archive.storage import FILE_MODE, fsync_directory, write_all
 from agent.errors import ArchiveError, InputError, UploadTooLargeError
 from agent.settings import UploadSettings
 
@@ -122,9 +122,7 @@ class _Output:
         if self._sealed is not None:
             self._sealed.append(data)
         else:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
 
     def finish(self) -> PlainDigest:
         if self._sealed is not None:

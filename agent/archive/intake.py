@@ -29,12 +29,12 @@ from agent.archive.audio_format import AudioFormat, NotAudio, sniff
 from agent.archive.keys import ArchiveKeys
 from agent.archive.recovery import is_orphan
 from agent.archive.sealed import PlainDigest, SealedAppender, is_sealed_bytes, open_plain, plain_size
-from agent.archive.storage import atomic_private_file, copy_private, ensure_private_dir, read_blocks
+from agent.archive.storage import atomic_private_file, copy_private, describe_os_error, ensure_private_dir, read_blocks
 from agent.archive.upload_queue import UploadItem, UploadQueue
-from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error
+from agent.archive.wav import PARTIAL_SUFFIX
 from agent.archive.wavfmt import bytes_reader
 from agent.errors import ArchiveError, InputError
-from agent.ids import appointment_id_problem
+from agent.ids import checked_appointment_id
 
 ACCEPTED = "uploads take WAV, MP3 or M4A audio"
 SNIFF_BYTES = 1024 * 1024
@@ -66,11 +66,7 @@ def operator_file(path: Path, max_bytes: int) -> Iterator[OperatorFile]:
 
 def valid_appointment_id(appointment_id: str) -> str:
     """The id, stripped; InputError (one line) if it cannot be an appointment id."""
-    appointment_id = appointment_id.strip()
-    problem = appointment_id_problem(appointment_id)
-    if problem is not None:
-        raise InputError(problem)
-    return appointment_id
+    return checked_appointment_id(appointment_id, InputError)
 
 
 def add_copy(queue: UploadQueue, archive_dir: Path, appointment_id: str, source: OperatorFile) -> UploadItem:

@@ -19,8 +19,7 @@ from pathlib import Path
 import msgspec
 
 from agent.archive.repair import is_being_recorded
-from agent.archive.storage import decode_state, ensure_private_dir, read_state, write_atomic_locked
-from agent.archive.wav import describe_os_error
+from agent.archive.storage import decode_state, describe_os_error, ensure_private_dir, read_state, write_atomic_locked
 from agent.errors import ArchiveError
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,16 @@ from agent.archive.repair import (
     repair_partial,
 )
 from agent.archive.sealed import PlainDigest, is_sealed, plain_size
-from agent.archive.storage import Quarantined, Unreadable, list_quarantine, quarantine, remove_stale_temps
+from agent.archive.storage import (
+    Quarantined,
+    Unreadable,
+    describe_os_error,
+    list_quarantine,
+    quarantine,
+    remove_stale_temps,
+)
 from agent.archive.upload_queue import UploadItem, UploadQueue
-from agent.archive.wav import PARTIAL_SUFFIX, describe_os_error
+from agent.archive.wav import PARTIAL_SUFFIX
 from agent.errors import AgentError, ArchiveError, WrongKeyError
 from agent.ids import appointment_id_problem
 

@@ -28,8 +28,9 @@ from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive.age import Identity
 from agent.archive.sealed import PlainDigest, is_sealed_bytes, open_plain, plain_digest, require_identity
 from agent.archive.sealed_repair import repair_sealed
-from agent.archive.wav import HEADER_BYTES, PARTIAL_SUFFIX, describe_os_error, fsync_directory, wav_header
-from agent.archive.wavfmt import bytes_reader, is_riff_wave, riff_chunks
+from agent.archive.storage import describe_os_error, fsync_directory
+from agent.archive.wav import PARTIAL_SUFFIX
+from agent.archive.wavfmt import HEADER_BYTES, bytes_reader, is_riff_wave, riff_chunks, wav_header
 from agent.errors import AgentError, ArchiveError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
-from agent.archive.wav import WavArchiveWriter, describe_os_error
+from agent.archive.storage import describe_os_error
+from agent.archive.wav import WavArchiveWriter
 from agent.audio.types import Frame
 from agent.settings import ArchiveSettings
 

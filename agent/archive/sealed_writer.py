@@ -29,7 +29,8 @@ from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive.age import Recipient
 from agent.archive.resilient import ResilientArchiveWriter
 from agent.archive.sealed import PlainDigest, SealedAppender, SealedFile, exact_wav
-from agent.archive.wav import WavArchiveWriter, describe_os_error
+from agent.archive.storage import describe_os_error
+from agent.archive.wav import WavArchiveWriter
 from agent.archive.wavfmt import HEADER_BYTES, STREAMING_HEADER
 from agent.errors import AgentError
 from agent.settings import ArchiveSettings

@@ -46,21 +46,38 @@ class Unreadable(ValueError):
 
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` and any missing parents as 0700 folders (chmod after mkdir: the umask may remove bits)."""
+    for folder in make_dirs(path, DIR_MODE):
+        _adopt_owner(folder, folder.parent)
+    return path
+
+
+def make_dirs(path: Path, mode: int) -> list[Path]:
+    """Create ``path`` and its missing parents with exactly ``mode`` (chmod after mkdir: the umask may remove
+    bits); returns the folders this call created, outermost first. A folder another process makes at the same
+    moment is left as it is."""
     missing = []
     probe = path
-    while not probe.exists():
+    while not (probe.exists() or probe.is_symlink()):
         missing.append(probe)
         if probe.parent == probe:
             break
         probe = probe.parent
+    made = []
     for folder in reversed(missing):
         try:
-            folder.mkdir(mode=DIR_MODE)
+            folder.mkdir(mode=mode)
         except FileExistsError:
             continue  # another process made it at the same moment
-        os.chmod(folder, DIR_MODE)
-        _adopt_owner(folder, folder.parent)
-    return path
+        os.chmod(folder, mode)
+        made.append(folder)
+    return made
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _adopt_owner(path: Path | int, parent: Path) -> None:
@@ -86,9 +103,7 @@ def _write_temp(path: Path, data: bytes) -> tuple[Path, int]:
     try:
         os.fchmod(fd, FILE_MODE)
         _adopt_owner(fd, path.parent)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -239,9 +254,7 @@ def copy_private(source_fd: int, size: int, target: Path) -> None:
     """
     with atomic_private_file(target) as fd:
         for block in read_blocks(source_fd, size):
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, block)
 
 
 def read_blocks(source_fd: int, size: int) -> Iterator[bytes]:

@@ -5,6 +5,7 @@ The on-disk queue (:mod:`agent.archive.upload_queue`) asks this module three que
 * :func:`is_due` — may this item be uploaded now?
 * :func:`after_success` / :func:`after_failure` — the upload returned or raised; what state comes next?
 * :func:`retention_expired` — may the local audio of a confirmed upload be deleted now?
+* :func:`seconds_until_due` — how long may the upload runner sleep?
 
 Rules (MediSync keeps one recording per appointment, and a visit's audio is the complete record, so the audio is
 never deleted unless MediSync confirmed it holds exactly these bytes):
@@ -28,8 +29,9 @@ Time is wall-clock seconds since the epoch (the queue outlives reboots); the ran
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.errors import (
     ApiError,
@@ -171,8 +173,14 @@ class Done:
 Decision = Retry | Relogin | Block | DeadLetter | Done
 
 DEAD_ENDS: frozenset[ErrorKind] = frozenset(
-    {ErrorKind.NOT_FOUND, ErrorKind.MISMATCH, ErrorKind.TOO_LARGE, ErrorKind.MISSING_AUDIO, ErrorKind.DAMAGED_AUDIO,
-     ErrorKind.WRONG_APPOINTMENT}
+    {
+        ErrorKind.NOT_FOUND,
+        ErrorKind.MISMATCH,
+        ErrorKind.TOO_LARGE,
+        ErrorKind.MISSING_AUDIO,
+        ErrorKind.DAMAGED_AUDIO,
+        ErrorKind.WRONG_APPOINTMENT,
+    }
 )
 """Failures no retry can fix: the item is dead-lettered for a person (its audio kept)."""
 
@@ -238,3 +246,31 @@ def retention_expired(state: ItemState, uploaded_at: float | None, now: float, s
     if state is not ItemState.DONE or uploaded_at is None:
         return False
     return now >= uploaded_at + settings.retention_hours * 3600.0
+
+
+HELD_RECHECK_S = 10.0
+"""Seconds between looks at a held item (is its recorder gone?) while nothing else is due."""
+
+
+class Scheduled(Protocol):
+    """What :func:`seconds_until_due` reads of a queue item."""
+
+    state: ItemState
+    uploaded_at: float | None
+    held: bool
+    next_attempt_at: float
+
+
+def seconds_until_due(items: Iterable[Scheduled], now: float, settings: UploadSettings) -> float:
+    """Seconds from ``now`` until something is due (an attempt or a retention expiry), at most the backoff cap."""
+    wake = now + settings.backoff_cap_s
+    for item in items:
+        if item.state is ItemState.DONE and item.uploaded_at is not None:
+            wake = min(wake, item.uploaded_at + settings.retention_hours * 3600.0)
+        elif item.held:
+            wake = min(wake, now + HELD_RECHECK_S)  # its visit's end wakes the runner; a crash is found here
+        elif is_due(item.state, item.next_attempt_at, now, settings):
+            return 0.0
+        else:
+            wake = min(wake, item.next_attempt_at)
+    return max(wake - now, 0.0)

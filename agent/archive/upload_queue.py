@@ -22,107 +22,48 @@ until cancelled) with the MediSync client.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import random
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
-import msgspec
-
-from agent.archive import encode
+from agent.archive import encode, locks
 from agent.archive.keys import ArchiveKeys
 from agent.archive.repair import is_being_recorded, repair_partial
-from agent.archive.sealed import PlainDigest, destroy, is_sealed, open_plain, plain_digest, plain_size
+from agent.archive.sealed import PlainDigest, destroy, is_sealed, plain_digest
 from agent.archive.storage import (
     Quarantined,
     Unreadable,
+    describe_os_error,
     ensure_private_dir,
+    fsync_directory,
     list_quarantine,
     quarantine,
     read_state,
-    sha256_file,
     write_atomic,
 )
+from agent.archive.upload_item import QueuedAudio, UploadItem, item_decoder, item_encoder, sha256_of, uploadable_size
 from agent.archive.upload_policy import (
+    HELD_RECHECK_S,
     ErrorKind,
     Failure,
     ItemState,
-    is_due,
     retention_expired,
+    seconds_until_due,
 )
-from agent.archive.wav import describe_os_error, fsync_directory, partial_path
+from agent.archive.wav import partial_path
 from agent.errors import ArchiveError, DamagedRecordingError, InputError, UploadTooLargeError, WrongKeyError
 from agent.ids import appointment_id_problem, is_item_id
 from agent.settings import UploadSettings
 
 log = logging.getLogger(__name__)
 
-HELD_RECHECK_S = 10.0
-"""Seconds between looks at a held item (is its recorder gone?) while nothing else is due."""
-
-
-class UploadItem(msgspec.Struct, kw_only=True):
-    item_id: str
-    """Random uuid (32 hex digits); also the item's file name, which wins if the two differ."""
-    appointment_id: str
-    audio_path: str
-    """The file that is uploaded (the visit WAV, or its MP3 encoding when the WAV is over the limit)."""
-    source_path: str = ""
-    """The original WAV when ``audio_path`` is its MP3 encoding, else empty; deleted together with it."""
-    sha256: str
-    """Hex SHA-256 of what uploading ``audio_path`` sends (for a sealed file: its plaintext, recorded when the visit
-    was finished or the file was checked; the "already exists" comparison uses it)."""
-    size: int
-    """Bytes that uploading ``audio_path`` sends (for a sealed file: its plaintext)."""
-    created_at: float
-    """Enqueue time, seconds since the epoch."""
-    state: ItemState = ItemState.PENDING
-    attempts: int = 0
-    """Failed attempts so far."""
-    next_attempt_at: float = 0.0
-    """Seconds since the epoch; pending and blocked items are tried from then on."""
-    last_error: str = ""
-    """Fixed description of the last failure (never server text, never PHI or secrets)."""
-    uploaded_at: float | None = None
-    """When MediSync confirmed the recording, seconds since the epoch."""
-    recording_id: str = ""
-    """MediSync's ``_id`` of the stored recording."""
-    dead_reason: str = ""
-    held: bool = False
-    """Queued while its visit is still recording (the archive stopped on a full disk and the part already on disk
-    was queued at once): ``size`` and ``sha256`` are not known yet and nothing is uploaded. :meth:`UploadQueue.release`
-    clears it once no recorder holds the file (at the visit's end, or after a crash)."""
-    owned: bool = False
-    """The agent created ``audio_path`` (a visit archive, a copy of an operator's file): only then may it move or
-    delete it. False for items of older versions, which might point at an operator's own file."""
-
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(UploadItem)
-
-
-sha256_of = sha256_file
-
-
-class QueuedAudio:
-    """An item's audio as its upload sends it (``agent.api.multipart.AudioBody``): a sealed file is decrypted while
-    it streams, and its plaintext must match the digest the item recorded (the body is aborted before its end if
-    not). A plaintext file is sent as it is, and hashed from disk when "already exists" needs its digest."""
-
-    def __init__(self, path: Path, size: int, sha256: str, keys: ArchiveKeys | None) -> None:
-        self.path = path
-        self.size = size
-        self.sha256: str | None = (sha256 or None) if is_sealed(path) else None
-        self._keys = keys
-
-    def open(self) -> BinaryIO:
-        return open_plain(self.path, self._keys.identity if self._keys is not None else None)
+__all__ = ["HELD_RECHECK_S", "QueuedAudio", "UploadItem", "UploadQueue", "sha256_of"]
+"""Names other modules import from here (the item and its audio live in :mod:`agent.archive.upload_item`)."""
 
 
 class UploadQueue:
@@ -188,7 +129,7 @@ class UploadQueue:
             self._quarantine(path, "the file name is not a queue item id")
             return None
         try:
-            item = read_state(path, _decoder)
+            item = read_state(path, item_decoder)
         except FileNotFoundError:
             return None  # removed by another process between listing and reading
         except Unreadable as exc:
@@ -220,7 +161,7 @@ class UploadQueue:
             raise ArchiveError("refusing to save an upload queue item whose id is not 32 hex digits")
         folder = self.dead_dir if item.state is ItemState.DEAD else self.directory
         try:
-            write_atomic(folder / f"{item.item_id}.json", _encoder.encode(item))
+            write_atomic(folder / f"{item.item_id}.json", item_encoder.encode(item))
         except OSError as exc:
             raise ArchiveError(f"cannot write upload queue item: {exc.strerror}") from exc
 
@@ -353,7 +294,7 @@ class UploadQueue:
             item.source_path, item.audio_path = item.audio_path, str(mp3)
             self.save(item)
         path = Path(item.audio_path)
-        if not path.is_file() or _uploadable_size(path) != item.size:
+        if not path.is_file() or uploadable_size(path) != item.size:
             damage = self._damage_of(path) if path.is_file() else None
             if damage is not None:
                 log.error("upload item %s not uploaded: %s", item.item_id, damage)  # names the file and the chunk
@@ -426,52 +367,18 @@ class UploadQueue:
             log.info("upload item %s: retention expired, local audio deleted", item.item_id)
         return purged
 
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Hold the flock of ``name`` in the queue folder (waits for it)."""
         try:
-            f = open(self.directory / name, "a+b")  # noqa: SIM115 - closed below, after the caller's block
+            fd = locks.open_lock_file(self.directory / name)
         except OSError as exc:
             raise ArchiveError(f"cannot lock the upload queue: {exc.strerror}") from exc
-        with f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            yield
+        return locks.held(fd)
 
-    @contextlib.contextmanager
-    def uploading(self) -> Iterator[bool]:
+    def uploading(self) -> contextlib.AbstractContextManager[bool]:
         """Hold the queue's upload lock if free (yields True), else yield False at once."""
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        return locks.held_if_free(self.directory / ".lock")
 
     def next_wake(self, now: float) -> float:
         """Seconds from ``now`` until something is due (an attempt or a retention expiry), at most the cap."""
-        wake = now + self.settings.backoff_cap_s
-        for item in self.items():
-            if item.state is ItemState.DONE and item.uploaded_at is not None:
-                wake = min(wake, item.uploaded_at + self.settings.retention_hours * 3600.0)
-            elif item.held:
-                wake = min(wake, now + HELD_RECHECK_S)  # its visit's end wakes the runner; a crash is found here
-            elif is_due(item.state, item.next_attempt_at, now, self.settings):
-                return 0.0
-            else:
-                wake = min(wake, item.next_attempt_at)
-        return max(wake - now, 0.0)
-
-
-def _uploadable_size(path: Path) -> int | None:
-    """Bytes an upload of ``path`` sends (plaintext), None if a sealed file's length is not a complete file."""
-    try:
-        return plain_size(path)
-    except (ArchiveError, OSError):
-        return None
+        return seconds_until_due(self.items(), now, self.settings)

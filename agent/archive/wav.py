@@ -49,7 +49,7 @@ from typing import Any, NoReturn, Self
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive.sealed import PlainDigest
-from agent.archive.storage import describe_os_error, fsync_directory
+from agent.archive.storage import FILE_MODE, describe_os_error, fsync_directory, write_all
 from agent.archive.wavfmt import HEADER_BYTES, wav_header
 from agent.audio.types import Frame
 from agent.errors import ArchiveError
@@ -58,11 +58,9 @@ from agent.settings import ArchiveSettings
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-FILE_MODE = 0o600
-"""Visit audio is patient data: readable by the agent's user only."""
 _SILENCE_CHUNK = bytes(SAMPLE_RATE * BYTES_PER_SAMPLE)
-__all__ = ["HEADER_BYTES", "PARTIAL_SUFFIX", "WavArchiveWriter", "describe_os_error", "fsync_directory", "partial_path",
-           "wav_header"]  # fmt: skip
+__all__ = ["FILE_MODE", "HEADER_BYTES", "PARTIAL_SUFFIX", "WavArchiveWriter", "partial_path", "wav_header"]
+"""The header and file helpers live in agent.archive.wavfmt and agent.archive.storage (re-exported for callers)."""
 
 def partial_path(final: Path) -> Path:
     """Where ``final`` is written while recording."""
@@ -193,7 +191,7 @@ class WavArchiveWriter:
 
     def _begin(self) -> None:
         """Write what the file starts with (the caller fsyncs it)."""
-        _write_all(self._require_open(), wav_header(0))
+        write_all(self._require_open(), wav_header(0))
 
     def _settle_after_error(self, whole: int) -> None:
         """A write failed: make the file a complete recording of the first ``whole`` data bytes without needing
@@ -349,12 +347,6 @@ def seal(fd: int, data_bytes: int) -> None:
     os.ftruncate(fd, HEADER_BYTES + data_bytes)  # shrinking needs no free space
     os.pwrite(fd, wav_header(data_bytes), 0)  # overwrites existing bytes: needs no free space either
     os.fsync(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _remove_quietly(path: Path) -> None:

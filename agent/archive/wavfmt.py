@@ -1,7 +1,8 @@
 """The one place that knows the RIFF/WAVE layout: the header the archive writes, and a walk over a file's chunks.
 
 The archive writer (:mod:`agent.archive.wav`), repair (:mod:`agent.archive.repair`), the content sniffer
-(:mod:`agent.archive.audio_format`) and the WAV source reader (:mod:`agent.audio.wavfile`) all use these.
+(:mod:`agent.archive.audio_format`), the WAV source reader (:mod:`agent.audio.wavfile`) and the basic-mode stream's
+WAV chunks (:mod:`agent.stream.basic`) all use these.
 """
 
 from __future__ import annotations

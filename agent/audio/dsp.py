@@ -82,6 +82,8 @@ class Dsp:
         self.in_rate = in_rate
         self.frame_samples = SAMPLE_RATE * settings.frame_ms // 1000
         self.gaps: list[Gap] = []
+        self.lost_samples = 0
+        """Timeline samples (16 kHz) filled with silence so far: the sum of :attr:`gaps` (the visit's one count)."""
         self._resampler: soxr.ResampleStream | None = None
         self._fir: FirDecimator | None = None
         self._delay_s = 0.0
@@ -130,6 +132,7 @@ class Dsp:
         start = round(self._in_pos * SAMPLE_RATE / self.in_rate)
         end = round((self._in_pos + missed) * SAMPLE_RATE / self.in_rate)
         self.gaps.append(Gap(start, end))
+        self.lost_samples += end - start
         self._anchors.append((self._in_pos, capture_time - missed / self.in_rate))
         self._in_pos += missed
         chunk = max(1, round(self.in_rate * _SILENCE_CHUNK_SECONDS))

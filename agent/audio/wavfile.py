@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from agent.archive.wavfmt import is_riff_wave, riff_chunks
 from agent.errors import InputError
 
 FORMAT_PCM = 0x0001
@@ -31,6 +32,8 @@ FORMAT_EXTENSIBLE = 0xFFFE
 MIN_RATE = 8000
 MAX_RATE = 48000
 MAX_CHANNELS = 2
+MAX_CHUNKS = 256
+"""Chunks looked at before ``data`` (fmt, LIST, fact, bext, JUNK ...); a file with more is refused."""
 SUPPORTED = "16/24/32-bit integer PCM or 32-bit float, 8000-48000 Hz, mono or stereo"
 
 log = logging.getLogger(__name__)
@@ -68,25 +71,22 @@ class WavInfo:
 
 def read_info(f: BinaryIO, name: str) -> WavInfo:
     """Parse the RIFF chunks up to ``data``; leaves the file positioned at the first sample."""
-    head = f.read(12)
-    if len(head) < 12 or head[0:4] != b"RIFF" or head[8:12] != b"WAVE":
+    def read_at(offset: int, size: int) -> bytes:
+        f.seek(offset)
+        return f.read(size)
+
+    if not is_riff_wave(read_at(0, 12)):
         raise InputError(f"not a WAV file: {name}")
     fmt: tuple[int, int, int, int] | None = None
-    while True:
-        chunk = f.read(8)
-        if len(chunk) < 8:
-            raise InputError(f"WAV file has no {'data' if fmt else 'fmt'} chunk: {name}")
-        chunk_id, size = chunk[0:4], struct.unpack("<I", chunk[4:8])[0]
-        if chunk_id == b"fmt ":
-            fmt = _parse_fmt(f.read(size), name)
-            if size % 2:
-                f.read(1)
-        elif chunk_id == b"data":
+    for chunk in riff_chunks(read_at, limit=MAX_CHUNKS):
+        if chunk.chunk_id == b"fmt ":
+            fmt = _parse_fmt(read_at(chunk.body, chunk.size), name)
+        elif chunk.chunk_id == b"data":
             if fmt is None:
                 raise InputError(f"WAV file has its data before its fmt chunk: {name}")
-            return _info(f, name, fmt, size)
-        else:
-            f.seek(size + size % 2, os.SEEK_CUR)  # RIFF chunks are padded to even length
+            f.seek(chunk.body)
+            return _info(f, name, fmt, chunk.size)
+    raise InputError(f"WAV file has no {'data' if fmt else 'fmt'} chunk: {name}")
 
 
 def _parse_fmt(body: bytes, name: str) -> tuple[int, int, int, int]:

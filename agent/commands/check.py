@@ -22,6 +22,7 @@ from agent.api.secret import load_credentials
 from agent.archive.keys import load_archive_keys
 from agent.audio.handoff import read_blocks
 from agent.audio.mic import list_input_devices, parse_mic_spec
+from agent.audio.mic_health import CLIPPING, NO_DATA, SILENT, MicHealthDetector
 from agent.audio.pipeline import AudioPipeline
 from agent.audio.sources import open_source
 from agent.audio.types import Source
@@ -138,6 +139,7 @@ def check_audio(settings: AgentSettings, seconds: float, meter: TextIO) -> Check
 
 def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO) -> CheckRow:
     pipeline = AudioPipeline(src.sample_rate, settings.audio, settings.vad)
+    health = MicHealthDetector(settings.mic, time.monotonic())  # the daemon's detector, over this short listen
     wanted = round(seconds * src.sample_rate)
     got = gated = frames = 0
     power_sum = 0.0
@@ -145,6 +147,7 @@ def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO)
     for block in read_blocks(src.handoff):  # a diagnostic: read on this thread, not through a recorder
         got += len(block.samples)
         power_sum += block_power(block.samples) * len(block.samples)
+        health.block(block.samples, block.capture_time, block.capture_time + len(block.samples) / src.sample_rate)
         out = pipeline.process(block)
         frames += sum(f.samples for f in out.frames)
         gated += sum(e.frame.samples for e in out.events if isinstance(e, SegmentFrame))
@@ -155,6 +158,7 @@ def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO)
         if got >= wanted:
             break
     meter.write("\n")
+    health.tick(time.monotonic())
     level = level_dbfs(power_sum / got) if got else None
     share = gated / frames if frames else 0.0
     recorded = got / src.sample_rate
@@ -163,6 +167,21 @@ def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO)
         return CheckRow("audio", False, f"only {recorded:.1f} of {seconds:.1f} s arrived ({src.description})")
     if level is None or level < -90.0:
         return CheckRow("audio", False, f"only digital silence from {src.description}: muted or disconnected?")
+    return _health_row(health.problems, detail, settings)
+
+
+def _health_row(problems: frozenset[str], detail: str, settings: AgentSettings) -> CheckRow:
+    """The detector's verdict: a microphone that delivers nothing fails; too low a level or clipping warns."""
+    if NO_DATA in problems:
+        return CheckRow("audio", False, f"{detail}; then the device stopped delivering audio")
+    advice = []
+    if SILENT in problems:
+        advice.append(f"level too low for speech (below {settings.mic.silence_dbfs:g} dBFS): speak during the "
+                      "check, raise the microphone gain or check the device")
+    if CLIPPING in problems:
+        advice.append("the signal clips: lower the microphone gain")
+    if advice:
+        return CheckRow("audio", True, f"{detail}; " + "; ".join(advice), warn=True)
     return CheckRow("audio", True, detail)
 
 

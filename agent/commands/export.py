@@ -10,7 +10,7 @@ from pathlib import Path
 from agent.archive.age import Identity
 from agent.archive.keys import load_identity
 from agent.archive.sealed import READ_BLOCK, is_sealed, open_plain
-from agent.archive.wav import describe_os_error
+from agent.archive.storage import describe_os_error, write_all
 from agent.config import add_config_arguments, load_from_args
 from agent.errors import AgentError, ArchiveError, InputError
 
@@ -59,9 +59,7 @@ def export(source: Path, out: Path, identity: Identity | None) -> int:
         os.fchmod(fd, 0o600)  # plaintext patient audio: private whatever the umask
         with open_plain(source, identity) as reader:
             while block := reader.read(READ_BLOCK):
-                view = memoryview(block)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, block)
                 size += len(block)
         os.fsync(fd)
     except (AgentError, OSError) as exc:

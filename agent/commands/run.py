@@ -27,6 +27,7 @@ from agent.archive.recovery import recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
 from agent.archive.upload_runner import drain
+from agent.audio.mic_monitor import MicHealth, tick_while
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
 from agent.commands._args import duration_seconds
@@ -125,23 +126,49 @@ async def record_and_upload(
     report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
+    health = MicHealth(settings.mic) if _is_microphone(settings.audio.source) else None
+    feed = on_output if health is None else _feeding(health, on_output)
     visit = Visit(settings, appointment_id=appointment_id, source=source, queue=queue,
                   token=token_provider(client) if stream else None, on_transcript=TranscriptPrinter(out),
-                  on_output=on_output, duration_s=duration_s, on_stream_progress=_drain_progress(err))  # fmt: skip
+                  on_output=feed, duration_s=duration_s, on_stream_progress=_drain_progress(err))  # fmt: skip
     if on_visit is not None:
         on_visit(visit)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, visit.interrupt)
+    ticker = None
+    if health is not None:  # a deaf microphone is logged (WARNING) as soon as it is noticed
+        health.watch_speech(True)
+        ticker = asyncio.create_task(tick_while(health, lambda: visit.recording), name="mic-health")
     try:
         summary = await visit.run()
     finally:
+        if ticker is not None and health is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            health.watch_speech(False)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     view = ProgressView(err)
     await drain(queue, client, progress_for=view.for_item)
     final = queue.find(appointment_id)
     return summary, final.state if final is not None else summary.upload.state
+
+
+def _is_microphone(spec: str) -> bool:
+    """Only microphones are watched for going deaf: file and synthetic sources cannot (and the bundled
+    dialogue's pauses are digital silence)."""
+    return spec == "mic" or spec.startswith(("mic:", "mic@"))
+
+
+def _feeding(health: MicHealth, on_output: Callable[[PipelineOutput], None] | None
+             ) -> Callable[[PipelineOutput], None]:  # fmt: skip
+    def feed(out: PipelineOutput) -> None:
+        health.feed_output(out)
+        if on_output is not None:
+            on_output(out)
+
+    return feed
 
 
 def _drain_progress(err: TextIO) -> Callable[[float], None]:

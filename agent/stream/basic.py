@@ -16,12 +16,12 @@ sent more than once (the server answering a resend it had already answered).
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.archive.wavfmt import wav_header
 from agent.audio.types import Frame
 from agent.audio.vad import GateEvent, SegmentEnd, SegmentFrame, SegmentStart
 from agent.settings import StreamSettings
@@ -34,12 +34,7 @@ _END_SLACK_S = 0.5
 
 def wav_bytes(pcm: bytes) -> bytes:
     """A complete RIFF/WAVE file: 16 kHz mono s16le."""
-    header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16, 1, 1, SAMPLE_RATE,
-        SAMPLE_RATE * BYTES_PER_SAMPLE, BYTES_PER_SAMPLE, 16, b"data", len(pcm),
-    )  # fmt: skip
-    return header + pcm
+    return wav_header(len(pcm)) + pcm
 
 
 @dataclass(slots=True)

@@ -1,0 +1,107 @@
+"""The daemon's upload side: the worker that drains the queue between visits, and the counts ``status`` shows
+(with the archive's free disk space, looked at in the same pass).
+
+:func:`agent.archive.upload_runner.run` drains the upload queue, woken when a visit is queued (:meth:`wake`) or
+another process queues an item (the queue count notices a new pending item). Both loops run supervised under the
+daemon's :class:`~agent.supervise.SupervisedTasks` (names :data:`WORKER` and :data:`COUNTER`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.api.medisync import MediSyncClient
+from agent.api.secret import load_credentials
+from agent.archive import upload_runner
+from agent.archive.recovery import find_orphans, quarantined
+from agent.archive.upload_policy import ItemState
+from agent.archive.upload_queue import UploadQueue
+from agent.metrics import disk_free
+from agent.settings import AgentSettings
+
+WORKER = "upload_worker"
+COUNTER = "queue_count"
+QUEUE_POLL_S = 2.0
+"""Seconds between counts of the upload queue (a directory listing)."""
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    pending: int = 0
+    """Visits waiting in the upload queue."""
+    needs_appointment: int = 0
+    """Recordings no journal or queue item accounts for."""
+    quarantined: int = 0
+    """Unreadable files set aside."""
+    disk_free_bytes: int = 0
+    """Bytes free for the agent on the archive's file system (0 until the first look)."""
+    disk_free_ratio: float = 1.0
+    """Share of the archive's file system free for the agent, 0 to 1."""
+
+
+@dataclass
+class UploadTotals:
+    """Counters since the daemon started, owned here (the runner reports each pass)."""
+
+    completed: int = 0
+    failures: int = 0
+
+
+class Uploads:
+    def __init__(self, queue: UploadQueue, archive_dir: Path) -> None:
+        self.queue = queue
+        self.client: MediSyncClient | None = None
+        self.counts = QueueCounts()
+        self.totals = UploadTotals()
+        self._archive_dir = archive_dir
+        self._wake = asyncio.Event()
+        self._known_items: set[str] = set()
+
+    async def replaced(self, settings: AgentSettings) -> Uploads:
+        """Uploads under new settings (the device key and the since-start counters carried over), a new client.
+
+        Raises AgentError when the new credentials cannot be read; then this one stays in use."""
+        credentials = load_credentials(settings.api)
+        new = Uploads(UploadQueue(settings.upload, keys=self.queue.keys), Path(settings.archive.directory))
+        new.totals = self.totals
+        new.client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
+        return new
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def wake(self) -> None:
+        """Upload now (a visit was queued)."""
+        self._wake.set()
+
+    async def work(self) -> None:
+        """The upload worker (supervised: if it dies, it is logged and started again with backoff)."""
+        client = self.client
+        assert client is not None
+        await upload_runner.run(self.queue, client, wake=self._wake, on_report=self._count_report)
+
+    def _count_report(self, report: upload_runner.DrainReport) -> None:
+        self.totals.completed += len(report.uploaded)
+        self.totals.failures += len(report.failed) + len(report.blocked) + len(report.dead)
+
+    async def count(self) -> None:
+        """Count the queue every :data:`QUEUE_POLL_S` seconds; wake the worker when another process queued."""
+        while True:
+            if await asyncio.to_thread(self._look_at_queue):
+                self._wake.set()  # another process queued an item (uploads add/assign): upload it now
+            await asyncio.sleep(QUEUE_POLL_S)
+
+    def _look_at_queue(self) -> bool:
+        """Counts for ``status`` (in a worker thread); True when a pending item appeared since the last look."""
+        queue = self.queue
+        pending = {i.item_id for i in queue.items() if i.state is ItemState.PENDING}
+        new = bool(pending - self._known_items)
+        self._known_items = pending
+        free_bytes, free_ratio = disk_free(self._archive_dir)
+        self.counts = QueueCounts(pending=len(pending), needs_appointment=len(find_orphans(self._archive_dir, queue)),
+                                  quarantined=len(quarantined(self._archive_dir, queue)),
+                                  disk_free_bytes=free_bytes, disk_free_ratio=free_ratio)  # fmt: skip
+        return new

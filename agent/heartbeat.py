@@ -1,0 +1,54 @@
+"""What the daemon tells systemd each tick: ``READY=1`` once, ``WATCHDOG=1`` while capture advances, ``STATUS=``.
+
+``READY=1`` goes out when the capture delivers its first block, ``WATCHDOG=1`` only while its block counter keeps
+advancing (:class:`~agent.sdnotify.WatchdogPolicy`), so a stalled or unplugged microphone gets the service
+restarted by systemd. The STATUS line is sent when its text changes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.control import DaemonStatus
+from agent.sdnotify import Notifier, WatchdogPolicy
+
+log = logging.getLogger(__name__)
+
+
+def status_line(s: DaemonStatus) -> str:
+    """The one-line systemd STATUS text (no patient data: no appointment id)."""
+    text = f"{s.state}; device {s.device_state}; uploads waiting {s.upload_queue}"
+    if s.state != "idle":
+        text += f"; stream {s.connection}"
+    if not s.archive_writable:
+        text += f"; archive stopped ({s.archive_problem})"
+    return text
+
+
+class Heartbeat:
+    def __init__(self, notifier: Notifier, watchdog: WatchdogPolicy | None) -> None:
+        self._notifier = notifier
+        self._watchdog = watchdog
+        self._ready = False
+        self._stalled_logged = False
+        self._status_text = ""
+
+    def observe(self, now: float, blocks: int, device: str, status: DaemonStatus) -> None:
+        """One tick: ``blocks`` is the capture's block counter, ``device`` its description."""
+        if not self._ready and blocks > 0:
+            self._ready = True
+            self._notifier.ready(f"ready: capturing from {device}")
+            log.info("ready: %s delivers audio", device)
+        watchdog = self._watchdog
+        if self._ready and watchdog is not None:
+            if watchdog.observe(now, blocks, expect_frames=True):
+                self._notifier.watchdog()
+                self._stalled_logged = False
+            elif watchdog.stalled_for(now) > watchdog.interval_s and not self._stalled_logged:
+                self._stalled_logged = True
+                log.error("no audio from %s for %.1f s: watchdog pings stopped, systemd will restart the service "
+                          "(check the microphone connection)", device, watchdog.stalled_for(now))  # fmt: skip
+        text = status_line(status)
+        if text != self._status_text:
+            self._status_text = text
+            self._notifier.status(text)

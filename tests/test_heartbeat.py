@@ -1,0 +1,46 @@
+"""What the daemon tells systemd each tick (agent.heartbeat), over a real datagram socket standing in for
+NOTIFY_SOCKET; time is injected (``now``), nothing waits for real except the datagrams' arrival."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.control import DaemonStatus
+from agent.heartbeat import Heartbeat, status_line
+from agent.sdnotify import Notifier, WatchdogPolicy
+from tests.plugins.daemon import NotifyListener, poll, short_tmp_dir
+
+IDLE = DaemonStatus(state="idle", device_state="open", upload_queue=2)
+
+
+def test_status_line_names_no_patient_and_says_what_is_wrong() -> None:
+    assert status_line(IDLE) == "idle; device open; uploads waiting 2"
+    recording = DaemonStatus(state="recording", device_state="lost", connection="backoff", appointment_id="a1b2",
+                             archive_writable=False, archive_problem="disk full")  # fmt: skip
+    line = status_line(recording)
+    assert line == "recording; device lost; uploads waiting 0; stream backoff; archive stopped (disk full)"
+    assert "a1b2" not in line
+
+
+def test_ready_once_watchdog_only_while_blocks_advance_status_on_change() -> None:
+    folder: Path = short_tmp_dir()
+    listener = NotifyListener(folder / "notify.sock")
+    notifier = Notifier(str(listener.path))
+    beat = Heartbeat(notifier, WatchdogPolicy(2.0, now=0.0))
+    try:
+        beat.observe(0.0, 0, "mic", IDLE)  # nothing captured yet: no READY, no WATCHDOG
+        beat.observe(0.5, 1, "mic", IDLE)
+        beat.observe(1.0, 2, "mic", IDLE)
+        beat.observe(5.0, 2, "mic", IDLE)  # stalled for 4 s > the interval: no ping
+        beat.observe(6.0, 3, "mic", DaemonStatus(state="recording", device_state="open", connection="streaming"))
+        poll(lambda: len(listener.lines()) >= 6, "six notification lines")
+        assert listener.lines() == [
+            "STATUS=idle; device open; uploads waiting 2",
+            "READY=1", "STATUS=ready: capturing from mic",  # the first block (one datagram)
+            "WATCHDOG=1",  # at 0.5 s; none at 1.0 s (within the interval), none at 5.0 s (stalled)
+            "WATCHDOG=1",  # at 6.0 s: blocks advance again
+            "STATUS=recording; device open; uploads waiting 0; stream streaming",  # sent only when it changes
+        ]  # fmt: skip
+    finally:
+        notifier.close()
+        listener.close()
