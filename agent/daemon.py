@@ -253,7 +253,7 @@ class Daemon:
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
-    def _feed_mic(self, block: Block, rate: int) -> None:  # capture thread: every block, idle or in a visit
+    def _feed_mic(self, block: Block, rate: int) -> None:  # PortAudio callback: every block, idle or in a visit
         self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
 
     def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
