@@ -33,13 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def token_provider(client: MediSyncClient) -> TokenProvider:
-    """The speech stream's token source: the client's current token, a fresh login when asked (after a 401)."""
+    """The speech stream's token source: the HTTP client's token; after a 401 (``force_login``) the token handed out
+    last is reported refused, so the new login goes through the client's own login lock (one 401 path)."""
+    last: str | None = None
 
     async def token(force_login: bool) -> str:
-        session = client.http.session
-        if force_login or session is None:
-            session = await client.login()
-        return session.token.reveal()
+        nonlocal last
+        last = await client.http.bearer(refused=last if force_login else None)
+        return last
 
     return token
 

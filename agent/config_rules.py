@@ -112,6 +112,7 @@ RULES: Mapping[str, Rule] = {
     "stream.drain_max_s": positive(86400, "seconds"),
     "stream.backoff_first_s": positive(3600, "seconds"),
     "stream.backoff_cap_s": positive(86400, "seconds"),
+    "stream.link_probe_s": between(0, 3600, "seconds"),
     "stream.connect_timeout_s": positive(600, "seconds"),
     "upload.queue_dir": non_empty("a folder path"),
     "upload.retention_hours": between(0, 24 * 365, "hours"),

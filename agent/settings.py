@@ -123,6 +123,9 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Upper bound in seconds of the first reconnect delay (full jitter)."""
     backoff_cap_s: float = 30.0
     """Upper bound in seconds of any reconnect delay."""
+    link_probe_s: float = 2.0
+    """Seconds between reachability probes (one TCP connect to the speech host) while waiting to reconnect after
+    the host could not be reached; a probe that connects ends the wait at once. 0 turns probing off."""
     connect_timeout_s: float = 10.0
     """Seconds allowed for TCP connect plus WebSocket handshake."""
 

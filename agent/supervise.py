@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from agent.backoff import ceiling
+
 log = logging.getLogger(__name__)
 
 RESTART_FIRST_S = 1.0
@@ -28,7 +30,7 @@ REASON_CHARS = 160
 
 def restart_delay(failures: int, *, first_s: float = RESTART_FIRST_S, cap_s: float = RESTART_CAP_S) -> float:
     """Seconds to wait after the ``failures``-th consecutive failure (1, 2, ...)."""
-    return min(cap_s, first_s * 2.0 ** min(max(failures - 1, 0), 30))
+    return ceiling(failures - 1, first_s, cap_s)
 
 
 def describe_failure(exc: BaseException | None) -> str:

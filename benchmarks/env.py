@@ -102,13 +102,15 @@ def server_process(data_dir: Path) -> Iterator[ServerProc]:
 
 
 class OutageProxy:
-    """TCP proxy in its own thread; ``down()`` aborts every link and refuses new ones until ``up()``."""
+    """TCP proxy in its own thread; ``down()`` aborts every link and closes the listener (a connect is refused, as
+    on a lost link) until ``up()`` listens again on the same port."""
 
     def __init__(self, target_port: int) -> None:
         self._target = target_port
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._down = False
+        self._server: asyncio.Server | None = None
         self.port = 0
         self.down_at = self.up_at = 0.0
         started = threading.Event()
@@ -118,8 +120,8 @@ class OutageProxy:
 
     def _run(self, started: threading.Event) -> None:
         async def main() -> None:
-            server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
             started.set()
             await asyncio.Event().wait()
 
@@ -147,11 +149,15 @@ class OutageProxy:
         finally:
             writer.transport.abort()
 
-    def _set_down(self, down: bool) -> None:
+    async def _set_down(self, down: bool) -> None:
         self._down = down
         if down:
+            if self._server is not None:
+                self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
+        else:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
 
     def down(self) -> None:
         self._switch(True)
@@ -162,10 +168,7 @@ class OutageProxy:
         self.up_at = time.monotonic()
 
     def _switch(self, down: bool) -> None:
-        async def switch() -> None:
-            self._set_down(down)
-
-        asyncio.run_coroutine_threadsafe(switch(), self._loop).result(5)
+        asyncio.run_coroutine_threadsafe(self._set_down(down), self._loop).result(5)
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -7,6 +7,7 @@ answer reaches the client. Only the wrong-shape JSON case uses httpx's MockTrans
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import struct
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.account import token_provider
 from agent.api.models import NewAppointment, NewNote, NewPatient, PatientUpdate
 from agent.errors import (
     AuthError,
@@ -169,6 +171,26 @@ def test_expired_token_costs_exactly_one_relogin(api_server: ServerThread) -> No
             assert api.http.logins == 2
             names = [path.rsplit("/", 1)[-1] for _, path in transport.sent]
             assert names == ["login", "doctors", "doctors", "login", "doctors"]  # refused once, retried once
+
+    run(scenario)
+
+
+def test_stream_and_requests_refused_together_share_one_login(api_server: ServerThread) -> None:
+    """One 401 path: the speech socket's token provider logs in again through the client's own login lock."""
+    transport = RecordingTransport()
+
+    async def scenario() -> None:
+        async with make_client(api_server.urls.api_url, transport=transport) as api:  # type: ignore[union-attr]
+            token = token_provider(api)
+            first = await token(False)  # the stream's first dial logs in
+            assert api.http.logins == 1
+            api_server.server.expire_tokens()
+            # The socket was refused with ``first`` (force_login) while a request meets a 401 too: one login.
+            renewed, answer = await asyncio.gather(token(True), api.list_appointments())
+            assert answer == [] and renewed != first
+            assert api.http.logins == 2
+            assert await token(True) != renewed  # refused again: a new login, never the refused token
+            assert api.http.logins == 3
 
     run(scenario)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.api.multipart import FilePart, LocalFile
-from agent.api.responses import convert, decode_document, error_for_status, parse_retry_after
+from agent.api.responses import convert, decode_document, error_for_status
 from agent.api.secret import Secret, load_credentials, read_secret_file
+from agent.backoff import parse_retry_after
 from agent.errors import (
     AlreadyExistsError,
     AuthError,

@@ -104,6 +104,10 @@ def test_choice_not_allowed(tmp_path: Path) -> None:
         ),
         ("[stream]\nreplay_speed = nan\n", "2: stream.replay_speed = nan: not a number (allowed: a number)"),
         (
+            "[stream]\nlink_probe_s = -2\n",
+            "2: stream.link_probe_s = -2.0: out of range (allowed: 0 to 3600 seconds)",
+        ),
+        (
             "[stream]\nbackoff_first_s = 60.0\n",
             "2: stream.backoff_first_s = 60.0: must not exceed stream.backoff_cap_s = 30",
         ),

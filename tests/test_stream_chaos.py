@@ -65,6 +65,44 @@ def test_resume_survives_many_random_cuts_exactly_once(
     assert stream.stats.state is State.DONE
 
 
+def test_a_returned_link_is_used_at_once_not_after_the_backoff(
+    medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
+) -> None:
+    """The link goes down (connections refused) while every reconnect delay is ~990 s; the reachability probe
+    (a TCP connect every ``link_probe_s``) finds it back and the stream resumes without sleeping the rest."""
+    proxy = proxied(tcp_proxy, medisync_server)
+    visit = gated_visit(8.0, seed=14)
+    half = len(visit.events) // 2
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:  # the reconnect waits, recorded; a little real time passes
+        slept.append(seconds)
+        await asyncio.sleep(0.01)
+
+    async def run() -> SpeechStream:
+        settings = fast_settings(backoff_first_s=1000.0, backoff_cap_s=1000.0, link_probe_s=2.0)
+        stream = SpeechStream(settings, speech_url=proxy.url(), appointment_id="a", session_id="probe",
+                              token=LoginTokens(medisync_server.login), sleep=fake_sleep,
+                              rand=lambda: 0.99)  # fmt: skip
+        await stream.start()
+        stream.feed(visit.events[:half])
+        await wait_until(lambda: stream.stats.acked_messages > 0)
+        proxy.down()
+        await wait_until(lambda: stream.stats.link_probes >= 3, "probes failing while the link is down")
+        assert stream.stats.probe_cuts == 0
+        stream.feed(visit.events[half:])
+        proxy.up()
+        assert await stream.finish(final_sample=visit.end, wait_s=60)
+        return stream
+
+    stream = asyncio.run(run())
+    stats = stream.stats
+    assert stats.probe_cuts == 1 and stats.retry_delays and min(stats.retry_delays) > 900
+    assert sum(slept) < sum(stats.retry_delays)  # a wait was cut short: the probing one
+    assert any("connect failed" in reason for reason in stats.end_reasons)
+    assert medisync_server.session_audio("probe").runs == expected_runs(visit.frames)
+
+
 @pytest.mark.slow
 def test_half_open_connection_is_replaced(
     medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy]
@@ -111,7 +149,7 @@ def test_outage_longer_than_the_ring_announces_the_gap(
         await stream.start()
         stream.feed(first)
         await wait_until(lambda: stream.stats.sent_messages > 0 and stream.stats.acked_messages > 0)
-        await wait_until(lambda: not stream._ring.outstanding and not stream._ring.has_unsent)
+        await wait_until(lambda: stream.stats.held_samples == 0)  # all sent audio acknowledged
         proxy.stall()  # the outage: nothing gets through
         medisync_server.knobs.refuse_handshake(503, count=-1)
         stream.feed(rest)

@@ -54,6 +54,8 @@ def recording() -> Telemetry:
         workers=workers,
         pending_reload=True,
         frame_ms=20,
+        mic_problems=frozenset({"clipping", "no_speech"}),
+        mic_level_dbfs=-2.5,
     )
 
 
@@ -82,6 +84,8 @@ def test_metrics_fill_every_figure_of_the_snapshot_and_count_since_start() -> No
     assert stats.bytes_sent == 10_000 + 1_000 + 64_000
     assert stats.archive_samples_lost == 500 + SAMPLE_RATE * 3
     assert (stats.uploads_completed, stats.upload_failures, stats.upload_worker_up) == (6, 2, False)
+    assert (stats.mic_clipping, stats.mic_no_speech, stats.mic_silent, stats.mic_no_data) == (True, True, False, False)
+    assert stats.mic_level_dbfs == -2.5
 
 
 def test_status_and_metrics_read_the_same_values() -> None:

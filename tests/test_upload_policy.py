@@ -15,11 +15,9 @@ from agent.archive.upload_policy import (
     ErrorKind,
     Failure,
     ItemState,
-    Relogin,
     Retry,
     after_failure,
     after_success,
-    backoff_delay,
     classify,
     is_due,
     retention_expired,
@@ -49,8 +47,8 @@ def top() -> float:
     return 0.999999
 
 
-def decide(failure: Failure, attempts: int = 1, relogged_in: bool = False, rng: Callable[[], float] = top) -> Decision:
-    return after_failure(failure, attempts=attempts, relogged_in=relogged_in, now=NOW, rng=rng, settings=S)
+def decide(failure: Failure, attempts: int = 1, rng: Callable[[], float] = top) -> Decision:
+    return after_failure(failure, attempts=attempts, now=NOW, rng=rng, settings=S)
 
 
 @pytest.mark.parametrize(
@@ -87,9 +85,10 @@ def test_failure_text_is_fixed_never_server_words() -> None:
     ("attempts", "ceiling"), [(1, 5.0), (2, 10.0), (3, 20.0), (8, 640.0), (9, 900.0), (500, 900.0)]
 )
 def test_backoff_is_full_jitter_exponential_capped(attempts: int, ceiling: float) -> None:
-    assert backoff_delay(attempts, S, lambda: 0.0) == 0.0
-    assert backoff_delay(attempts, S, lambda: 0.5) == pytest.approx(ceiling / 2)
-    assert backoff_delay(attempts, S, top) == pytest.approx(ceiling, rel=1e-5)
+    failure = Failure(ErrorKind.SERVER, 500)
+    assert decide(failure, attempts=attempts, rng=lambda: 0.0) == Retry(at=NOW)
+    assert decide(failure, attempts=attempts, rng=lambda: 0.5) == Retry(at=pytest.approx(NOW + ceiling / 2))
+    assert decide(failure, attempts=attempts, rng=top) == Retry(at=pytest.approx(NOW + ceiling, rel=1e-5))
 
 
 @pytest.mark.parametrize("kind", [ErrorKind.SERVER, ErrorKind.TRANSPORT, ErrorKind.OTHER])
@@ -113,14 +112,13 @@ def test_absurd_retry_after_is_bounded() -> None:
     assert decide(Failure(ErrorKind.RATE_LIMITED, 429, retry_after=-5), rng=lambda: 0.0) == Retry(at=NOW)
 
 
-def test_401_relogs_in_once_then_backs_off() -> None:
-    assert decide(Failure(ErrorKind.AUTH, 401)) == Relogin()
-    assert decide(Failure(ErrorKind.AUTH, 401), relogged_in=True, rng=lambda: 0.5) == Retry(at=NOW + 2.5)
+def test_401_backs_off_the_http_client_already_logged_in_again() -> None:
+    assert decide(Failure(ErrorKind.AUTH, 401), rng=lambda: 0.5) == Retry(at=NOW + 2.5)
 
 
 def test_403_blocks_and_rechecks_at_the_cap() -> None:
     assert decide(Failure(ErrorKind.SUBSCRIPTION, 403)) == Block(at=NOW + 900.0)
-    assert decide(Failure(ErrorKind.SUBSCRIPTION, 403), relogged_in=True, attempts=40) == Block(at=NOW + 900.0)
+    assert decide(Failure(ErrorKind.SUBSCRIPTION, 403), attempts=40) == Block(at=NOW + 900.0)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +173,7 @@ def test_retention_only_after_confirmed_upload(
         (ItemState.DONE, NOW - 10, False),
         (ItemState.DEAD, NOW - 10, False),
         # Next attempt further ahead than any delay we set: the clock went back; try now.
-        (ItemState.PENDING, NOW + RETRY_AFTER_MAX_S + 1, True),
+        (ItemState.PENDING, NOW + max(RETRY_AFTER_MAX_S, S.backoff_cap_s) + 1, True),
     ],
 )
 def test_is_due(state: ItemState, next_at: float, due: bool) -> None:

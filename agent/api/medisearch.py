@@ -30,9 +30,9 @@ from agent.api.medisearch_models import (
     TextDelta,
     validate_request,
 )
-from agent.api.responses import envelope_error_text, parse_retry_after
+from agent.api.responses import envelope_error_text, rate_limited
 from agent.api.secret import Secret
-from agent.errors import ApiError, AuthError, RateLimitError, ResponseError, ServerError, TransportError
+from agent.errors import ApiError, AuthError, ResponseError, ServerError, TransportError
 
 DEFAULT_URL = "https://api.backend.medisearch.io/sse/medichat"
 """MediSearch's SSE endpoint."""
@@ -66,9 +66,7 @@ def http_error(status: int, headers: httpx.Headers, body: bytes, now: float) -> 
     if status in (401, 403):
         return AuthError(f"{LABEL}: API key refused (HTTP {status}){detail}", status=status)
     if status == 429:
-        retry_after = parse_retry_after(headers.get("retry-after"), now)
-        wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-        return RateLimitError(f"{LABEL}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
+        return rate_limited(LABEL, headers, detail, now)
     if status >= 500:
         return ServerError(f"{LABEL}: server error (HTTP {status}){detail}", status=status)
     return ApiError(f"{LABEL}: unexpected HTTP status {status}{detail}", status=status)

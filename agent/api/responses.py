@@ -7,13 +7,13 @@ strings (a patient search term is patient data) or tokens.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
 
+from agent.backoff import parse_retry_after
 from agent.errors import (
     AlreadyExistsError,
     ApiError,
@@ -45,29 +45,11 @@ def server_text(text: object) -> str:
     return cleaned
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent or unreadable.
-
-    ``now`` is the current Unix time, injected so the HTTP-date form is testable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT; a naive result means the zone was missing
-        return None
-    return max(0.0, when.timestamp() - now)
+def rate_limited(endpoint: str, headers: Mapping[str, str], detail: str, now: float) -> RateLimitError:
+    """A 429 answer, with the server's ``Retry-After`` read by the agent's one rule (:mod:`agent.backoff`)."""
+    retry_after = parse_retry_after(headers.get("retry-after"), now)
+    wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
+    return RateLimitError(f"{endpoint}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
 
 
 def envelope_error_text(body: bytes) -> str | None:
@@ -100,9 +82,7 @@ def error_for_status(
     if status == 413:
         return UploadTooLargeError(f"{endpoint}: upload too large (HTTP 413){detail}", status=status)
     if status == 429:
-        retry_after = parse_retry_after(headers.get("retry-after"), now)
-        wait = f", retry after {retry_after:g} s" if retry_after is not None else ""
-        return RateLimitError(f"{endpoint}: rate limited (HTTP 429{wait}){detail}", retry_after=retry_after)
+        return rate_limited(endpoint, headers, detail, now)
     if status >= 500:
         return ServerError(f"{endpoint}: server error (HTTP {status}){detail}", status=status)
     if text is not None:

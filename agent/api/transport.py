@@ -152,6 +152,19 @@ class AuthedHttp:
         log.info("logged in to MediSync as uid %s", login.uid)
         return self._session
 
+    async def bearer(self, refused: str | None = None) -> str:
+        """The bearer token for a connection this client does not send itself (the speech socket).
+
+        Logs in if there is no session yet. ``refused`` is a token a server just refused (401): it is replaced by
+        a new login, under the same lock and with the same sharing as a refused request (callers refused with the
+        same token get one login between them; a token already replaced is not replaced again).
+        """
+        session = await self._current_session()
+        if refused is not None and session.token.reveal() == refused:
+            log.info("speech socket: token refused, logging in again")
+            session = await self._relogin(session)
+        return session.token.reveal()
+
     async def open(self, call: Call) -> httpx.Response:
         """Send ``call`` and return the 2xx response with its body not yet read (caller closes it)."""
         session = await self._current_session()

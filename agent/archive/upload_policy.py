@@ -11,8 +11,10 @@ Rules (MediSync keeps one recording per appointment, and a visit's audio is the 
 never deleted unless MediSync confirmed it holds exactly these bytes):
 
 * transient failures (5xx, connection trouble, an unknown API error) wait a full-jitter exponential backoff:
-  ``uniform(0, min(cap, first * 2**(attempts-1)))``; a 429 ``Retry-After`` is a floor under that delay;
-* 401: log in again and retry at once, once per attempt; a second 401 in the same attempt is a normal failure;
+  ``uniform(0, min(cap, first * 2**(attempts-1)))``; a 429 ``Retry-After`` is a floor under that delay
+  (:mod:`agent.backoff`, the rule the speech stream uses too);
+* 401: the HTTP client already logged in again and retried once (:mod:`agent.api.transport`); a 401 that reaches
+  this policy is an ordinary failure and waits its backoff;
 * 403 (no subscription): the item is kept and reported *blocked*, re-checked every ``backoff_cap_s``;
 * 404 (appointment gone), a different recording on the server, a file over the limit, a missing file, or a sealed
   file that does not authenticate (damaged, altered, sealed to another key):
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.backoff import MAX_RETRY_AFTER_S, delay_after
 from agent.errors import (
     ApiError,
     AuthError,
@@ -47,8 +50,8 @@ from agent.errors import (
 )
 from agent.settings import UploadSettings
 
-RETRY_AFTER_MAX_S = 24 * 3600.0
-"""A server's Retry-After is honoured up to this many seconds; beyond that it is taken as garbage."""
+RETRY_AFTER_MAX_S = MAX_RETRY_AFTER_S
+"""A server's Retry-After is honoured up to this many seconds (:data:`agent.backoff.MAX_RETRY_AFTER_S`)."""
 
 
 class ItemState(enum.StrEnum):
@@ -144,11 +147,6 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
-class Relogin:
-    """Log in again, then retry this attempt immediately (at most once per attempt)."""
-
-
-@dataclass(frozen=True, slots=True)
 class Block:
     """Keep the item, report it blocked; check again at ``at``."""
 
@@ -170,7 +168,7 @@ class Done:
     delete_at: float
 
 
-Decision = Retry | Relogin | Block | DeadLetter | Done
+Decision = Retry | Block | DeadLetter | Done
 
 DEAD_ENDS: frozenset[ErrorKind] = frozenset(
     {
@@ -190,13 +188,6 @@ ACCOUNT_WIDE: frozenset[ErrorKind] = frozenset(
 """Failures that would hit every other item too: a queue run stops after one instead of hammering the server."""
 
 
-def backoff_delay(attempts: int, settings: UploadSettings, rng: Callable[[], float]) -> float:
-    """Full-jitter delay in seconds after the ``attempts``-th consecutive failure (``rng`` returns [0, 1))."""
-    exponent = min(max(attempts - 1, 0), 62)  # bounded so the power cannot overflow on a queue left for years
-    ceiling = min(settings.backoff_cap_s, settings.backoff_first_s * 2.0**exponent)
-    return rng() * ceiling
-
-
 def after_success(now: float, settings: UploadSettings) -> Done:
     return Done(uploaded_at=now, delete_at=now + settings.retention_hours * 3600.0)
 
@@ -205,26 +196,21 @@ def after_failure(
     failure: Failure,
     *,
     attempts: int,
-    relogged_in: bool,
     now: float,
     rng: Callable[[], float],
     settings: UploadSettings,
 ) -> Decision:
     """Decide after a failed attempt.
 
-    ``attempts`` counts failed attempts including this one; ``relogged_in`` says whether this attempt already
-    logged in again (so a 401 can never loop).
+    ``attempts`` counts failed attempts including this one.
     """
     kind = failure.kind
-    if kind is ErrorKind.AUTH and not relogged_in:
-        return Relogin()
     if kind is ErrorKind.SUBSCRIPTION:
         return Block(at=now + settings.backoff_cap_s)
     if kind in DEAD_ENDS:
         return DeadLetter(reason=failure.text())
-    delay = backoff_delay(attempts, settings, rng)
-    if kind is ErrorKind.RATE_LIMITED and failure.retry_after is not None:
-        delay = max(delay, min(max(failure.retry_after, 0.0), RETRY_AFTER_MAX_S))
+    retry_after = failure.retry_after if kind is ErrorKind.RATE_LIMITED else None
+    delay = delay_after(attempts - 1, settings.backoff_first_s, settings.backoff_cap_s, rng, retry_after)
     return Retry(at=now + delay)
 
 

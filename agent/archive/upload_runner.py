@@ -24,7 +24,6 @@ from agent.archive.upload_policy import (
     ErrorKind,
     Failure,
     ItemState,
-    Relogin,
     Retry,
     after_failure,
     after_success,
@@ -71,7 +70,6 @@ class Uploader(Protocol):
     ) -> UploadOutcome: ...
 
 
-ReloginFn = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -101,13 +99,12 @@ async def drain(
     queue: UploadQueue,
     uploader: Uploader,
     *,
-    relogin: ReloginFn | None = None,
     force: bool = False,
     progress_for: ProgressFor | None = None,
 ) -> DrainReport:
     """Try every due item once (every pending or blocked item with ``force``). Returns what happened.
 
-    ``relogin`` is awaited after a 401 before one immediate retry; without it a 401 waits for the next attempt.
+    A 401 here is an ordinary failure: the HTTP client already logged in again and retried once.
     """
     report = DrainReport()
     with queue.uploading() as locked:
@@ -127,7 +124,7 @@ async def drain(
                 if item.held or item.state is not ItemState.PENDING:
                     continue
             progress = progress_for(item) if progress_for is not None else _no_progress
-            failure = await _attempt(queue, item, uploader, relogin, progress)
+            failure = await _attempt(queue, item, uploader, progress)
             _tally(report, item)
             if failure is not None and failure.kind in ACCOUNT_WIDE:
                 report.stopped_early, report.resume_at = True, item.next_attempt_at
@@ -146,57 +143,44 @@ def _tally(report: DrainReport, item: UploadItem) -> None:
 
 
 async def _attempt(
-    queue: UploadQueue, item: UploadItem, uploader: Uploader, relogin: ReloginFn | None, progress: Progress
+    queue: UploadQueue, item: UploadItem, uploader: Uploader, progress: Progress
 ) -> Failure | None:
-    """One attempt (plus at most one re-login and retry); updates and saves the item. Returns the failure, if any."""
+    """One attempt; updates and saves the item. Returns the failure, if any."""
     # Normally a no-op; encodes when enqueue was cut short by a crash while encoding.
     failure = await asyncio.to_thread(queue.make_uploadable, item)
     if failure is not None:
         if item.state is not ItemState.DEAD:
-            decision = _decide(queue, item, failure, relogged_in=True)
+            decision = _decide(queue, item, failure)
             await asyncio.to_thread(_apply_failure, queue, item, failure, decision)
         return failure
     audio = queue.audio_of(item)  # a sealed file is decrypted while it streams, checked against the item's digest
-    relogged_in = relogin is None  # no way to log in again: a 401 is an ordinary failure
-    while True:
-        try:
-            outcome = await uploader.upload_recording(item.appointment_id, audio, progress=progress)
-        except (DamagedRecordingError, WrongKeyError) as exc:
-            log.error("upload item %s not uploaded: %s", item.item_id, exc)  # names the file and the chunk
-            failure = Failure(ErrorKind.DAMAGED_AUDIO) if queue.keys is not None else Failure(ErrorKind.OTHER)
-        except AgentError as exc:
-            failure = classify(exc) if isinstance(exc, ApiError) else Failure(ErrorKind.OTHER)
-        except Exception:
-            log.exception("upload item %s: unexpected error", item.item_id)
-            failure = Failure(ErrorKind.OTHER)
-        else:
-            done = after_success(queue.clock(), queue.settings)
-            item.state, item.uploaded_at = ItemState.DONE, done.uploaded_at
-            item.recording_id = outcome.recording.id if outcome.recording is not None else item.recording_id
-            item.last_error = ""
-            await asyncio.to_thread(queue.save, item)
-            how = "already on MediSync (same bytes)" if outcome.already_present else "uploaded"
-            log.info("upload item %s: %s (%d bytes)", item.item_id, how, item.size)
-            return None
-        decision = _decide(queue, item, failure, relogged_in=relogged_in)
-        if isinstance(decision, Relogin) and relogin is not None:
-            relogged_in = True
-            try:
-                await relogin()
-            except AgentError as exc:
-                failure = classify(exc) if isinstance(exc, ApiError) else Failure(ErrorKind.OTHER)
-                decision = _decide(queue, item, failure, relogged_in=True)
-            else:
-                continue
-        await asyncio.to_thread(_apply_failure, queue, item, failure, decision)
-        return failure
+    try:
+        outcome = await uploader.upload_recording(item.appointment_id, audio, progress=progress)
+    except (DamagedRecordingError, WrongKeyError) as exc:
+        log.error("upload item %s not uploaded: %s", item.item_id, exc)  # names the file and the chunk
+        failure = Failure(ErrorKind.DAMAGED_AUDIO) if queue.keys is not None else Failure(ErrorKind.OTHER)
+    except AgentError as exc:
+        failure = classify(exc) if isinstance(exc, ApiError) else Failure(ErrorKind.OTHER)
+    except Exception:
+        log.exception("upload item %s: unexpected error", item.item_id)
+        failure = Failure(ErrorKind.OTHER)
+    else:
+        done = after_success(queue.clock(), queue.settings)
+        item.state, item.uploaded_at = ItemState.DONE, done.uploaded_at
+        item.recording_id = outcome.recording.id if outcome.recording is not None else item.recording_id
+        item.last_error = ""
+        await asyncio.to_thread(queue.save, item)
+        how = "already on MediSync (same bytes)" if outcome.already_present else "uploaded"
+        log.info("upload item %s: %s (%d bytes)", item.item_id, how, item.size)
+        return None
+    await asyncio.to_thread(_apply_failure, queue, item, failure, _decide(queue, item, failure))
+    return failure
 
 
-def _decide(queue: UploadQueue, item: UploadItem, failure: Failure, *, relogged_in: bool) -> Decision:
+def _decide(queue: UploadQueue, item: UploadItem, failure: Failure) -> Decision:
     return after_failure(
         failure,
         attempts=item.attempts + 1,
-        relogged_in=relogged_in,
         now=queue.clock(),
         rng=queue.rng,
         settings=queue.settings,
@@ -214,7 +198,7 @@ def _apply_failure(queue: UploadQueue, item: UploadItem, failure: Failure, decis
             item.state, item.next_attempt_at = ItemState.BLOCKED, at
         case Retry(at=at):
             item.state, item.next_attempt_at = ItemState.PENDING, at
-        case Relogin() | Done():  # Relogin only without a relogin function; Done never follows a failure
+        case Done():  # never follows a failure
             item.state, item.next_attempt_at = ItemState.PENDING, queue.clock() + queue.settings.backoff_first_s
     queue.save(item)
     log.warning(
@@ -233,7 +217,6 @@ async def run(
     uploader: Uploader,
     *,
     sleep: Sleep = asyncio.sleep,
-    relogin: ReloginFn | None = None,
     wake: asyncio.Event | None = None,
     until: Callable[[], bool] | None = None,
     progress_for: ProgressFor | None = None,
@@ -244,7 +227,7 @@ async def run(
     ``wake`` (set by whoever enqueues) cuts a sleep short; ``on_report`` sees each pass's report (for metrics).
     """
     while True:
-        report = await drain(queue, uploader, relogin=relogin, progress_for=progress_for)
+        report = await drain(queue, uploader, progress_for=progress_for)
         if on_report is not None:
             on_report(report)
         await asyncio.to_thread(queue.purge_expired)

@@ -34,7 +34,8 @@ from agent.errors import AgentError, AuthError, ConfigError, ResponseError, Subs
 from agent.safe_text import clean_line
 from agent.settings import AgentSettings
 from agent.stream import wire
-from agent.stream.connection import Ended, dial, transcribe_url
+from agent.stream.actions import Ended
+from agent.stream.connection import dial, transcribe_url
 
 METER_WIDTH = 30
 """Characters of the level bar; it spans -60 to 0 dBFS."""

@@ -37,9 +37,14 @@ Pass SegmentEnd events promptly: in basic mode a chunk (one utterance) is sent w
 ``connecting``, ``streaming``, ``backoff`` (transient, retried for ever), ``forbidden`` (403: dialling stopped,
 capture and archive go on), ``failed`` (non-retryable server error), ``done`` (server confirmed the visit).
 
-Layout: ``wire`` (messages, pure), ``ring`` (resume-mode send ring, pure), ``basic`` (basic-mode chunks, pure),
-``policy`` (backoff, pacing, ack watchdog, pure), ``connection`` (one WebSocket connection), ``client``
-(SpeechStream and the supervisor).
+After the speech host was unreachable, the supervisor probes it (a TCP connect every ``link_probe_s``) and dials
+as soon as it answers instead of sleeping out the rest of the backoff.
+
+Layout: ``session`` (the protocol as a pure state machine: every rule of the contract, both modes), ``actions``
+and ``stats`` (its values), ``wire`` (messages, pure), ``ring`` (resume-mode send ring, pure), ``basic``
+(basic-mode chunks, pure), ``policy`` (reconnect decisions, pacing, ack watchdog, pure; the delays are
+:mod:`agent.backoff`'s), ``connection`` (dial and pump one WebSocket connection), ``client`` (SpeechStream and the
+supervisor).
 """
 
 from agent.stream.client import SpeechStream, State, StreamStats, TokenProvider, TranscriptCallback

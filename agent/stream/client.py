@@ -1,17 +1,18 @@
-"""SpeechStream: the producer-facing object and the reconnect supervisor (adapter over the pure parts).
+"""SpeechStream: the producer-facing object and the reconnect supervisor (a thin adapter over the session).
 
 The audio thread calls :meth:`SpeechStream.feed` (thread-safe, cheap: appends to an inbox and wakes the event
-loop at most once per batch). Everything else runs on the event loop: the inbox is drained into the send ring
-(resume mode) and the basic-mode outbox, and a supervisor task dials and runs connections for ever with
-:class:`~agent.stream.policy.ReconnectPolicy`. Until the first connection picks the mode, audio goes to both; then
-the other is dropped. A later connection that picks the other mode is treated as a transient failure.
+loop at most once per batch). Everything else runs on the event loop: the inbox is drained into the
+:class:`~agent.stream.session.SpeechSession` (pure: every rule of the protocol, the mode, the reconnect policy),
+and a supervisor task dials, pumps connections (:func:`~agent.stream.connection.run_connection`) and sleeps as
+the session says, for ever. While it waits after the speech host was unreachable it probes the host with a TCP
+connect every ``link_probe_s`` seconds and dials at once when the link is back (see :meth:`SpeechStream._wait`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import logging
 import random
 import threading
@@ -19,19 +20,20 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 
-from agent import SAMPLE_RATE
 from agent.audio.dsp import Gap as SourceGap
 from agent.audio.types import Frame
-from agent.audio.vad import GateEvent, SegmentFrame
+from agent.audio.vad import GateEvent
 from agent.errors import SubscriptionError
 from agent.settings import StreamSettings
 from agent.stream import wire
-from agent.stream.basic import BasicOutbox
-from agent.stream.connection import Connection, Ended, dial, transcribe_url
-from agent.stream.policy import DrainWait, Failure, ReconnectPolicy
-from agent.stream.ring import SendRing
+from agent.stream.actions import Ended, Retry, Stop
+from agent.stream.connection import dial, run_connection, speech_address, tcp_probe, transcribe_url
+from agent.stream.policy import DrainWait, Failure
+from agent.stream.session import SpeechSession
+from agent.stream.stats import State, StreamStats
+
+__all__ = ["ProgressCallback", "SpeechStream", "State", "StreamStats", "TokenProvider", "TranscriptCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -40,100 +42,39 @@ TokenProvider = Callable[[bool], Awaitable[str]]
 TranscriptCallback = Callable[[wire.TranscriptEvent], None]
 Sleep = Callable[[float], Awaitable[None]]
 ProgressCallback = Callable[[float], None]
+LinkProbe = Callable[[], Awaitable[bool]]
+"""``await probe()`` -> True if the speech host accepts a TCP connection (the link is back)."""
 """Called while :meth:`SpeechStream.finish` waits, with the seconds of audio the server has yet to confirm."""
 
 PROGRESS_EVERY_S = 3.0
 """Seconds between progress reports while a finished visit's backlog drains."""
 
 
-class State(enum.Enum):
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    BACKOFF = "backoff"
-    FORBIDDEN = "forbidden"
-    """403: no active subscription; dialling stopped, capture and archive go on."""
-    FAILED = "failed"
-    """The server ended the session with a non-retryable error; dialling stopped."""
-    DONE = "done"
-    """The server confirmed the whole visit."""
-
-
-@dataclass(slots=True)
-class StreamStats:
-    state: State = State.IDLE
-    mode: str | None = None
-    """``resume`` or ``basic`` once a connection picked it."""
-    connections: int = 0
-    reconnects: int = 0
-    """Dials after the first (including failed handshakes)."""
-    sent_messages: int = 0
-    resent_messages: int = 0
-    acked_messages: int = 0
-    paced_messages: int = 0
-    """Messages sent under replay pacing (``replay_speed``): the backlog after an outage."""
-    bytes_sent: int = 0
-    """Audio payload bytes written to the socket (resume mode), resends included."""
-    ack_lag_s: float = 0.0
-    """Seconds of timeline between the newest audio sent and the newest audio acknowledged (resume mode)."""
-    duplicates_dropped: int = 0
-    """Basic mode: transcriptions dropped as repeats."""
-    chunks_sent: int = 0
-    chunks_resent: int = 0
-    chunks_transcribed: int = 0
-    chunks_timed_out: int = 0
-    dropped_samples: int = 0
-    """Samples pushed out of a full ring before the server confirmed them (some may have reached it)."""
-    gap_samples: int = 0
-    """Samples announced to the server as lost (resume mode)."""
-    gaps: list[tuple[int, int]] = field(default_factory=list)
-    held_samples: int = 0
-    """Samples held for sending that the server has not confirmed yet (ring fill; basic mode: chunks not done)."""
-    protocol_errors: int = 0
-    """Connections ended because the server claimed something impossible (e.g. audio stored that was never sent)."""
-    ignored_messages: int = 0
-    """Server messages ignored as unusable (binary, malformed, oversized, nested too deep)."""
-    unmatched_transcriptions: int = 0
-    """Basic mode: transcriptions that arrived while no chunk was outstanding (ignored)."""
-    rejected_frames: int = 0
-    """Frames refused because their timeline index went backwards (a caller bug, logged)."""
-    last_error: str = ""
-    """Why the last connection ended (one line, no patient data)."""
-    end_reasons: list[str] = field(default_factory=list)
-    """Why each connection ended, the last 100."""
-    retry_delays: list[float] = field(default_factory=list)
-    """Reconnect delays chosen, in seconds (the last 100)."""
-
-
 class SpeechStream:
     def __init__(self, settings: StreamSettings, *, speech_url: str, appointment_id: str, token: TokenProvider,
                  on_transcript: TranscriptCallback | None = None, session_id: str | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
-                 rand: Callable[[], float] = random.random) -> None:  # fmt: skip
+                 rand: Callable[[], float] = random.random, probe: LinkProbe | None = None) -> None:  # fmt: skip
         self._settings = settings
         self.session_id = session_id or str(uuid.uuid4())
         """The visit's resume key, stable across reconnects."""
         self._url = transcribe_url(speech_url, appointment_id, self.session_id)
-        self._start_msg = wire.Start(session_id=self.session_id, appointment_id=appointment_id)
+        start = wire.Start(session_id=self.session_id, appointment_id=appointment_id)
+        self._session = SpeechSession(settings, start, rand=rand)
         self._token = token
         self._on_transcript = on_transcript
         self._clock, self._sleep = clock, sleep
-        self._policy = ReconnectPolicy(settings, rand)
-        self._ring = SendRing(settings)
-        self._basic = BasicOutbox(settings)
-        self._mode: str | None = None
+        host, port = speech_address(self._url)
+        timeout = min(settings.connect_timeout_s, max(settings.link_probe_s, 0.1))
+        self._probe = probe or functools.partial(tcp_probe, host, port, timeout)
         self._inbox: deque[GateEvent | Frame | SourceGap] = deque()
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake = asyncio.Event()
-        self._connection: Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._retry_at: float | None = None
-        self._finishing = False
-        self._final_sample: int | None = None
-        self._stats = StreamStats()
         self._lock = threading.Lock()
 
     # --- producer side (any thread) -----------------------------------------------------------------------------
@@ -168,9 +109,7 @@ class SpeechStream:
     def stats(self) -> StreamStats:
         """A snapshot of the counters (safe to read from any thread)."""
         with self._lock:
-            self._refresh_stats()
-            s = self._stats
-            return StreamStats(**{name: getattr(s, name) for name in StreamStats.__slots__})
+            return self._session.snapshot()
 
     async def finish(self, final_sample: int | None = None, wait_s: float | None = None,
                      progress: ProgressCallback | None = None) -> bool:  # fmt: skip
@@ -184,12 +123,7 @@ class SpeechStream:
         timeout or if streaming had stopped; the stream is shut down either way (also when cancelled).
         """
         self._drain()
-        self._basic.flush()
-        self._final_sample = final_sample
-        self._finishing = True
-        if self._connection is not None:
-            self._connection.finishing = True
-            self._connection.final_sample = self._end_sample()
+        self._session.finish(final_sample)
         self._wake.set()
         try:
             await self._wait_confirmed(self._settings.drain_max_s if wait_s is None else wait_s, progress)
@@ -200,13 +134,13 @@ class SpeechStream:
     async def _wait_confirmed(self, cap_s: float, progress: ProgressCallback | None) -> None:
         started = self._clock()
         grace = self._settings.end_timeout_s
-        if self._mode == "basic":  # a chunk without speech is done only after its timeout
+        if self._session.mode == "basic":  # a chunk without speech is done only after its timeout
             grace = max(grace, self._settings.basic_chunk_timeout_s)
         wait = DrainWait(replay_speed=self._settings.replay_speed, grace_s=grace, cap_s=cap_s, now=started)
         next_report = started + PROGRESS_EVERY_S
         while not self._done.is_set():
             now = self._clock()
-            unconfirmed = self._unconfirmed_s()
+            unconfirmed = self._session.unconfirmed_s()
             reconnect_in = max(0.0, self._retry_at - now) if self._retry_at is not None else 0.0
             deadline = wait.update(unconfirmed, reconnect_in, now)
             if now >= deadline:
@@ -224,11 +158,6 @@ class SpeechStream:
                     await self._done.wait()
             except TimeoutError:
                 pass
-
-    def _unconfirmed_s(self) -> float:
-        """Seconds of audio held for sending that the server has not confirmed (or declared done) yet."""
-        held = self._basic.held_bytes if self._mode == "basic" else self._ring.held_bytes
-        return held / (SAMPLE_RATE * 2)
 
     def give_up(self) -> None:
         """Stop :meth:`finish` waiting (a person asked twice to stop); any thread."""
@@ -254,74 +183,57 @@ class SpeechStream:
             # gather() hands the supervisor's CancelledError back as a value but still raises our own.
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
-    def _end_sample(self) -> int:
-        return self._ring.timeline_end if self._final_sample is None else self._final_sample
-
     def _drain(self) -> None:
         self._wake_scheduled = False
-        while self._inbox:
-            event = self._inbox.popleft()
-            if isinstance(event, SourceGap):
-                if self._mode != "basic":
-                    self._ring.add_gap(event.start, event.end)
-                continue
-            frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
-            try:
-                if frame is not None and self._mode != "basic":
-                    self._ring.push(frame)
-                if self._mode != "resume":
-                    self._basic.push(event)
-            except ValueError:  # a frame going back in time: a caller bug; the rest of the batch still counts
-                log.exception("speech stream refused a frame")
-                with self._lock:
-                    self._stats.rejected_frames += 1
+        events = []
+        while self._inbox:  # popleft is atomic: feed() may append meanwhile from another thread
+            events.append(self._inbox.popleft())
+        self._session.feed(events)
         self._wake.set()
 
     async def _supervise(self) -> None:
-        force_login = False
+        relogin = False
         while True:
             try:
-                ended = await self._connect_once(force_login)
+                ended = await self._connect_once(relogin)
             except Exception as exc:  # a bug must not end streaming for the rest of the visit: log it, go on
                 log.exception("speech connection failed unexpectedly")
                 ended = Ended(Failure.TRANSIENT, f"unexpected {type(exc).__name__}")
-            with self._lock:
-                self._stats.last_error = ended.reason
-                self._stats.end_reasons = [*self._stats.end_reasons[-99:], ended.reason]
-            if ended.failure is None:
-                self._set(state=State.DONE)
+            action = self._session.connection_ended(ended, self._clock())
+            if isinstance(action, Stop):
                 self._done.set()
                 return
-            decision = self._policy.on_failure(ended.failure, self._clock(), ended.retry_after)
-            if ended.protocol_error:
-                log.warning("speech server broke the protocol (%s): reconnecting, nothing counted as delivered",
-                            ended.reason)
-                with self._lock:
-                    self._stats.protocol_errors += 1
-            else:
-                log.info("speech connection ended (%s)", ended.reason)
-            if decision.delay_s is None:
-                self._set(state=State.FORBIDDEN if ended.failure is Failure.FORBIDDEN else State.FAILED)
-                log.warning("speech streaming stopped: %s", ended.reason)
-                self._done.set()
-                return
-            force_login = decision.relogin
-            with self._lock:
-                self._stats.retry_delays = [*self._stats.retry_delays[-99:], decision.delay_s]
-            self._set(state=State.BACKOFF)
-            self._retry_at = self._clock() + decision.delay_s
+            relogin = action.relogin
+            self._retry_at = self._clock() + action.delay_s
             try:
-                await self._sleep(decision.delay_s)
+                await self._wait(action)
             finally:
                 self._retry_at = None
 
-    async def _connect_once(self, force_login: bool) -> Ended:
-        self._set(state=State.CONNECTING)
-        with self._lock:
-            if self._stats.connections or self._stats.retry_delays:
-                self._stats.reconnects += 1
+    async def _wait(self, action: Retry) -> None:
+        """Sleep the reconnect delay; after an unreachable host, probe it every ``link_probe_s`` and stop waiting
+        as soon as it answers (a returned link is used at once, not after the rest of a 30 s backoff)."""
+        step = self._settings.link_probe_s
+        if not action.probe or step <= 0:
+            await self._sleep(action.delay_s)
+            return
+        waited = 0.0
+        while waited < action.delay_s:
+            nap = min(step, action.delay_s - waited)
+            await self._sleep(nap)
+            waited += nap
+            if waited >= action.delay_s:
+                return
+            self._session.stats.link_probes += 1
+            if await self._probe():
+                self._session.stats.probe_cuts += 1
+                log.info("speech host reachable again: dialling %.1f s early", action.delay_s - waited)
+                return
+
+    async def _connect_once(self, relogin: bool) -> Ended:
+        self._session.dialling(self._clock())
         try:
-            token = await self._token(force_login)
+            token = await self._token(relogin)
         except SubscriptionError:
             return Ended(Failure.FORBIDDEN, "login refused: no active subscription")
         except Exception as exc:  # the login path reports its own errors; the stream keeps trying
@@ -329,66 +241,9 @@ class SpeechStream:
         dialled = await dial(self._url, token, self._settings)
         if isinstance(dialled, Ended):
             return dialled
-        mode = "resume" if dialled.subprotocol == wire.RESUME_SUBPROTOCOL else "basic"
-        if self._mode is None:
-            self._mode = mode
-            self._ring, self._basic = (
-                (self._ring, BasicOutbox(self._settings))
-                if mode == "resume"
-                else (SendRing(self._settings), self._basic)
-            )
-        elif mode != self._mode:
+        refused = self._session.connected(dialled.subprotocol, self._clock())
+        if refused is not None:
             await dialled.close()
-            return Ended(Failure.TRANSIENT, f"server switched to {mode} mode mid-visit")
-        conn = Connection(
-            dialled,
-            settings=self._settings,
-            ring=self._ring,
-            basic=self._basic,
-            start=self._start_msg,
-            on_message=self._on_message,
-            on_progress=self._policy.on_progress,
-            wake=self._wake,
-            clock=self._clock,
-        )
-        conn.finishing, conn.final_sample = self._finishing, self._end_sample()
-        self._connection = conn
-        self._policy.on_connected(self._clock())
-        with self._lock:
-            self._stats.connections += 1
-            self._stats.mode = mode
-        self._set(state=State.STREAMING)
-        try:
-            return await conn.run()
-        finally:
-            self._connection = None
-            with self._lock:
-                self._stats.ignored_messages += conn.ignored_messages
-
-    def _on_message(self, msg: wire.ServerMessage | wire.Unknown) -> None:
-        if isinstance(msg, wire.Transcription):
-            if self._mode == "basic":
-                event = self._basic.on_transcription(msg)
-                if event is not None:
-                    self._policy.on_progress()
-            else:
-                event = wire.parse_transcription(msg)
-            if event is not None and self._on_transcript is not None:
-                self._on_transcript(event)
-
-    def _set(self, **changes: object) -> None:
-        with self._lock:
-            for name, value in changes.items():
-                setattr(self._stats, name, value)
-
-    def _refresh_stats(self) -> None:
-        s, r, b = self._stats, self._ring.stats, self._basic.stats
-        s.sent_messages, s.resent_messages, s.acked_messages = r.sent_messages, r.resent_messages, r.acked_messages
-        s.paced_messages, s.bytes_sent = r.paced_messages, r.bytes_sent
-        s.ack_lag_s = max(0, r.sent_end - r.acked_end) / SAMPLE_RATE
-        s.chunks_sent, s.chunks_resent, s.duplicates_dropped = b.sent, b.resent, b.duplicates_dropped
-        s.chunks_transcribed, s.chunks_timed_out = b.transcribed, b.timed_out
-        s.dropped_samples = r.dropped_samples + b.dropped_samples
-        s.gap_samples, s.gaps = r.gap_samples_announced, list(r.gaps)
-        s.held_samples = (self._basic.held_bytes if self._mode == "basic" else self._ring.held_bytes) // 2
-        s.unmatched_transcriptions = b.unmatched
+            return refused
+        return await run_connection(dialled, self._session, clock=self._clock, wake=self._wake,
+                                    on_transcript=self._on_transcript)  # fmt: skip

@@ -1,59 +1,38 @@
-"""One speech-socket connection (adapter): handshake, session_init, start/ready, send, receive, watchdog, end.
+"""One speech-socket connection (adapter): dial, then pump bytes between the socket and the session.
 
-:func:`dial` opens the WebSocket and translates handshake refusals into :class:`Ended` outcomes. A
-:class:`Connection` then runs three tasks until the first of them ends: the receiver (always reading, so pongs and
-acks are never starved), the sender (reads only from the send ring / basic outbox, paced) and the ack watchdog. The
-moment one ends the others are cancelled: nothing more is written into a connection that is being replaced.
-
-A server's claims are checked (:mod:`agent.stream.policy`): a ``ready``, ``ack`` or ``closed`` beyond what was
-written ends the connection as a protocol error (the supervisor reconnects with backoff; no audio is freed). A
-message that cannot be used (binary, malformed, oversized, nested too deep) is ignored with one WARNING per
-connection (the rest are counted); only a message over the socket's size limit fails the connection.
+:func:`dial` opens the WebSocket and translates handshake refusals into :class:`~agent.stream.actions.Ended`
+outcomes. :func:`run_connection` then runs two tasks until the first of them ends: the receiver (always reading,
+so pongs and acks are never starved) and the sender (writes what :meth:`SpeechSession.poll` hands out and sleeps
+until the session's next deadline or a wake-up). All decisions are the session's (:mod:`agent.stream.session`);
+the moment one task ends the other is cancelled: nothing more is written into a connection being replaced.
+:func:`tcp_probe` is the cheap reachability check the supervisor makes while it waits to dial again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 
-from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent import SAMPLE_RATE
+from agent.backoff import parse_retry_after
 from agent.errors import ProtocolError
 from agent.settings import StreamSettings
 from agent.stream import wire
-from agent.stream.basic import BasicOutbox
-from agent.stream.policy import AckWatchdog, Failure, Pacer, check_closed, retry_after_s
-from agent.stream.ring import SendRing
+from agent.stream.actions import Ended
+from agent.stream.policy import Failure
+from agent.stream.session import SpeechSession
 
 log = logging.getLogger(__name__)
 
-CLOSE_FORBIDDEN = 4403
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """How a connection (or a dial) ended."""
-
-    failure: Failure | None
-    """None: the visit was confirmed complete (``closed`` / every chunk done)."""
-    reason: str
-    retry_after: float | None = None
-    protocol_error: bool = False
-    """The server claimed something that cannot be true (logged as a WARNING by the supervisor)."""
-
-
-class EndConnection(Exception):
-    def __init__(self, ended: Ended) -> None:
-        super().__init__(ended.reason)
-        self.ended = ended
+TranscriptSink = Callable[[wire.TranscriptEvent], None]
 
 
 def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str:
@@ -63,20 +42,6 @@ def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str
     query = {"appointment_id": appointment_id, "session_id": session_id, "sample_rate": SAMPLE_RATE,
              "encoding": "pcm_s16le", "channels": 1}  # fmt: skip
     return f"{base}/ws/transcribe?{urlencode(query)}"
-
-
-def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), clamped by
-    :func:`~agent.stream.policy.retry_after_s`; None if absent or unreadable."""
-    if not value:
-        return None
-    seconds = retry_after_s(value.strip())
-    if seconds is not None:
-        return seconds
-    try:
-        return retry_after_s(parsedate_to_datetime(value).timestamp() - now_wall)
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnection | Ended:
@@ -100,210 +65,87 @@ async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnecti
         return Ended(failure, f"handshake refused with HTTP {status}", retry_after)
     except InvalidURI as exc:
         return Ended(Failure.FATAL, f"bad speech URL: {exc}")
-    except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+    except OSError as exc:  # refused, unreachable, timed out (TimeoutError is an OSError): the link, likely
+        return Ended(Failure.TRANSIENT, f"connect failed: {type(exc).__name__}", unreachable=True)
+    except (InvalidHandshake, ConnectionClosed) as exc:
         return Ended(Failure.TRANSIENT, f"connect failed: {type(exc).__name__}")
 
 
-class Connection:
-    def __init__(self, ws: ClientConnection, *, settings: StreamSettings, ring: SendRing, basic: BasicOutbox,
-                 start: wire.Start, on_message: Callable[[wire.ServerMessage | wire.Unknown], None],
-                 on_progress: Callable[[], None], wake: asyncio.Event,
-                 clock: Callable[[], float]) -> None:  # fmt: skip
-        self.ws = ws
-        self.resume = ws.subprotocol == wire.RESUME_SUBPROTOCOL
-        self._settings = settings
-        self._ring, self._basic = ring, basic
-        self._start = start
-        self._on_message = on_message
-        self._on_progress = on_progress
-        self._wake = wake
-        self._clock = clock
-        self._session_init = asyncio.Event()
-        self._ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._closed = asyncio.Event()
-        self.watchdog = AckWatchdog(settings.ack_timeout_s, clock())
-        self.end_sent = False
-        self.finishing = False
-        self.final_sample = 0
-        self.ignored_messages = 0
-        """Server messages ignored as unusable on this connection."""
+def speech_address(url: str) -> tuple[str, int]:
+    """Host and TCP port a ``ws``/``wss``/``http``/``https`` URL dials."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme in ("wss", "https") else 80
+    return parts.hostname or "localhost", parts.port or default
 
-    async def run(self) -> Ended:
-        tasks = [asyncio.create_task(t) for t in (self._receive(), self._send(), self._watch())]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            exc = next(iter(done)).exception()
-            if isinstance(exc, EndConnection):
-                if exc.ended.failure is None:
+
+async def tcp_probe(host: str, port: int, timeout_s: float) -> bool:
+    """True if a TCP connection to ``host:port`` opens within ``timeout_s`` (closed again at once)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.transport.abort()
+    return True
+
+
+async def run_connection(ws: ClientConnection, session: SpeechSession, *, clock: Callable[[], float],
+                         wake: asyncio.Event, on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
+    """Pump one open connection until it ends; returns how."""
+    tasks = [asyncio.create_task(_receive(ws, session, clock, wake, on_transcript)),
+             asyncio.create_task(_send(ws, session, clock, wake))]  # fmt: skip
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        task = next(iter(done))
+        exc = task.exception()
+        if exc is None:
+            ended = task.result()
+            if ended.failure is None:  # confirmed: close politely, but a slow close changes nothing
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
-                        await self.ws.close()
-                return exc.ended
-            if isinstance(exc, ConnectionClosed | OSError | TimeoutError | ProtocolError):
-                return Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}")
-            if exc is not None:
-                raise exc
-            return Ended(Failure.TRANSIENT, "connection task ended")
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._ring.on_disconnected()
-            self.ws.transport.abort()
+                        await ws.close()
+            return ended
+        if isinstance(exc, ConnectionClosed | OSError | TimeoutError | ProtocolError):
+            return Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}")
+        raise exc
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ws.transport.abort()
 
-    # --- receiving -----------------------------------------------------------------------------------------------
 
-    async def _receive(self) -> None:
+async def _receive(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float], wake: asyncio.Event,
+                   on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
+    try:
+        async for raw in ws:
+            got = session.receive(raw, clock())
+            if got.transcript is not None and on_transcript is not None:
+                on_transcript(got.transcript)
+            if got.ended is not None:
+                return got.ended
+            if got.wake:
+                wake.set()
+    except ConnectionClosed as exc:
+        if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+            return session.peer_closed(None, too_big=True)
+    return session.peer_closed(ws.close_code)
+
+
+async def _send(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float],
+                wake: asyncio.Event) -> Ended:  # fmt: skip
+    while True:
+        wake.clear()
+        out = session.poll(clock())
+        if isinstance(out, Ended):
+            return out
+        if out is not None:
+            await ws.send(out)
+            session.sent(clock())
+            continue
+        deadline = session.deadline()
         try:
-            async for raw in self.ws:
-                if isinstance(raw, bytes):  # the protocol has no server-to-client audio
-                    self._ignore(f"server sent a binary message of {len(raw)} bytes")
-                    continue
-                try:
-                    msg = wire.decode(raw)
-                except ProtocolError as exc:
-                    self._ignore(str(exc))
-                    continue
-                self._dispatch(msg)
-        except ConnectionClosed as exc:
-            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                log.warning("speech server sent a message over %d bytes: connection closed", wire.MAX_MESSAGE_BYTES)
-                raise EndConnection(Ended(Failure.TRANSIENT, "server sent an oversized message")) from None
-        code = self.ws.close_code
-        if code == CLOSE_FORBIDDEN:
-            raise EndConnection(Ended(Failure.FORBIDDEN, "server closed: no active subscription"))
-        raise EndConnection(Ended(Failure.TRANSIENT, f"connection closed (code {code})"))
-
-    def _ignore(self, reason: str) -> None:
-        """An unusable server message: one WARNING per connection (a flood must not flood the log), all counted."""
-        self.ignored_messages += 1
-        if self.ignored_messages == 1:
-            log.warning("%s; ignored (further ones on this connection are counted, not logged)", reason)
-        else:
-            log.debug("%s; ignored", reason)
-
-    def _dispatch(self, msg: wire.ServerMessage | wire.Unknown) -> None:
-        if isinstance(msg, wire.SessionInit):
-            self._session_init.set()
-        elif isinstance(msg, wire.Ready):
-            if not self._ready.done():
-                self._ready.set_result(msg.next_seq)
-        elif isinstance(msg, wire.Ack):
-            progressed = self._guarded(self._ring.on_ack, msg.seq)
-            self.watchdog.update(self._ring.outstanding, progressed, self._clock())
-            if progressed:  # a repeated or stale ack is no reason to trust the connection more
-                self._on_progress()
-        elif isinstance(msg, wire.Closed):
-            self._on_closed(msg)
-        elif isinstance(msg, wire.Error):
-            failure = Failure.TRANSIENT if msg.retryable else Failure.FATAL
-            raise EndConnection(Ended(failure, f"server error {msg.code!r}", msg.retry_after))
-        elif isinstance(msg, wire.ServerWarning):
-            log.warning("speech server warning (code %s)", msg.code)
-        self._on_message(msg)
-        self._wake.set()
-
-    def _on_closed(self, msg: wire.Closed) -> None:
-        if self.resume:
-            problem = check_closed(msg.last_seq, self._ring.written_next)
-            if problem is not None:
-                raise EndConnection(Ended(Failure.TRANSIENT, problem, protocol_error=True))
-            if msg.last_seq >= 0 and self._guarded(self._ring.on_ack, msg.last_seq):  # as an ack would
-                self._on_progress()
-        self._ring.on_closed()
-        if self.end_sent and msg.last_seq >= self._ring.last_seq:
-            raise EndConnection(Ended(None, "server confirmed the visit"))
-
-    @staticmethod
-    def _guarded(apply: Callable[[int], bool | None], value: int) -> bool:
-        """Apply a server's claim to the ring; a claim the ring refuses ends the connection as a protocol error."""
-        try:
-            return bool(apply(value))
-        except ProtocolError as exc:
-            raise EndConnection(Ended(Failure.TRANSIENT, str(exc), protocol_error=True)) from None
-
-    # --- sending -------------------------------------------------------------------------------------------------
-
-    async def _send(self) -> None:
-        try:
-            async with asyncio.timeout(self._settings.session_init_timeout_s):
-                await self._session_init.wait()
+            async with asyncio.timeout(None if deadline is None else max(0.0, deadline - clock())):
+                await wake.wait()
         except TimeoutError:
-            log.info("no session_init within %.1f s; proceeding", self._settings.session_init_timeout_s)
-        if self.resume:
-            await self.ws.send(wire.encode(self._start))
-            async with asyncio.timeout(self._settings.connect_timeout_s):
-                next_seq = await self._ready
-            acked_before = self._ring.acked_next
-            self._guarded(self._ring.on_ready, next_seq)
-            if next_seq < acked_before:  # nothing to resend (freed when acked): say so, the upload holds it
-                log.warning("speech server no longer holds audio it had acknowledged (next_seq %d, acknowledged up "
-                            "to seq %d); the live stream continues from there", next_seq, acked_before - 1)
-            await self._send_resume()
-        else:
-            self._basic.on_connected()
-            await self._send_basic()
-
-    async def _send_resume(self) -> None:
-        pacer = Pacer(self._settings.replay_speed, self._settings.replay_message_ms / 1000, self._clock())
-        # Only the replay is paced: audio that waited in the ring while there was no connection. Fresh audio goes
-        # out as it comes, also when a file source produces it faster than real time.
-        replay_end = self._ring.timeline_end
-        while True:
-            self._wake.clear()
-            for gap in self._ring.gaps_to_send():
-                await self.ws.send(wire.encode(gap))
-            msg = self._ring.next_message()
-            if msg is None:
-                if self.finishing and not self.end_sent:
-                    end = wire.End(last_seq=self._ring.last_seq, final_sample=self.final_sample)
-                    await self.ws.send(wire.encode(end))
-                    self.end_sent = True
-                await self._wake.wait()
-                continue
-            audio_s = len(msg.pcm) / (SAMPLE_RATE * BYTES_PER_SAMPLE)
-            replay = msg.start < replay_end
-            delay = pacer.delay(audio_s, self._clock()) if replay else 0.0
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue  # the ring may have changed meanwhile (acks, drops)
-            self._ring.mark_writing(msg.seq)  # the server may read (and ack) it before send() returns
-            await self.ws.send(wire.encode_audio(msg.seq, msg.start, msg.pcm))
-            if replay:
-                pacer.spend(audio_s, self._clock())
-            self._ring.mark_sent(msg.seq, paced=replay)
-            self.watchdog.update(self._ring.outstanding, False, self._clock())
-
-    async def _send_basic(self) -> None:
-        while True:
-            self._wake.clear()
-            self._basic.expire(self._clock())
-            if self.finishing and self._basic.drained:
-                raise EndConnection(Ended(None, "every chunk done"))
-            chunk = self._basic.next_chunk()
-            if chunk is not None:
-                await self.ws.send(self._basic.payload(chunk))
-                self._basic.mark_sent(chunk, self._clock())
-                continue
-            deadline = self._basic.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-
-    # --- liveness ------------------------------------------------------------------------------------------------
-
-    async def _watch(self) -> None:
-        if not self.resume:
-            await asyncio.Event().wait()  # basic mode: keepalive pings are the only liveness check
-        # Sleep until the watchdog's deadline instead of polling (each wake-up of the loop costs CPU). A deadline
-        # only ever moves later (progress restarts it from now; one that appears starts now + timeout), so waking
-        # at the deadline seen, or after a full timeout when none is set, never misses one.
-        timeout = self._settings.ack_timeout_s
-        while True:
-            deadline = self.watchdog.deadline()
-            now = self._clock()
-            await asyncio.sleep(timeout if deadline is None else max(0.0, deadline - now))
-            if self.watchdog.expired(self._clock()):
-                raise EndConnection(Ended(Failure.TRANSIENT, "no ack progress: connection considered dead"))
+            pass

@@ -9,8 +9,8 @@
   message; live audio (1x) never waits.
 - :class:`AckWatchdog`: no ack progress for ``ack_timeout_s`` while messages are outstanding means the connection
   is dead even if TCP says otherwise.
-- :func:`retry_after_s`: a server's ``Retry-After`` / ``retry_after`` as seconds, clamped to
-  ``[0, MAX_RETRY_AFTER_S]``; it is a floor under the jittered backoff, never a replacement for it.
+- the delays and the ``Retry-After`` rule (clamped to ``[0, MAX_RETRY_AFTER_S]``, a floor under the jittered
+  backoff, never a replacement for it) are :mod:`agent.backoff`'s, shared with the uploads.
 - :func:`check_ready`, :func:`check_ack`, :func:`check_closed`: a server's claims about what it stored, checked
   against what was written. A claim beyond it is a protocol error (reconnect), never audio skipped.
 - :class:`DrainWait`: how long a finished visit's stream may keep replaying its backlog before it is abandoned.
@@ -19,16 +19,16 @@
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.backoff import MAX_RETRY_AFTER_S, delay_after, retry_after_s
 from agent.settings import StreamSettings
+
+__all__ = ["MAX_RETRY_AFTER_S", "retry_after_s"]  # re-exported: the stream's tests and wire name them here
 
 STABLE_AFTER_S = 2.0
 """Seconds a connection must stay up (and advance the ack) before the backoff starts from the beginning again."""
-MAX_RETRY_AFTER_S = 300.0
-"""Longest server-requested wait honoured, in seconds (a larger value is taken as this)."""
 
 
 class Failure(enum.Enum):
@@ -85,15 +85,9 @@ class ReconnectPolicy:
             return Decision(None)
         if failure is Failure.UNAUTHORIZED and previous is not Failure.UNAUTHORIZED:
             return Decision(0.0, relogin=True)
-        # The server's wait is a floor: a retry_after of 0 (or -5, or garbage) from a server that keeps refusing
-        # must not turn the backoff into a tight loop.
-        delay = max(self._jitter(), retry_after_s(retry_after) or 0.0)
+        delay = delay_after(self._attempt, self._first, self._cap, self._random, retry_after)
         self._attempt += 1
         return Decision(delay, relogin=failure is Failure.UNAUTHORIZED)
-
-    def _jitter(self) -> float:
-        bound = min(self._cap, self._first * 2.0 ** min(self._attempt, 62))
-        return self._random() * bound
 
 
 class Pacer:
@@ -139,23 +133,6 @@ class AckWatchdog:
     def expired(self, now: float) -> bool:
         deadline = self.deadline()
         return deadline is not None and now >= deadline
-
-
-def retry_after_s(value: float | int | str | None) -> float | None:
-    """Seconds a server asked to wait, clamped to ``[0, MAX_RETRY_AFTER_S]``; None when absent or not a number.
-
-    Accepts a number or a numeric string (``"7"``, ``"1e999"``); NaN is not a number of seconds (None), an
-    infinite or huge wait is taken as ``MAX_RETRY_AFTER_S``, a negative one as 0.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 # --- what the server claims to hold (resume mode) --------------------------------------------------------------

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import msgspec
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
+from agent.backoff import retry_after_s
 from agent.errors import ProtocolError
-from agent.stream.policy import retry_after_s
 
 RESUME_SUBPROTOCOL = "medisync.resume.v1"
 HEADER = struct.Struct("<QQ")
@@ -116,7 +116,7 @@ class Error(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
     message: str = ""
     retryable: bool = False
     retry_after: float | None = None
-    """Seconds, already clamped by :func:`~agent.stream.policy.retry_after_s` (None: absent or not a number)."""
+    """Seconds, already clamped by :func:`~agent.backoff.retry_after_s` (None: absent or not a number)."""
 
 
 class _ErrorIn(msgspec.Struct, tag="error", tag_field="type", kw_only=True):

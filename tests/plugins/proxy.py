@@ -10,6 +10,9 @@ and event loop, forwarding to ``host:port``. Control methods are thread-safe and
     proxy.stall()                            stop forwarding on open connections without closing them (half-open);
                                              new connections work normally; proxy.unstall() resumes
     proxy.delay_s = 0.2                      delay every forwarded chunk (both ways)
+    proxy.down() / proxy.up()                the link goes away: the listener closes (new connections are refused,
+                                             a TCP connect fails) and open links are reset; up() listens again on
+                                             the same port
     proxy.cut_after_client_bytes(n)          cut each *new* connection once n bytes came from the client (None: off)
     proxy.client_bytes                       total bytes forwarded client -> server
     proxy.lose_response_to(marker)           once: the request carrying ``marker`` (e.g. b"POST /api/recordings/add")
@@ -106,6 +109,20 @@ class TcpProxy:
 
     def reset(self) -> None:
         self._run_sync(lambda: [self._close(link, rst=True) for link in list(self._links)])
+
+    def down(self) -> None:
+        server = self._server
+        assert server is not None
+
+        def go_down() -> None:
+            server.close()  # the listening socket closes at once: a connect is refused
+            for link in list(self._links):
+                self._close(link, rst=True)
+
+        self._run_sync(go_down)
+
+    def up(self) -> None:
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True))
 
     def stall(self) -> None:
         self._run_sync(lambda: [link.running.clear() for link in self._links])
