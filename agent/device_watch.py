@@ -154,6 +154,7 @@ class Capture:
         self._ever_opened = False
         self._open_error: AgentError | None = None
         self._expected: float | None = None  # capture time where the next block should start (after a loss)
+        self._generation = 0  # which opened source the sink accepts blocks from
         self._last_end: float | None = None
         self.sample_rate = 0
         self.channels = 0
@@ -240,7 +241,14 @@ class Capture:
     async def _run_once(self) -> str:
         """Open the source, watch it until it fails or ends, close it; the reason it is gone."""
         pin = (self.sample_rate, self.channels) if self._ever_opened else None
-        source = await asyncio.to_thread(self._open, pin, self._sink)
+        self._generation += 1
+        generation = self._generation
+
+        def sink(samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+            if generation == self._generation:  # a closed source's late callbacks are not counted
+                self._sink(samples, capture_time, missed)
+
+        source = await asyncio.to_thread(self._open, pin, sink)
         try:
             if self._ever_opened:
                 self._fit(source)
@@ -256,6 +264,7 @@ class Capture:
                     return "the source ended"
             return "stopped"
         finally:
+            self._generation += 1
             await asyncio.to_thread(source.__exit__, None, None, None)
 
     def _fit(self, source: Source) -> None:
