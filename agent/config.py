@@ -9,6 +9,7 @@ settings: :func:`agent.api.secret.load_credentials` reads it (systemd credential
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import re
@@ -66,12 +67,16 @@ def describe_type(tp: Any) -> str:
     if get_origin(tp) is Literal:
         choices = [repr(c) if isinstance(c, str) else str(c) for c in get_args(tp)]
         return "one of " + ", ".join(choices)
+    if get_origin(tp) is tuple:
+        return 'a list of strings, e.g. ["/usr/local/bin/hook", "--flag"] (in the environment or --set: as JSON)'
     names = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
     return names.get(tp, str(tp))
 
 
 def _short(value: object) -> str:
     text = repr(value) if not isinstance(value, bool) else str(value).lower()
+    if isinstance(value, tuple):  # as the TOML list it was written as
+        text = msgspec.json.encode(list(value)).decode()
     text = mask_userinfo(text)  # an error message never repeats a password
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -80,6 +85,9 @@ def convert_value(key: str, value: object, tp: Any, where: str, *, from_text: bo
     """Convert one value to its field type; ``from_text`` values (env, flags) are parsed leniently from strings."""
     if from_text and tp is bool and isinstance(value, str):
         value = value.strip().lower()
+    if from_text and get_origin(tp) is tuple and isinstance(value, str):
+        with contextlib.suppress(msgspec.DecodeError):  # not JSON: reported below as the wrong type
+            value = msgspec.json.decode(value.strip() or "[]")  # a list from the environment or --set is JSON
     try:
         converted = msgspec.convert(value, tp, strict=not from_text)
     except msgspec.ValidationError:
@@ -219,7 +227,7 @@ def _check_rules(values: Mapping[str, Any], origins: Mapping[str, Origin]) -> No
         value = values[dotted]
         if not rule.accepts(value):
             where = origins[dotted].where
-            problem = "not valid" if isinstance(value, str) else "out of range"
+            problem = "not valid" if isinstance(value, str | tuple) else "out of range"
             raise ConfigError(f"{where}: {dotted} = {_short(value)}: {problem} (allowed: {rule.allowed})")
     relation = check_cross_field(values)
     if relation is not None:

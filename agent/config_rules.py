@@ -136,6 +136,11 @@ RULES: Mapping[str, Rule] = {
     "mic.clear_s": between(0, 600, "seconds"),
     "mic.no_data_s": positive(600, "seconds"),
     "mic.no_speech_s": positive(86400, "seconds"),
+    "device.state_hook": Rule(
+        lambda v: all(part.strip() for part in v[:1]),
+        'empty (no hook) or a command as a list, e.g. ["/usr/local/bin/led-hook", "--pin", "17"]',
+    ),
+    "device.state_hook_timeout_s": positive(600, "seconds"),
 }
 
 _ORDERED_PAIRS = (

@@ -5,6 +5,8 @@ One request per line, one response line per request::
     {"cmd": "visit_start", "appointment_id": "a1b2"}   -> {"ok": true, "status": {...}}
     {"cmd": "visit_stop"}                               -> {"ok": true, "status": {...}, "message": "..."}
     {"cmd": "status"}                                   -> {"ok": true, "status": {...}}
+    {"cmd": "follow"}                                   -> one state event line now and one per change
+                                                           (agent.events.StateEvent) until either side ends
     anything wrong                                      -> {"ok": false, "error": "one line for a person"}
 
 Who may talk is decided by the socket file's permissions (mode 0660: the service user and its group), not by
@@ -35,7 +37,11 @@ class GetStatus(msgspec.Struct, tag="status", tag_field="cmd", forbid_unknown_fi
     pass
 
 
-Request = StartVisit | StopVisit | GetStatus
+class Follow(msgspec.Struct, tag="follow", tag_field="cmd", forbid_unknown_fields=True, frozen=True):
+    """Turn the connection into the event stream (:mod:`agent.event_hub`); it takes no further requests."""
+
+
+Request = StartVisit | StopVisit | GetStatus | Follow
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):

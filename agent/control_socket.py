@@ -12,6 +12,9 @@ A client connection gets one answer per request line, and an error answer, never
 anything malformed: bytes that are not UTF-8, not JSON, nested too deeply, a line over
 :data:`~agent.control.MAX_LINE_BYTES` (the connection is then closed: the rest of that line cannot be framed), or
 a last line without its newline before the client's end of file.
+
+An answer may also be a :data:`Streamer` (the ``follow`` request): the connection is then handed to it and carries
+its lines until it returns; anything the client sends after that request ends the stream (it is not read).
 """
 
 from __future__ import annotations
@@ -90,7 +93,9 @@ def bind_control_socket(path: Path) -> socket.socket:
     return sock
 
 
-Answer = Callable[[bytes], Awaitable[Response]]
+Streamer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""Serves the rest of a connection by itself (the event stream)."""
+Answer = Callable[[bytes], Awaitable[Response | Streamer]]
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
@@ -109,7 +114,11 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 writer.write(encode_response(failure(f"request longer than {MAX_LINE_BYTES} bytes")))
                 await writer.drain()
                 break
-            writer.write(encode_response(await answer(line)))
+            answered = await answer(line)
+            if not isinstance(answered, Response):
+                await answered(reader, writer)
+                break
+            writer.write(encode_response(answered))
             await writer.drain()
     except ConnectionError:
         log.info("control client went away")

@@ -20,6 +20,7 @@
 - SIGTERM/SIGINT: stop the visit (archive finished, upload queued), give draining streams what is left of
   ``stop_timeout_s``, then end them (one log line says how much audio only the upload holds) and exit.
   SIGHUP: reload the configuration now when idle, after the visit otherwise.
+- The device state for ``status --follow`` and the state hook: :class:`~agent.device_state.StateView`.
 
 Logs carry no appointment ids, patient data or tokens.
 """
@@ -45,10 +46,12 @@ from agent.archive.recovery import recover
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.mic_monitor import MicHealth
 from agent.audio.pipeline import PipelineOutput
+from agent.audio.sources import source_opener
 from agent.audio.types import Block
 from agent.control import (
     MAX_LINE_BYTES,
     DaemonStatus,
+    Follow,
     GetStatus,
     ProtocolViolation,
     Request,
@@ -59,12 +62,15 @@ from agent.control import (
     ok,
     parse_request,
 )
-from agent.control_socket import bind_control_socket, serve_connection
+from agent.control_socket import Streamer, bind_control_socket, serve_connection
 from agent.daemon_state import DaemonState, VisitSlot
 from agent.daemon_uploads import COUNTER, WORKER, Uploads
-from agent.device_watch import Capture, CaptureTap, source_opener
+from agent.device_state import HOOK, StateView
+from agent.device_watch import Capture, CaptureTap
 from agent.draining import DrainingStreams, EndedTotals, unconfirmed_s
 from agent.errors import AgentError
+from agent.event_hub import facts_of
+from agent.events import Facts
 from agent.heartbeat import Heartbeat
 from agent.metrics import Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
@@ -91,22 +97,22 @@ class Daemon:
         self.settings = settings
         self._reload = reload
         self._notifier = notifier
-        self._heartbeat = Heartbeat(
-            notifier, None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
-        )
+        watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
+        self._heartbeat = Heartbeat(notifier, watchdog)
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
         self.mic_health = MicHealth(settings.mic)
         """The microphone's problems, idle and in visits: ``problems()``, ``add_listener(fn)`` (mic_monitor)."""
         self._shutdown = asyncio.Event()
-        self._slot = VisitSlot()
+        self._shown = StateView(self._facts, lambda: self.settings.device)
+        self._slot = VisitSlot(on_change=self._shown.refresh)
         self._visit: Visit | None = None
         self._tap: CaptureTap | None = None
         self._visit_task: asyncio.Task[VisitSummary | None] | None = None
         self._ended = EndedTotals()
         self._draining = DrainingStreams(self._ended)
         self._reload_pending = False
-        self._tasks = SupervisedTasks((TICK, WORKER, COUNTER))
+        self._tasks = SupervisedTasks((TICK, WORKER, COUNTER, HOOK))
         self._visit_error = ""
         self._metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -138,6 +144,7 @@ class Daemon:
             self._tasks.start(TICK, self._tick)
             self._tasks.start(WORKER, self._uploads.work)
             self._tasks.start(COUNTER, self._uploads.count)
+            self._tasks.start(HOOK, self._shown.hook.run)
             await self._shutdown.wait()
             await self._stop(server)
         finally:
@@ -187,12 +194,14 @@ class Daemon:
             log.info("stopping: ending the visit, finishing its archive and queueing its upload")
             visit.stop()
             try:
-                await asyncio.wait_for(asyncio.shield(task), max(0.5, budget - 2.0))
+                async with asyncio.timeout(max(0.5, budget - 2.0)):  # not wait_for: it can lose a cancel on 3.11
+                    await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 log.error("the visit did not end in time; its recording is queued at the next start")
         await self._draining.end(budget - (time.monotonic() - started) - STOP_MARGIN_S)
+        await self._shown.close(budget - (time.monotonic() - started))
         await self._tasks.stop()
         log.info("stopped in %.1f s", time.monotonic() - started)
 
@@ -209,11 +218,13 @@ class Daemon:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._answer)
 
-    async def _answer(self, line: bytes) -> Response:
+    async def _answer(self, line: bytes) -> Response | Streamer:
         try:
             request = parse_request(line)
         except ProtocolViolation as exc:
             return failure(str(exc))
+        if isinstance(request, Follow):
+            return self._shown.hub.follow  # the connection becomes the event stream
         return await self.handle(request)
 
     async def handle(self, request: Request) -> Response:
@@ -274,8 +285,8 @@ class Daemon:
             self._ended.add_archive(visit)
             self._ended.handoff_samples_dropped += tap.handoff.stats.samples_dropped
             self._tap = None
+            self._uploads.wake()  # first: the slot's move shows "uploading", not a moment of "idle"
             self._slot.end()
-            self._uploads.wake()
         if visit.stream is not None:
             self._draining.add(visit)
         if visit.lost_samples:
@@ -326,6 +337,10 @@ class Daemon:
     def status(self) -> DaemonStatus:
         return self.telemetry().status()
 
+    def _facts(self) -> Facts:
+        return facts_of(self.status(), visit_failed=bool(self._visit_error), upload_due=self._uploads.due,
+                        uploads_unreachable=self._uploads.unreachable)  # fmt: skip
+
     async def _tick(self) -> None:
         while True:
             self._observe_capture(time.monotonic())
@@ -334,6 +349,7 @@ class Daemon:
     def _observe_capture(self, now: float) -> None:
         capture = self._capture
         self.mic_health.tick()
+        self._shown.refresh()
         if capture is None:
             return
         telemetry = self.telemetry()

@@ -14,6 +14,7 @@ state's value, so the values are the words the control protocol has always used.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 
 class DaemonState(enum.StrEnum):
@@ -46,10 +47,11 @@ class IllegalTransition(RuntimeError):
 
 
 class VisitSlot:
-    """The current state, moved only along :data:`TRANSITIONS`."""
+    """The current state, moved only along :data:`TRANSITIONS`; ``on_change`` is called after every move."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._state = DaemonState.IDLE
+        self._on_change = on_change
 
     @property
     def state(self) -> DaemonState:
@@ -63,6 +65,8 @@ class VisitSlot:
         if not self.can_move(to):
             raise IllegalTransition(f"daemon state {self._state.value} cannot become {to.value}")
         self._state = to
+        if self._on_change is not None:
+            self._on_change()
 
     def end(self) -> None:
         """The visit is over however it ended (archived, failed, refused): back to IDLE from any visit state."""

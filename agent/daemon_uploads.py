@@ -58,6 +58,10 @@ class Uploads:
         self._archive_dir = archive_dir
         self._wake = asyncio.Event()
         self._known_items: set[str] = set()
+        self.unreachable = False
+        """The last pass that tried an item stopped on an account-wide failure (unreachable, 5xx, 429, 401, 403)."""
+        self.due = False
+        """An item surely waits, though the count may not show it yet: a visit was just queued, or a pass failed."""
 
     async def replaced(self, settings: AgentSettings) -> Uploads:
         """Uploads under new settings (the device key and the since-start counters carried over), a new client.
@@ -75,6 +79,7 @@ class Uploads:
 
     def wake(self) -> None:
         """Upload now (a visit was queued)."""
+        self.due = True
         self._wake.set()
 
     async def work(self) -> None:
@@ -86,6 +91,9 @@ class Uploads:
     def _count_report(self, report: upload_runner.DrainReport) -> None:
         self.totals.completed += len(report.uploaded)
         self.totals.failures += len(report.failed) + len(report.blocked) + len(report.dead)
+        if report.stopped_early or report.uploaded:
+            self.unreachable = report.stopped_early
+        self.due = report.stopped_early
 
     async def count(self) -> None:
         """Count the queue every :data:`QUEUE_POLL_S` seconds; wake the worker when another process queued."""

@@ -30,31 +30,18 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
-from agent.audio.sources import open_source
-from agent.audio.types import Block, BlockSink, Source
+from agent.audio.sources import Opener
+from agent.audio.types import Block, Source
 from agent.errors import AgentError, DeviceError
-from agent.settings import AudioSettings
 
 log = logging.getLogger(__name__)
 
-Opener = Callable[[tuple[int, int] | None, BlockSink], Source]
-"""``open(pin, sink)``: opens (not enters) the configured source, pinned to (rate, channels) unless None,
-delivering its blocks to ``sink``."""
 LEVEL_WINDOW_S = 0.3
 """Time constant in seconds of the input level meter (exponential average of the power)."""
 MIN_GAP_S = 0.05
 """A discontinuity after a reopen shorter than this (seconds) is capture jitter, not a gap."""
 CHECK_S = 1.0
 """Seconds between looks at whether the open source's device still works."""
-
-
-def source_opener(audio: AudioSettings) -> Opener:
-    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
-
-    def open_(pin: tuple[int, int] | None, sink: BlockSink) -> Source:
-        return open_source(audio.source, audio, sink=sink, pin=pin)
-
-    return open_
 
 
 def level_dbfs(power: float) -> float | None:

@@ -183,6 +183,16 @@ class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Seconds of a visit with sound present (not silent) but no speech from the voice gate before it is raised."""
 
 
+class DeviceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state_hook: tuple[str, ...] = ()
+    """Command run on each device state change (idle, recording, paused, offline, uploading, error, audio warnings),
+    as an argv list run without a shell, e.g. ``["/usr/local/bin/led-hook", "--pin", "17"]``: the event's JSON
+    line on stdin, the state in ``MEDISYNC_STATE``. Empty: no hook. It runs as the service, inside its sandbox (no
+    GPIO devices: a LED script runs as its own service, see ``systemd/examples/``)."""
+    state_hook_timeout_s: float = 5.0
+    """Seconds a state hook may run before it is killed (and a WARNING logged)."""
+
+
 class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     vad: VadSettings = msgspec.field(default_factory=VadSettings)
@@ -191,4 +201,5 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     upload: UploadSettings = msgspec.field(default_factory=UploadSettings)
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
+    device: DeviceSettings = msgspec.field(default_factory=DeviceSettings)
     mic: MicSettings = msgspec.field(default_factory=MicSettings)

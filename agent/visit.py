@@ -241,8 +241,9 @@ class Visit:
                 if not warned:
                     log.warning("cannot queue the saved part of the visit yet (%s); trying again every second", exc)
                     warned = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._recording_over.wait(), 1.0)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: 3.11's wait_for can lose a cancellation
+                    async with asyncio.timeout(1.0):
+                        await self._recording_over.wait()
                 continue
             log.info("saved part of the visit queued as upload item %s, held until the recording ends",
                      item.item_id[:8])  # fmt: skip

@@ -23,9 +23,10 @@ import pytest
 
 from agent.audio.mic_health import CLIPPING, NO_DATA, SILENT, MicChange
 from agent.audio.mic_monitor import MicHealth
+from agent.audio.sources import source_opener
 from agent.audio.types import Block
 from agent.audio.vad_eval import DIALOGUE_WAV
-from agent.device_watch import Capture, source_opener
+from agent.device_watch import Capture
 from agent.settings import AudioSettings, MicSettings
 from tests.plugins.capture import capture_running
 from tests.plugins.daemon import PrivatePulse

@@ -57,7 +57,8 @@ def test_retry_unreachable_exits_tempfail_and_keeps_item(
     # Scheduled after a full-jitter delay of 0..backoff_first_s (5 s), which a slow machine (arm64 emulation) can
     # outlast before the next command: push the schedule out of reach so "not due" does not depend on that draw.
     assert tried_at <= item.next_attempt_at <= time.time() + UploadSettings().backoff_first_s
-    item.next_attempt_at = time.time() + 3600
+    # Half the backoff cap: further ahead than any delay the policy sets would read as a clock set back (due now).
+    item.next_attempt_at = time.time() + UploadSettings().backoff_cap_s / 2
     queue.save(item)
     assert main(["uploads", "retry"]) == 75  # not due yet: nothing tried, still waiting
     assert (

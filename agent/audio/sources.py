@@ -20,6 +20,7 @@ Clock and sleep are injectable (``clock=``, ``sleep=``) so paced sources run ins
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -116,3 +117,17 @@ def open_source(
         return SynthSource(parse_recipe(spec[6:]), pace=settings.pace, clock=clock, sleep=sleep,
                            block_frames=block_frames, sink=sink)  # fmt: skip
     raise ConfigError(f"unknown audio source {spec!r}: use mic, mic:<name>, file:<path.wav> or synth:<recipe>")
+
+
+Opener = Callable[[tuple[int, int] | None, BlockSink], Source]
+"""``open(pin, sink)``: opens (not enters) the configured source, pinned to (rate, channels) unless None,
+delivering its blocks to ``sink`` (the daemon's :class:`agent.device_watch.Capture`)."""
+
+
+def source_opener(audio: AudioSettings) -> Opener:
+    """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
+
+    def open_(pin: tuple[int, int] | None, sink: BlockSink) -> Source:
+        return open_source(audio.source, audio, sink=sink, pin=pin)
+
+    return open_

@@ -32,19 +32,24 @@ REQUEST_TIMEOUT_S = 120.0
 """Seconds to wait for the daemon's answer: a start checks the account, a stop waits for the stream to close."""
 
 
+def connect_daemon(sock: socket.socket, socket_path: str) -> None:
+    """Connect ``sock`` to the control socket; ControlError with one clear line if nobody is there."""
+    try:
+        sock.connect(socket_path)
+    except FileNotFoundError:
+        raise ControlError(f"the daemon is not running (no control socket at {socket_path})") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"the daemon is not running (nothing listens on {socket_path})") from None
+    except PermissionError:
+        raise ControlError(f"no permission to use {socket_path} (are you in the service's group?)") from None
+
+
 def ask_daemon(socket_path: str, request: Request, timeout_s: float = REQUEST_TIMEOUT_S) -> Response:
     """Send one request over the control socket and return the answer; ControlError with one clear line if not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
-        try:
-            sock.connect(socket_path)
-        except FileNotFoundError:
-            raise ControlError(f"the daemon is not running (no control socket at {socket_path})") from None
-        except ConnectionRefusedError:
-            raise ControlError(f"the daemon is not running (nothing listens on {socket_path})") from None
-        except PermissionError:
-            raise ControlError(f"no permission to use {socket_path} (are you in the service's group?)") from None
+        connect_daemon(sock, socket_path)
         sock.sendall(encode_request(request))
         line = _read_line(sock)
     except TimeoutError:
