@@ -20,9 +20,12 @@ clock and reported as ``Block.missed`` so the timeline stays equal to wall time.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -92,17 +95,34 @@ def parse_mic_spec(spec: str) -> MicSpec:
 
 def import_sounddevice(refresh: bool = False) -> ModuleType:
     """The sounddevice module; DeviceError if PortAudio is missing. ``refresh`` re-scans devices."""
-    try:
-        import sounddevice
-    except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
-        raise DeviceError(PORTAUDIO_MISSING) from None
-    if refresh:
-        # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
-        # done when no stream of ours is open).
-        sounddevice._terminate()
-        sounddevice._initialize()
+    with _logging_held():  # the import initialises PortAudio too
+        try:
+            import sounddevice
+        except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
+            raise DeviceError(PORTAUDIO_MISSING) from None
+        if refresh:
+            # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
+            # done when no stream of ours is open).
+            sounddevice._terminate()
+            sounddevice._initialize()
     module: ModuleType = sounddevice
     return module
+
+
+@contextlib.contextmanager
+def _logging_held() -> Iterator[None]:
+    """Hold every logging handler's lock: ``sounddevice._initialize`` (also run by its import) points fd 2 at
+    /dev/null while PortAudio scans (40 ms here), and a line another thread logs meanwhile would vanish (the daemon
+    lost its "watchdog pings stopped" line that way while reopening a lost microphone). Logging threads wait
+    instead."""
+    handlers = [h for h in logging.getLogger().handlers if h.lock is not None]
+    for handler in handlers:
+        handler.acquire()
+    try:
+        yield
+    finally:
+        for handler in reversed(handlers):
+            handler.release()
 
 
 def list_input_devices(refresh: bool = True) -> list[InputDevice]:
