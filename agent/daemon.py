@@ -163,7 +163,7 @@ class Daemon:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
         capture.on_block = self._feed_mic
         try:
-            await asyncio.to_thread(capture.start, FIRST_OPEN_WAIT_S)
+            await capture.start(FIRST_OPEN_WAIT_S)
         except AgentError as exc:
             # Keep running and retrying: the watchdog gets no pings, so systemd restarts us if it stays away.
             log.error("cannot open the audio source (%s); retrying", exc)
@@ -200,7 +200,7 @@ class Daemon:
 
     async def _close_parts(self) -> None:
         if self._capture is not None:
-            await asyncio.to_thread(self._capture.stop, 2.0)
+            await self._capture.stop()
         await self._uploads.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -261,7 +261,7 @@ class Daemon:
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
-    def _feed_mic(self, block: Block, rate: int) -> None:  # capture thread: every block, idle or in a visit
+    def _feed_mic(self, block: Block, rate: int) -> None:  # PortAudio callback: every block, idle or in a visit
         self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
 
     def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
@@ -373,7 +373,7 @@ class Daemon:
         old, self.settings = self.settings, new
         changed = [name for name in AgentSettings.__struct_fields__ if getattr(old, name) != getattr(new, name)]
         if old.audio != new.audio and self._capture is not None:
-            await asyncio.to_thread(self._capture.stop, 2.0)
+            await self._capture.stop()
             self._capture = await self._start_capture(new.audio)
         if old.api != new.api or old.upload != new.upload or old.archive.directory != new.archive.directory:
             await self._restart_uploads(new)

@@ -1,19 +1,24 @@
 """Continuous capture for the daemon: the configured source stays open between visits, a lost device is reopened.
 
-:class:`Capture` runs one thread that reads the source for as long as the daemon runs. Between visits the blocks
-are only counted and metered (cheap: no DSP, archive or stream), so the watchdog can tell a stalled or unplugged
-microphone even when nobody is recording. During a visit every block is also handed to a :class:`CaptureTap`, a
-:class:`~agent.audio.types.Source` that the visit's recorder reads.
+:class:`Capture` opens the source with a *sink* (``open_source(..., sink=)``): the source's producer -- PortAudio's
+callback for a microphone -- calls :meth:`Capture._sink` with every block, on its own thread. Between visits the
+block is only counted and metered (cheap: no DSP, archive, stream or event-loop wake-up), so the watchdog can tell
+a stalled or unplugged microphone even when nobody is recording. During a visit the sink also puts the block into
+the hand-off of a :class:`CaptureTap`, the :class:`~agent.audio.types.Source` the visit's recorder consumes: the
+same one hand-off and eventfd wake-up as a microphone recorded directly, no capture thread, no second buffer.
 
-Device loss: when the source raises DeviceError (PortAudio reports the stream dead, or it stopped delivering) or
-ends, the thread closes it and reopens it *by name* (the same spec, pinned to the first rate and channel count so a
-running visit's pipeline still fits) with capped exponential backoff (:class:`ReopenPolicy`, pure). The first block
-after a reopen carries ``Block.missed`` = the wall-clock time lost, in source samples, so the DSP fills the visit
-timeline with silence and reports a Gap: the archive stays wall-clock true and the stream announces the gap.
+Device loss: a task on the event loop (:meth:`Capture._watch`) looks at the open source every ``CHECK_S`` seconds;
+when it reports its device dead (``check_alive`` raises DeviceError) or its stream ended, the task closes it and
+reopens it *by name* (the same spec, pinned to the first rate and channel count so a running visit's pipeline still
+fits) with capped exponential backoff (:class:`ReopenPolicy`, pure). The first block after a reopen carries
+``Block.missed`` = the wall-clock time lost, in source samples, so the DSP fills the visit timeline with silence
+and reports a Gap: the archive stays wall-clock true and the stream announces the gap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -25,16 +30,18 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
+from agent.audio.sources import Opener
 from agent.audio.types import Block, Source
 from agent.errors import AgentError, DeviceError
 
 log = logging.getLogger(__name__)
 
-SourceFactory = Callable[[], Source]
 LEVEL_WINDOW_S = 0.3
 """Time constant in seconds of the input level meter (exponential average of the power)."""
 MIN_GAP_S = 0.05
 """A discontinuity after a reopen shorter than this (seconds) is capture jitter, not a gap."""
+CHECK_S = 1.0
+"""Seconds between looks at whether the open source's device still works."""
 
 
 def level_dbfs(power: float) -> float | None:
@@ -81,7 +88,6 @@ class CaptureTap:
         self._rate = capture.sample_rate
         self._channels = capture.channels
         self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))
-        self._stopped = threading.Event()
         self._attached_at = capture.now()
         self._first = True
 
@@ -103,47 +109,40 @@ class CaptureTap:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def put(self, block: Block) -> None:
-        missed = block.missed
+    def put(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+        """On the source's producer thread (PortAudio's callback)."""
         if self._first:
             # A device lost before the visit began: only the part after the visit's start is the visit's gap.
             self._first = False
-            missed = min(missed, max(0, round((block.capture_time - self._attached_at) * self._rate)))
-        self.handoff.put(block.samples, block.capture_time, missed)
-
-    def read(self) -> Block | None:
-        while not self._stopped.is_set():
-            block = self.handoff.get(timeout=0.1)
-            if block is not None:
-                return block
-        return None
+            missed = min(missed, max(0, round((capture_time - self._attached_at) * self._rate)))
+        self.handoff.put(samples, capture_time, missed)
 
     def check_alive(self) -> None:
-        """Never raises: the capture thread reopens a lost device and the gap is reported in the blocks."""
+        """Never raises: the capture reopens a lost device and the gap is reported in the blocks."""
 
     def stop(self) -> None:
-        self._stopped.set()
         self._capture.detach(self)
         self.handoff.close()
 
 
 class Capture:
-    """Reads the source on its own thread for the daemon's lifetime; see the module docstring."""
+    """Keeps the source open for the daemon's lifetime; see the module docstring."""
 
-    def __init__(self, open_source: Callable[[int | None, int | None], Source], *, retry_cap_s: float,
+    def __init__(self, open_source: Opener, *, retry_cap_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        """``open_source(rate, channels)`` opens (not enters) the configured source, pinned when not None."""
         self._open = open_source
         self._policy = ReopenPolicy(cap_s=retry_cap_s)
         self._clock = clock
-        self._stop = threading.Event()
+        self._stop = asyncio.Event()
         self._lock = threading.Lock()
         self._tap: CaptureTap | None = None
-        self._current: Source | None = None
-        self._last_end: float | None = None
-        self._thread: threading.Thread | None = None
-        self._first_open = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._first_try = asyncio.Event()
+        self._ever_opened = False
         self._open_error: AgentError | None = None
+        self._expected: float | None = None  # capture time where the next block should start (after a loss)
+        self._generation = 0  # which opened source the sink accepts blocks from
+        self._last_end: float | None = None
         self.sample_rate = 0
         self.channels = 0
         self.description = ""
@@ -158,29 +157,27 @@ class Capture:
         reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
         self.on_block: Callable[[Block, int], None] | None = None
-        """Called on the capture thread with every block and its sample rate (the microphone health detector);
-        must be quick and must not raise."""
+        """Called on the source's producer thread (PortAudio's callback) with every block and its sample rate (the
+        microphone health detector); must be quick and must not raise."""
 
-    # --- control (daemon thread) ------------------------------------------------------------------------------
+    # --- control (event loop) ---------------------------------------------------------------------------------
 
-    def start(self, timeout_s: float) -> None:
-        """Start the thread and wait (bounded) for the first open; raise its error if it failed at once."""
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
-        self._thread.start()
-        self._first_open.wait(timeout_s)
-        if self._open_error is not None and self.sample_rate == 0:
+    async def start(self, timeout_s: float) -> None:
+        """Start watching and wait (bounded) for the first open; raise its error if it failed at once."""
+        self._task = asyncio.create_task(self._watch(), name="capture-watch")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_try.wait(), timeout_s)
+        if self._open_error is not None and not self._ever_opened:
             raise self._open_error
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    async def stop(self) -> None:
         self._stop.set()
         with self._lock:
-            tap, current = self._tap, self._current
+            tap = self._tap
         if tap is not None:
             tap.stop()
-        if current is not None:
-            current.stop()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._task is not None:
+            await self._task
 
     def now(self) -> float:
         return self._clock()
@@ -191,7 +188,7 @@ class Capture:
 
     def tap(self, handoff_seconds: float) -> CaptureTap:
         """A new Source for a visit, fed from the next block on. One at a time."""
-        if self.sample_rate == 0:
+        if not self._ever_opened:
             raise DeviceError(f"the microphone is not open yet ({self.description or 'opening'})")
         tap = CaptureTap(self, handoff_seconds)
         with self._lock:
@@ -205,81 +202,101 @@ class Capture:
             if self._tap is tap:
                 self._tap = None
 
-    # --- capture thread ---------------------------------------------------------------------------------------
+    # --- watching the device (event loop) ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        expected: float | None = None  # capture time where the next block should start (after a loss)
+    async def _watch(self) -> None:
         while not self._stop.is_set():
             try:
-                source = self._open(self.sample_rate or None, self.channels or None)
-                with source:
-                    self._opened(source)
-                    self._pump(source, expected)
-                reason = "the source ended"
+                reason = await self._run_once()
             except AgentError as exc:
                 reason = str(exc)
-                if self.sample_rate == 0:
+                if not self._ever_opened:
                     self._open_error = exc
             except Exception as exc:  # the capture must outlive any device bug; logged in full
                 log.exception("capture failed unexpectedly")
                 reason = f"unexpected {type(exc).__name__}"
-            finally:
-                self._first_open.set()
-                with self._lock:
-                    self._current = None
-            expected = self._last_end
+            self._first_try.set()
+            self._expected = self._last_end
             if self._stop.is_set():
                 break
             self.state = "lost"
             delay = self._policy.next_delay()
             log.warning("microphone lost (%s); reopening in %.1f s", reason, delay)
-            self._stop.wait(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_once(self) -> str:
+        """Open the source, watch it until it fails or ends, close it; the reason it is gone."""
+        pin = (self.sample_rate, self.channels) if self._ever_opened else None
+        self._generation += 1
+        generation = self._generation
+
+        def sink(samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+            if generation == self._generation:  # a closed source's late callbacks are not counted
+                self._sink(samples, capture_time, missed)
+
+        source = await asyncio.to_thread(self._open, pin, sink)
+        try:
+            if self._ever_opened:
+                self._fit(source)
+            else:
+                self._fit_first(source)  # before the first block reaches the sink
+            await asyncio.to_thread(source.__enter__)
+            self._opened(source)
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), CHECK_S)
+                source.check_alive()
+                if source.handoff.closed:
+                    return "the source ended"
+            return "stopped"
+        finally:
+            self._generation += 1
+            await asyncio.to_thread(source.__exit__, None, None, None)
+
+    def _fit(self, source: Source) -> None:
+        if (source.sample_rate, source.channels) != (self.sample_rate, self.channels):
+            raise DeviceError(f"reopened {source.description} at another rate or channel count")
+        self.description = source.description
+
+    def _fit_first(self, source: Source) -> None:
+        self.sample_rate, self.channels, self.description = source.sample_rate, source.channels, source.description
 
     def _opened(self, source: Source) -> None:
-        if self.sample_rate and (source.sample_rate, source.channels) != (self.sample_rate, self.channels):
-            raise DeviceError(f"reopened {source.description} at another rate or channel count")
-        if self.sample_rate:
+        if self._ever_opened:
             self.reopens += 1
             log.warning("microphone reopened: %s", source.description)
         else:
             log.info("capturing from %s", source.description)
-        self.sample_rate, self.channels, self.description = source.sample_rate, source.channels, source.description
-        self._first_open.set()
+        self._ever_opened = True
+        self._first_try.set()
 
-    def _pump(self, source: Source, expected: float | None) -> float | None:
-        """Read blocks until the source fails or ends; returns where the next block should start.
+    # --- the source's producer thread -------------------------------------------------------------------------
 
-        ``expected`` is only set after a loss: within one open stream MicSource reports its own overflows, and a
-        late callback is late audio, not lost audio."""
-        with self._lock:
-            self._current = source
-        if self._stop.is_set():
-            return expected
-        while not self._stop.is_set():
-            block = source.read()
-            if block is None:
-                return expected
-            missed = missed_samples(expected, block.capture_time, source.sample_rate)
-            expected = None
-            if missed:
-                log.warning("microphone delivered again after %.1f s without audio", missed / source.sample_rate)
-                block = Block(block.samples, block.capture_time, block.missed + missed)
-            self._count(block)
-            self._last_end = block.capture_time + len(block.samples) / source.sample_rate
-        return expected
+    def _sink(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+        """Every block, on the source's producer thread: gap accounting, counters, level; the visit's tap.
 
-    def _count(self, block: Block) -> None:
+        Only after a loss is a hole counted here: within one open stream the microphone reports its own
+        overflows, and a late callback is late audio, not lost audio."""
+        rate = self.sample_rate
+        if self._expected is not None:
+            lost = missed_samples(self._expected, capture_time, rate)
+            self._expected = None
+            if lost:
+                missed += lost
+                log.warning("microphone delivered again after %.1f s without audio", lost / rate)
         if self.state != "open":
             self.state = "open"
             self._policy.reset()
         self.blocks += 1
-        self.samples += len(block.samples)
-        self.lost_samples += block.missed
-        alpha = min(1.0, len(block.samples) / (self.sample_rate * LEVEL_WINDOW_S))
-        self._power += alpha * (block_power(block.samples) - self._power)
+        self.samples += len(samples)
+        self.lost_samples += missed
+        alpha = min(1.0, len(samples) / (rate * LEVEL_WINDOW_S))
+        self._power += alpha * (block_power(samples) - self._power)
+        self._last_end = capture_time + len(samples) / rate
         if self.on_block is not None:
-            self.on_block(block, self.sample_rate)
+            self.on_block(Block(samples, capture_time, missed), rate)
         with self._lock:
             tap = self._tap
         if tap is not None:
-            tap.put(block)
+            tap.put(samples, capture_time, missed)

@@ -1,7 +1,7 @@
-"""Source -> DSP -> VAD -> WAV archive, as one synchronous loop on the calling thread.
+"""Source -> DSP -> VAD -> WAV archive, driven by the event loop.
 
-Used by ``medisync-agent record`` and by the visit code. The loop reads blocks from the source, runs them through
-:class:`~agent.audio.pipeline.AudioPipeline`, writes every frame (ungated) to a
+Used by ``medisync-agent record`` and by the visit code. The loop takes blocks from the source's hand-off, runs
+them through :class:`~agent.audio.pipeline.AudioPipeline`, writes every frame (ungated) to a
 :class:`~agent.archive.wav.WavArchiveWriter` and collects the VAD segments. It stops at the end of the source,
 after ``duration_s`` of timeline audio (cut to the exact sample), or when :meth:`Recorder.stop` is called (from
 another thread or a signal handler). Whatever happens, the archive is finished as a valid WAV under its final name
@@ -22,12 +22,17 @@ Each :class:`~agent.audio.pipeline.PipelineOutput` is also handed to ``on_output
 archived), which is where the visit code attaches the live stream; ``on_segment`` gets each speech segment as
 the gate closes it.
 
-:meth:`Recorder.run_on_loop` does the same work driven by the running asyncio loop, for sources whose blocks come
-through a :class:`~agent.audio.handoff.Handoff` (the microphone): the hand-off's eventfd wakes the loop, which runs
-DSP, VAD and the archive write (fdatasync on a worker thread) and hands the output to ``on_output`` on the loop
-thread. That saves a thread wake-up per block (reader thread, then the loop), which measured costlier than the
-DSP itself (``benchmarks/NOTES.md``). Opening and finishing (device open, file creation, final fsync and rename)
-run on a worker thread so the loop never blocks on them.
+:meth:`Recorder.run_on_loop` is the one consumer, for every source (microphone, file, synthetic, the daemon's
+device watch): the source's hand-off eventfd wakes the running loop, which runs DSP, VAD, the ``duration_s`` cut
+and the archive write (fdatasync on a worker thread), then hands the output to ``on_output`` on the loop thread.
+That saves a thread wake-up per block (reader thread, then the loop), which measured costlier than the DSP itself
+(``benchmarks/NOTES.md``). Opening and finishing (device open, file creation, final fsync and rename) run on a
+worker thread so the loop never blocks on them. :meth:`Recorder.run` runs the same consumer in an event loop of
+its own (``record``).
+
+The ``duration_s`` cut is applied to the pipeline's output before it fans out (:func:`agent.audio.pipeline.cut`),
+so the archive, ``on_output`` (the live stream) and the summary's ``samples`` (the stream's ``end.final_sample``)
+agree to the sample.
 """
 
 from __future__ import annotations
@@ -46,9 +51,8 @@ from agent.archive.sealed import PlainDigest
 from agent.archive.sealed_writer import ResilientSealedWriter, SealedArchiveWriter
 from agent.archive.wav import WavArchiveWriter
 from agent.audio.dsp import Gap
-from agent.audio.handoff import HandoffSource
-from agent.audio.pipeline import AudioPipeline, PipelineOutput
-from agent.audio.types import Frame, Source
+from agent.audio.pipeline import AudioPipeline, PipelineOutput, cut, reaches
+from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentEnd, SegmentStart
 from agent.errors import WrongKeyError
 from agent.settings import AgentSettings
@@ -174,21 +178,8 @@ class Recorder:
         self._source.stop()
 
     def run(self) -> RecordSummary:
-        """Record until the source ends, the duration is reached or stop() is called; return the summary.
-
-        Raises InputError/DeviceError from the source and ArchiveError from the archive; the WAV is finished
-        (valid, final name) before any of them propagates.
-        """
-        with self._source as source:
-            pipeline, writer = self._open(source)
-            try:
-                stopped_by = self._loop(source, pipeline, writer)
-            except BaseException:
-                if not writer.closed:
-                    writer.finish()
-                raise
-            path = writer.finish()
-        return self._summary(source, pipeline, writer, path, stopped_by)
+        """:meth:`run_on_loop` in an event loop of its own (for a caller without one: ``record``, tests)."""
+        return asyncio.run(self.run_on_loop())
 
     def _summary(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter, path: Path,
                  stopped_by: StopReason) -> RecordSummary:  # fmt: skip
@@ -210,12 +201,12 @@ class Recorder:
         )
 
     async def run_on_loop(self) -> RecordSummary:
-        """Like :meth:`run` (same result, same guarantees), driven by the running event loop; see the module doc.
+        """Record until the source ends, the duration is reached or stop() is called; return the summary.
 
-        The source must be a :class:`~agent.audio.handoff.HandoffSource`."""
+        Driven by the running event loop (see the module doc). Raises InputError/DeviceError from the source and
+        ArchiveError from the archive; the WAV is finished (valid, final name) before any of them propagates.
+        """
         source = self._source
-        if not isinstance(source, HandoffSource):
-            raise TypeError(f"{source.description} has no hand-off: use run()")
         await asyncio.to_thread(source.__enter__)
         try:
             pipeline, writer = await asyncio.to_thread(self._open, source, background_sync=True)
@@ -244,7 +235,7 @@ class Recorder:
         log.info("recording %s to %s", source.description, self._path.name)
         return pipeline, writer
 
-    async def _pump(self, source: HandoffSource, pipeline: AudioPipeline, writer: WavArchiveWriter) -> StopReason:
+    async def _pump(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter) -> StopReason:
         """Process blocks as the hand-off's eventfd signals them, until stopped, closed or the duration is reached."""
         loop = asyncio.get_running_loop()
         handoff = source.handoff
@@ -262,8 +253,14 @@ class Recorder:
                     if self._consume(pipeline.process(block), writer):
                         done.set_result("duration")
                         return
-                if self._stop_requested or handoff.closed:
-                    done.set_result("stop" if self._stop_requested else "end")
+                if self._stop_requested:
+                    done.set_result("stop")
+                elif handoff.closed:
+                    error = handoff.error
+                    if error is not None:
+                        done.set_exception(error)
+                    else:
+                        done.set_result("end")
             except BaseException as exc:
                 done.set_exception(exc)
 
@@ -300,28 +297,12 @@ class Recorder:
         path = writer.finish()
         return self._summary(source, pipeline, writer, path, stopped_by)
 
-    def _loop(self, source: Source, pipeline: AudioPipeline, writer: WavArchiveWriter) -> StopReason:
-        while not self._stop_requested:
-            block = source.read()
-            if block is None:
-                break
-            if self._consume(pipeline.process(block), writer):
-                return "duration"
-        if self._consume(pipeline.finish(), writer):
-            return "duration"
-        return "stop" if self._stop_requested else "end"
-
     def _consume(self, out: PipelineOutput, writer: WavArchiveWriter) -> bool:
-        """Archive and account one pipeline output; True when the duration limit is reached."""
+        """Cut at the duration, archive, account and fan out one pipeline output; True when the cut is reached."""
         limit = self._limit
-        frames = out.frames
-        if limit is not None and frames and frames[-1].end > limit:
-            frames = [f for f in frames if f.start < limit]
-            if frames and frames[-1].end > limit:
-                last = frames[-1]
-                frames[-1] = Frame(start=last.start, pcm=last.pcm[: 2 * max(0, limit - last.start)],
-                                   capture_time=last.capture_time)  # fmt: skip
-        writer.write_frames(frames)
+        if limit is not None and reaches(out, limit):
+            out = cut(out, limit, segment_open=self._open_segment is not None)
+        writer.write_frames(out.frames)
         if writer.archived_samples >= self._next_progress:
             log.info("archived %d samples", writer.archived_samples)
             self._next_progress = (writer.archived_samples // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES

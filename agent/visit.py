@@ -1,12 +1,12 @@
 """One visit: source -> DSP -> VAD -> archive and live stream concurrently; at the end, the upload is queued.
 
-The audio path (capture, DSP, gate, WAV archive) runs in :class:`~agent.recorder.Recorder`, on its own thread
-for file and synth sources, on the event loop for the microphone (woken by the capture hand-off; see
-``Recorder.run_on_loop``), and never waits on the network: each pipeline output is handed to
-:meth:`SpeechStream.feed`, which only appends to an inbox. When the visit stops (``stop()``, the source ends,
-or ``duration_s``), the WAV is finished and put on the on-disk upload queue first; then the stream is ended, with
-a wait bounded by what its unconfirmed backlog needs (``run``), or in the background (the daemon, which starts
-the next visit at once: :meth:`Visit.run` with ``finish_stream=False``, then :meth:`Visit.finish_stream`).
+The audio path (capture, DSP, gate, WAV archive) runs in :class:`~agent.recorder.Recorder` on the event loop, woken
+by the source's hand-off for every source (see ``Recorder.run_on_loop``), and never waits on the network: each
+pipeline output is handed to :meth:`SpeechStream.feed`, which only appends to an inbox. When the visit stops
+(``stop()``, the source ends, or ``duration_s``), the WAV is finished and put on the on-disk upload queue first;
+then the stream is ended, with a wait bounded by what its unconfirmed backlog needs (``run``), or in the background
+(the daemon, which starts the next visit at once: :meth:`Visit.run` with ``finish_stream=False``, then
+:meth:`Visit.finish_stream`).
 
 A full disk (or a failing card) does not end the visit: the archive stops (see :mod:`agent.archive.resilient`),
 capture and the live stream go on, and the part already on disk is queued at once as an item *held* until the
@@ -38,7 +38,6 @@ from agent import SAMPLE_RATE
 from agent.archive.journal import OpenJournal, VisitJournal
 from agent.archive.resilient import ArchiveHealth, MissingStretch
 from agent.archive.upload_queue import UploadItem, UploadQueue
-from agent.audio.handoff import HandoffSource
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
 from agent.audio.vad import IsSpeech, SegmentFrame
@@ -126,7 +125,6 @@ class Visit:
         archive_dir = Path(settings.archive.directory)
         self.archive_path = archive_dir / archive_name(clock())
         self._journal: OpenJournal | None = None
-        self._loop_driven = isinstance(source, HandoffSource)
         self._recorder = Recorder(source, self.archive_path, settings, duration_s=duration_s,
                                   is_speech=is_speech, on_output=self._handle_output, resilient_archive=True,
                                   on_archive=self._on_archive, pause=self.pause_gate,
@@ -280,13 +278,8 @@ class Visit:
         return await self.stream.finish(final_sample=self._final_sample, progress=self._on_stream_progress)
 
     async def _record(self) -> RecordSummary:
-        """Run the recorder on its own thread; on cancellation stop it and still finish the WAV first."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[RecordSummary]
-        if self._loop_driven:  # the microphone: DSP and archive on the loop, one wake-up per block
-            done = asyncio.ensure_future(self._recorder.run_on_loop())
-        else:  # files and synth pace themselves with sleeps: their own thread
-            done = loop.run_in_executor(None, self._recorder.run)
+        """Run the recorder on the loop; on cancellation stop it and still finish the WAV first."""
+        done = asyncio.ensure_future(self._recorder.run_on_loop())
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -296,7 +289,7 @@ class Visit:
             raise
 
     def _on_archive(self, health: ArchiveHealth) -> None:
-        """On the audio thread or the loop: the archive stopped (or resumed). Queue what is on disk now."""
+        """On the loop: the archive stopped (or resumed). Queue what is on disk now."""
         loop = self._loop
         if not health.writable and loop is not None:
             loop.call_soon_threadsafe(self._start_hold)
@@ -348,7 +341,7 @@ class Visit:
         return item
 
     def _handle_output(self, out: PipelineOutput) -> None:
-        """On the audio thread or the loop: count, hand the gate events to the stream (never blocks)."""
+        """On the loop: count, hand the gate events to the stream (never blocks)."""
         self.frames_captured += len(out.frames)
         if out.frames:
             self.samples_captured = out.frames[-1].end

@@ -36,6 +36,7 @@ from agent.archive.keys import init_keys
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
+from agent.audio.vad import SegmentFrame
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
 from agent.stream import wire
 from agent.visit import Visit
@@ -75,6 +76,9 @@ class Probe:
         """(monotonic, seq, start, samples) of every audio message encoded for the wire."""
         self.acks: list[tuple[float, int]] = []
         self.readies: list[tuple[float, int]] = []
+        self.lookback: list[tuple[int, int]] = []
+        """(start, samples) of frames the voice gate passed only in a later block than their own (its pre-roll
+        and onset look back): late by design, not by the audio path."""
         self.last_output = 0.0
 
     def install(self) -> None:
@@ -99,6 +103,9 @@ class Probe:
         self.last_output = time.monotonic()
         if self.trace:
             self.frames.extend((f.start, f.samples, f.capture_time) for f in out.frames)
+            first = out.frames[0].start if out.frames else None
+            self.lookback.extend((e.frame.start, e.frame.samples) for e in out.events
+                                 if isinstance(e, SegmentFrame) and (first is None or e.frame.start < first))
 
 
 def rss_bytes() -> int:
@@ -197,6 +204,7 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         "sends": probe.sends,
         "acks": probe.acks,
         "readies": probe.readies,
+        "lookback": probe.lookback,
         "sealed": keys is not None,
         "upload_read_cpu_s": upload_read_cpu_s(queue),
     }

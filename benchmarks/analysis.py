@@ -10,12 +10,15 @@ import numpy.typing as npt
 from agent import SAMPLE_RATE
 
 
-def sample_latencies(result: dict[str, Any], since: float | None = None) -> npt.NDArray[np.float64]:
+def sample_latencies(result: dict[str, Any], since: float | None = None,
+                     without_lookback: bool = False) -> npt.NDArray[np.float64]:  # fmt: skip
     """Capture-to-wire latency in seconds of every sample in every first send of a message.
 
     A sample's capture time is its frame's ``capture_time`` (first sample) plus its offset in the frame; its wire
     time is the moment the message holding it was encoded for ``ws.send``. Resends are not counted, nor samples
     captured before ``since`` (monotonic seconds; e.g. to leave out audio that waited for the first connection).
+    ``without_lookback`` also leaves out the samples the voice gate passed late by design (``result["lookback"]``:
+    its pre-roll and onset frames, sent when the segment opens).
     """
     frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
     if not len(frames) or not result["sends"]:
@@ -24,6 +27,8 @@ def sample_latencies(result: dict[str, Any], since: float | None = None) -> npt.
     starts, cts = frames[order, 0], frames[order, 2]
     seen: set[int] = set()
     chunks = []
+    spans = result.get("lookback") or []
+    late = np.concatenate([np.arange(a, a + n, dtype=np.int64) for a, n in spans]) if spans else None
     for t, seq, start, n in result["sends"]:
         if seq in seen:
             continue
@@ -33,6 +38,9 @@ def sample_latencies(result: dict[str, Any], since: float | None = None) -> npt.
         captured = cts[j] + (idx - starts[j]) / SAMPLE_RATE
         if since is not None:
             keep = captured >= since
+            idx, captured = idx[keep], captured[keep]
+        if without_lookback and late is not None:
+            keep = ~np.isin(idx.astype(np.int64), late)
             idx, captured = idx[keep], captured[keep]
         chunks.append(t - captured)
     return np.concatenate(chunks) if chunks else np.zeros(0)

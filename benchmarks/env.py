@@ -36,6 +36,22 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_counters(pid: int) -> dict[str, tuple[float, int]]:
+    """``tid:name`` -> (CPU seconds, voluntary context switches) of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        out[f"{tid}:{name}"] = ((int(fields[11]) + int(fields[12])) / CLK_TCK, switches)
+    return out
+
+
 def poll(condition: Any, what: str, deadline_s: float = 30.0) -> None:
     deadline = time.monotonic() + deadline_s
     while not condition():

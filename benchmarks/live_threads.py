@@ -18,28 +18,12 @@ import time
 from pathlib import Path
 
 from benchmarks.analysis import sample_latencies
-from benchmarks.env import CLK_TCK, agent_config, proc_cpu_s, server_process, spawn_agent, virtual_mic
+from benchmarks.env import agent_config, proc_cpu_s, server_process, spawn_agent, thread_counters, virtual_mic
 from benchmarks.results import percentiles
 from benchmarks.scenarios import PROFILES, _start_ffmpeg, looped_dialogue
 
 HOUR = 3600.0
 SETTLE_S = 5.0
-
-
-def thread_counters(pid: int) -> dict[str, tuple[float, int]]:
-    """``tid:name`` -> (CPU seconds, voluntary context switches) of every thread of ``pid``."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:  # the thread ended meanwhile
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-        out[f"{tid}:{name}"] = ((int(fields[11]) + int(fields[12])) / CLK_TCK, switches)
-    return out
 
 
 def run(seconds: float, names: list[str]) -> None:

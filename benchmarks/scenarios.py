@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import daemon_bench
 from benchmarks.analysis import ack_lags, catch_up, sample_latencies
 from benchmarks.env import DIALOGUE, OutageProxy, agent_config, proc_cpu_s, server_process, spawn_agent, virtual_mic
 from benchmarks.results import ScenarioResult, percentiles
@@ -45,12 +46,14 @@ class Sizes:
     fleet_s: float = 60.0
     startup_runs: int = 10
     idle_settle_s: float = 10.0
+    daemon_visit_s: float = 60.0
+    daemon_idle_s: float = 40.0
 
 
 FULL = Sizes()
 QUICK = Sizes(repeats=1, throughput_audio_s=48.0, live_s=8.0, live_repeats=1, warmup_s=2.0, outage_s=3.0,
               after_outage_s=5.0, memory_audio_s=100.0, fleet_agents=3, fleet_s=4.0, startup_runs=3,
-              idle_settle_s=1.0)  # fmt: skip
+              idle_settle_s=1.0, daemon_visit_s=4.0, daemon_idle_s=2.0)  # fmt: skip
 
 
 def looped_dialogue(cache: Path, seconds: float) -> Path:
@@ -406,5 +409,12 @@ def startup_cost(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
     return startup(sizes.startup_runs, sizes.idle_settle_s)
 
 
+def daemon(sizes: Sizes, work: Path, cache: Path) -> ScenarioResult:
+    wav = looped_dialogue(cache, 600)
+    soxr = {"audio": {**PROFILES["efficient"]["audio"], "resampler": "soxr"}, "stream": PROFILES["efficient"]["stream"]}
+    profiles = {**PROFILES, "efficient with soxr": soxr}  # the resampler before issue 11, for comparison
+    return daemon_bench.scenario(profiles, wav, work, sizes.daemon_visit_s, sizes.daemon_idle_s)
+
+
 SCENARIOS = {"throughput": throughput, "live": live, "replay": replay, "memory": memory, "fleet": fleet,
-             "startup": startup_cost}  # fmt: skip
+             "startup": startup_cost, "daemon": daemon}  # fmt: skip

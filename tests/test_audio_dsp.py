@@ -114,7 +114,7 @@ def test_capture_time_follows_the_blocks() -> None:
 
 def test_missed_samples_become_silence_and_a_gap() -> None:
     rate = 48000
-    dsp = Dsp(rate, AudioSettings())
+    dsp = Dsp(rate, AudioSettings(resampler="fir"))
     x = tone(1000, rate, 1.0, 0.5)
     frames = dsp.process(Block(x, capture_time=10.0))
     frames += dsp.process(Block(x, capture_time=11.5, missed=rate // 2))  # half a second lost
@@ -125,6 +125,26 @@ def test_missed_samples_become_silence_and_a_gap() -> None:
     assert np.max(np.abs(y[16400:23600])) < 50  # silence, apart from the resampler's ringing at the edges
     assert np.max(np.abs(y[25000:39000])) > 15000  # the tone continues after the gap, where wall time says
     gap_frame = next(f for f in frames if f.start == 20160)
-    assert gap_frame.capture_time == pytest.approx(11.0 + 4160 / 16000)
+    assert gap_frame.capture_time == pytest.approx(11.0 + 4160 / 16000 - dsp.delay_s)
     after_gap = next(f for f in frames if f.start == 24000)
-    assert after_gap.capture_time == pytest.approx(11.5)
+    assert after_gap.capture_time == pytest.approx(11.5 - dsp.delay_s)
+
+
+@pytest.mark.parametrize(("rate", "block_ms"), [(48000, 20), (48000, 40), (48000, 100), (32000, 20)])
+def test_fir_hands_out_every_block_whole_frames_at_once(rate: int, block_ms: int) -> None:
+    """The low-latency path: no sample of a block waits for the next block (soxr held 8-30 ms of each)."""
+    dsp = Dsp(rate, AudioSettings(resampler="fir"))
+    x = tone(440.0, rate, 1.0, 0.5)
+    n = rate * block_ms // 1000
+    emitted = [sum(f.samples for f in dsp.process(Block(x[i : i + n], capture_time=i / rate)))
+               for i in range(0, len(x), n)]  # fmt: skip
+    assert emitted == [16 * block_ms] * len(emitted)
+    assert 0 < dsp.delay_s < 0.002
+
+
+def test_soxr_resampler_can_still_be_chosen() -> None:
+    x = tone(440.0, 48000, 1.0, 0.5)
+    dsp = Dsp(48000, AudioSettings(resampler="soxr"))
+    emitted = [sum(f.samples for f in dsp.process(Block(x[i : i + 960], capture_time=0.0)))
+               for i in range(0, 48000, 960)]  # fmt: skip
+    assert emitted[0] == 0 and sum(emitted) < 16000 and dsp.delay_s == 0.0  # soxr keeps part of each block

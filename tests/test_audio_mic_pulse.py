@@ -72,9 +72,9 @@ def capture_while_playing(source: MicSource, sink: NullSink, wav: Path) -> npt.N
         player = sink.play(str(wav))
         try:
             while sum(len(b) for b in blocks) < wanted and time.monotonic() < deadline:
-                block = source.read()
-                assert block is not None
-                blocks.append(block.samples)
+                block = source.handoff.get(timeout=1.0)
+                if block is not None:
+                    blocks.append(block.samples)
         finally:
             player.wait(timeout=30)
     assert player.returncode == 0

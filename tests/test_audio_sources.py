@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.audio.handoff import Handoff
+from agent.audio.handoff import Handoff, read_blocks
 from agent.audio.mic import find_device, parse_mic_spec
 from agent.audio.sources import open_source
 from agent.audio.synth import SynthSource, parse_recipe
@@ -21,7 +21,7 @@ FAST = AudioSettings(pace="fast")
 
 def read_all(spec: str, block_frames: int | None = None) -> np.ndarray:
     with open_source(spec, FAST, block_frames=block_frames) as source:
-        return np.concatenate([b.samples for b in iter(source.read, None)])
+        return np.concatenate([b.samples for b in read_blocks(source.handoff)])
 
 
 def test_recipe_grammar() -> None:
@@ -63,11 +63,30 @@ def test_unknown_source_spec() -> None:
         open_source("tape:x", FAST)
 
 
-def test_stop_ends_reading() -> None:
+def test_stop_ends_the_hand_off() -> None:
     with open_source("synth:silence/10", FAST) as source:
-        assert source.read() is not None
+        blocks = read_blocks(source.handoff)
+        assert next(blocks) is not None
         source.stop()
-        assert source.read() is None
+        assert len(list(blocks)) < 10  # what was queued before stop() at most; then the hand-off is closed
+        assert source.handoff.closed
+
+
+class BrokenSynth(SynthSource):
+    """Fails after its first block, as a file read error would."""
+
+    def _produce(self, n: int) -> np.ndarray | None:
+        if self.position:
+            raise InputError("the file ends in the middle of a sample")
+        return super()._produce(n)
+
+
+def test_a_producer_error_reaches_the_reader_after_the_blocks_before_it() -> None:
+    source = BrokenSynth(parse_recipe("silence/10"), block_frames=1600)
+    got = []
+    with pytest.raises(InputError, match="middle of a sample"), source:
+        got.extend(read_blocks(source.handoff))
+    assert len(got) == 1 and source.handoff.closed
 
 
 def test_handoff_drops_oldest_and_carries_the_loss() -> None:

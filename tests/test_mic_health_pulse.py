@@ -28,6 +28,7 @@ from agent.audio.types import Block
 from agent.audio.vad_eval import DIALOGUE_WAV
 from agent.device_watch import Capture
 from agent.settings import AudioSettings, MicSettings
+from tests.plugins.capture import capture_running
 from tests.plugins.daemon import PrivatePulse
 from tests.plugins.pulse import NullSink
 from tests.plugins.server import RunningServer
@@ -92,11 +93,8 @@ def watched(private_pulse: PrivatePulse, monkeypatch: pytest.MonkeyPatch) -> Ite
         health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
 
     capture.on_block = feed
-    capture.start(timeout_s=DEADLINE_S)
-    try:
+    with capture_running(capture, DEADLINE_S):
         yield Watched(private_pulse, capture, health)
-    finally:
-        capture.stop()
 
 
 def test_silence_low_level_clipping_and_unplug_are_raised_within_5_s_and_cleared(

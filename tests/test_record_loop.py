@@ -1,5 +1,5 @@
 """``Recorder.run_on_loop``: the event-loop-driven recording of a hand-off source (the microphone's path in a
-visit) gives the same archive, sample for sample, as the thread-driven ``Recorder.run`` on the same blocks; it stops,
+visit) gives the same archive, sample for sample, as the pipeline run by hand on the same blocks; it stops,
 honours the duration limit, reports a stalled device and always leaves a finished WAV."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 
 import agent.recorder
 from agent.audio.handoff import Handoff
-from agent.audio.pipeline import PipelineOutput
+from agent.audio.pipeline import AudioPipeline, PipelineOutput
 from agent.audio.types import Block
+from agent.audio.vad import SegmentEnd
 from agent.audio.wavfile import read_wav
 from agent.errors import DeviceError
 from agent.recorder import Recorder
@@ -32,34 +33,6 @@ def dialogue_blocks(seconds: float) -> tuple[list[npt.NDArray[np.float32]], int]
     n = round(rate * BLOCK_S)
     samples = samples[: round(rate * seconds)]
     return [samples[i : i + n].copy() for i in range(0, len(samples), n)], rate
-
-
-class ListSource:
-    """The blocks one after the other through ``read`` (the thread-driven reference)."""
-
-    description = "list"
-    channels = 1
-
-    def __init__(self, blocks: list[npt.NDArray[np.float32]], rate: int) -> None:
-        self.sample_rate = rate
-        self._blocks = iter(blocks)
-        self._at = 0.0
-
-    def __enter__(self) -> ListSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def read(self) -> Block | None:
-        samples = next(self._blocks, None)
-        if samples is None:
-            return None
-        self._at += BLOCK_S
-        return Block(samples=samples, capture_time=self._at, missed=0)
-
-    def stop(self) -> None:
-        pass
 
 
 class HandoffSource:
@@ -93,9 +66,6 @@ class HandoffSource:
         self.stop()
         self.producer.join()
 
-    def read(self) -> Block | None:
-        raise AssertionError("a hand-off source is driven by the loop, not read")
-
     def check_alive(self) -> None:
         self.checks += 1
         self.on_check()
@@ -106,10 +76,18 @@ class HandoffSource:
         self.handoff.close()
 
 
-def test_loop_driven_archive_equals_thread_driven(tmp_path: Path) -> None:
+def reference(blocks: list[npt.NDArray[np.float32]], rate: int, settings: AgentSettings) -> tuple[bytes, int]:
+    """The pipeline run by hand over the same blocks: every frame's pcm, and the number of segments."""
+    pipeline = AudioPipeline(rate, settings.audio, settings.vad)
+    outs = [pipeline.process(Block(b, (i + 1) * BLOCK_S)) for i, b in enumerate(blocks)] + [pipeline.finish()]
+    pcm = b"".join(f.pcm for out in outs for f in out.frames)
+    return pcm, sum(isinstance(e, SegmentEnd) for out in outs for e in out.events)
+
+
+def test_loop_driven_archive_equals_the_pipeline_by_hand(tmp_path: Path) -> None:
     blocks, rate = dialogue_blocks(12.0)
     settings = AgentSettings()
-    reference = Recorder(ListSource(blocks, rate), tmp_path / "thread.wav", settings, recipient=TEST_RECIPIENT).run()
+    pcm, segment_count = reference(blocks, rate, settings)
     outputs_on: set[int] = set()
     segments: list[object] = []
 
@@ -124,9 +102,9 @@ def test_loop_driven_archive_equals_thread_driven(tmp_path: Path) -> None:
 
     summary = asyncio.run(main())
     assert summary.stopped_by == "end"
-    assert wav_pcm(summary.path) == wav_pcm(reference.path)
-    assert summary.samples == reference.samples and summary.segments == reference.segments
-    assert tuple(segments) == reference.segments and len(segments) > 0
+    assert wav_pcm(summary.path) == pcm
+    assert summary.samples == len(pcm) // 2
+    assert tuple(segments) == summary.segments and len(segments) == segment_count > 0
     assert len(outputs_on) >= 1  # the loop thread, and the finishing worker thread for the tail
     assert not (tmp_path / "loop.wav.partial").exists()
 

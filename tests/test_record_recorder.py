@@ -4,7 +4,6 @@ an error mid-recording still leaves a finished WAV."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from agent.audio.dsp import Gap
+from agent.audio.handoff import Handoff
 from agent.audio.types import Block
 from agent.errors import DeviceError
 from agent.recorder import Recorder
@@ -25,37 +25,46 @@ def tone(n: int, seed: int) -> npt.NDArray[np.int16]:
 
 
 class ScriptedSource:
-    """16 kHz mono blocks from a script; ``None`` in the script blocks until stop(); an exception is raised."""
+    """16 kHz mono blocks from a script, put into the hand-off by a producer thread (like PortAudio's callback);
+    ``None`` in the script waits until stop(); an exception fails the hand-off with it."""
 
     def __init__(self, script: list[Block | Exception | None]) -> None:
-        self._script: Iterator[Block | Exception | None] = iter(script)
+        self._script = script
         self._stopped = threading.Event()
         self.waiting = threading.Event()
+        self.handoff = Handoff(16000 * 60)
+        self._producer = threading.Thread(target=self._produce)
 
     description = "scripted"
     sample_rate = 16000
     channels = 1
 
     def __enter__(self) -> ScriptedSource:
+        self._producer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self._producer.join()
 
-    def read(self) -> Block | None:
-        step = next(self._script, StopIteration())
-        if isinstance(step, StopIteration):
-            return None
-        if isinstance(step, Exception):
-            raise step
-        if step is None:
-            self.waiting.set()
-            self._stopped.wait(30)
-            return None
-        return step
+    def _produce(self) -> None:
+        for step in self._script:
+            if isinstance(step, Exception):
+                self.handoff.fail(step)
+                return
+            if step is None:
+                self.waiting.set()
+                self._stopped.wait(30)
+                break
+            self.handoff.put(step.samples, step.capture_time, step.missed)
+        self.handoff.close()
+
+    def check_alive(self) -> None:
+        pass
 
     def stop(self) -> None:
         self._stopped.set()
+        self.handoff.close()
 
 
 def block(pcm: npt.NDArray[np.int16], missed: int = 0) -> Block:

@@ -9,7 +9,8 @@ import numpy as np
 
 from agent import SAMPLE_RATE
 from agent.archive.resilient import ArchiveHealth
-from agent.audio.types import Block
+from agent.audio.handoff import Handoff
+from agent.audio.types import Block, BlockSink
 from agent.control import DaemonStatus
 from agent.daemon_state import DaemonState
 from agent.daemon_uploads import COUNTER, WORKER, QueueCounts, UploadTotals
@@ -26,6 +27,7 @@ from agent.telemetry import (
     capture_figures,
     worker_figures,
 )
+from tests.plugins.capture import capture_running
 from tests.plugins.daemon import poll
 
 STREAM = StreamFigures(state="streaming", mode="resume", held_samples=24_000, reconnects=2, ack_lag_s=0.3,
@@ -119,42 +121,44 @@ def test_worker_figures_copy_the_health() -> None:
 
 
 class OverflowingSource:
-    """A source that reports samples it lost itself (``Block.missed``: an input overflow), then waits for stop."""
+    """A source that reports samples it lost itself (``Block.missed``: an input overflow) to the capture's sink,
+    from a thread of its own like PortAudio's callback, then stays open until stopped."""
 
     description = "test source 16000 Hz x1"
     sample_rate = 16_000
     channels = 1
 
-    def __init__(self, blocks: list[Block]) -> None:
+    def __init__(self, blocks: list[Block], sink: BlockSink) -> None:
         self._blocks = blocks
-        self._stopped = threading.Event()
+        self._sink = sink
+        self.handoff = Handoff(16_000)
+        self._producer = threading.Thread(target=self._produce)
+
+    def _produce(self) -> None:
+        for block in self._blocks:
+            self._sink(block.samples, block.capture_time, block.missed)
 
     def __enter__(self) -> OverflowingSource:
+        self._producer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._producer.join()
+
+    def check_alive(self) -> None:
         pass
 
-    def read(self) -> Block | None:
-        if self._blocks:
-            return self._blocks.pop(0)
-        self._stopped.wait()
-        return None
-
     def stop(self) -> None:
-        self._stopped.set()
+        self.handoff.close()
 
 
 def test_the_capture_owns_the_count_of_audio_lost_before_the_dsp() -> None:
     silence = np.zeros((1600, 1), dtype=np.float32)
     blocks = [Block(silence, 0.0), Block(silence, 0.1 + 0.05, missed=800), Block(silence, 0.25)]
-    capture = Capture(lambda rate, channels: OverflowingSource(list(blocks)), retry_cap_s=1.0)
-    capture.start(30.0)
-    try:
+    capture = Capture(lambda pin, sink: OverflowingSource(list(blocks), sink), retry_cap_s=1.0)
+    with capture_running(capture, 30.0):
         poll(lambda: capture.blocks >= 3, "three blocks captured")
         figures = capture_figures(capture)
-    finally:
-        capture.stop(5.0)
     assert (figures.blocks, figures.samples, figures.lost_samples) == (3, 3 * 1600, 800)
     assert Telemetry(capture=figures).agent_stats().frames_dropped == 800 // 320
 

@@ -1,16 +1,19 @@
 """DSP: native-rate blocks -> 16 kHz s16 mono frames on the visit timeline.
 
-Per block: downmix (mean of the channels) -> ``soxr.ResampleStream`` (HQ) to 16 kHz float32 -> int16 (round,
-clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured sample; each frame
-carries its index and the capture time of its first sample (interpolated from the block capture times).
+Per block: downmix (mean of the channels) -> to 16 kHz float32 (32 and 48 kHz: the fixed-delay FIR of
+:mod:`agent.audio.decimate`, unless ``AudioSettings.resampler`` is ``soxr``; other rates: ``soxr.ResampleStream``
+HQ) -> int16 (round, clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured
+sample; each frame carries its index and the capture time of its first sample
+(interpolated from the block capture times).
 
 Guarantees:
 
-- The output does not depend on how the input is split into blocks (soxr's stream is chunking-invariant and
-  everything after it works on the concatenated stream); tests check this sample for sample.
+- The output does not depend on how the input is split into blocks (both resamplers are chunking-invariant and
+  everything after them works on the concatenated stream); tests check this sample for sample.
 - ``flush()`` at the end of the stream drains the resampler and emits the tail. The last frame is emitted SHORT
   (fewer samples than a full frame, never padded), so the timeline ends exactly where the audio ends:
   output length = round(input frames x 16000 / rate) (+- 1 sample).
+- Capture times account for the resampler's constant delay (the FIR's; soxr's is compensated inside soxr).
 - ``Block.missed > 0`` (samples lost at the source) inserts that much silence before the block, so the timeline
   stays equal to wall time, and records a :class:`Gap` (timeline start, end) in :attr:`Dsp.gaps` for the stream
   to announce.
@@ -29,6 +32,7 @@ import numpy.typing as npt
 import soxr
 
 from agent import SAMPLE_RATE
+from agent.audio.decimate import FirDecimator, supports
 from agent.audio.types import Block, Frame
 from agent.settings import AudioSettings
 
@@ -83,13 +87,23 @@ class Dsp:
         self.lost_samples = 0
         """Timeline samples (16 kHz) filled with silence so far: the sum of :attr:`gaps` (the visit's one count)."""
         self._resampler: soxr.ResampleStream | None = None
-        if in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
+        self._fir: FirDecimator | None = None
+        self._delay_s = 0.0
+        if settings.resampler == "fir" and supports(in_rate):
+            self._fir = FirDecimator(in_rate)
+            self._delay_s = self._fir.delay_samples / in_rate
+        elif in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
             self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
         self._in_pos = 0  # input frames consumed (inserted silence included)
         self._anchors: deque[tuple[int, float]] = deque()  # (input position, capture time) per block
         self._pending = np.zeros(0, dtype="<i2")  # resampled samples not yet framed
         self._out_pos = 0  # timeline index of _pending[0]
         self._flushed = False
+
+    @property
+    def delay_s(self) -> float:
+        """Seconds the resampler delays the content (subtracted from the capture times)."""
+        return self._delay_s
 
     @property
     def timeline_position(self) -> int:
@@ -130,6 +144,8 @@ class Dsp:
         return parts
 
     def _resample(self, mono: npt.NDArray[np.float32], *, last: bool) -> npt.NDArray[np.int16]:
+        if self._fir is not None:
+            return to_int16(self._fir.process(mono))
         if self._resampler is None:
             return to_int16(mono)
         return to_int16(self._resampler.resample_chunk(mono, last=last))
@@ -157,4 +173,4 @@ class Dsp:
         if not self._anchors:
             return 0.0
         anchor_pos, anchor_time = self._anchors[0]
-        return anchor_time + (position - anchor_pos) / self.in_rate
+        return anchor_time + (position - anchor_pos) / self.in_rate - self._delay_s

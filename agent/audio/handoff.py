@@ -5,10 +5,13 @@ appends and, when the capacity is exceeded, drops the oldest blocks. Dropped sam
 count travels with the next block still queued (``Block.missed``), so the DSP can keep the timeline equal to wall
 time and announce the gap.
 
-A consumer that is an event loop rather than a thread asks for :meth:`Handoff.wake_fd` (an eventfd that ``put``
-and ``close`` make readable; ``loop.add_reader`` on it) and drains with :meth:`Handoff.get_nowait`: one wake-up of
-the loop per block instead of waking a reader thread that then wakes the loop (each thread wake-up costs more CPU
-than the DSP of a 100 ms block).
+Every source delivers through one of these (the microphone from PortAudio's callback, file and synthetic
+sources from their pacing thread with :meth:`Handoff.put_wait`, which waits for room instead of dropping), and
+every recording consumes it the same way: the event loop asks for :meth:`Handoff.wake_fd` (an eventfd that
+``put`` and ``close`` make readable; ``loop.add_reader`` on it) and drains with :meth:`Handoff.get_nowait`: one
+wake-up of the loop per block instead of waking a reader thread that then wakes the loop (each thread wake-up
+costs more CPU than the DSP of a 100 ms block). A producer that fails closes the buffer with its error
+(:meth:`Handoff.fail`); the consumer raises it once the blocks before it are drained.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import contextlib
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +59,7 @@ class Handoff:
         self._queue: deque[_Entry] = deque()
         self._queued_samples = 0
         self._closed = False
+        self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._wake_fd: int | None = None
 
@@ -67,8 +71,20 @@ class Handoff:
             self._queued_samples += len(samples)
             while self._queued_samples > self.capacity_samples and len(self._queue) > 1:
                 self._drop_oldest()
-            self._cond.notify()
+            self._cond.notify_all()
             self._signal()
+
+    def put_wait(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int = 0) -> bool:
+        """Queue a block, first waiting while the buffer is full (for producers that may wait: generated audio).
+
+        False, and nothing queued, when the buffer is closed."""
+        with self._cond:
+            while self._queue and self._queued_samples + len(samples) > self.capacity_samples and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return False
+        self.put(samples, capture_time, missed)
+        return True
 
     def _drop_oldest(self) -> None:
         old = self._queue.popleft()
@@ -85,18 +101,20 @@ class Handoff:
                 self._cond.wait(timeout)
             if not self._queue:
                 return None
-            entry = self._queue.popleft()
-            self._queued_samples -= len(entry.samples)
-            return Block(samples=entry.samples, capture_time=entry.capture_time, missed=entry.missed)
+            return self._pop()
+
+    def _pop(self) -> Block:
+        entry = self._queue.popleft()
+        self._queued_samples -= len(entry.samples)
+        self._cond.notify_all()  # a producer waiting in put_wait
+        return Block(samples=entry.samples, capture_time=entry.capture_time, missed=entry.missed)
 
     def get_nowait(self) -> Block | None:
         """Oldest queued block, or None if none is queued (never waits)."""
         with self._cond:
             if not self._queue:
                 return None
-            entry = self._queue.popleft()
-            self._queued_samples -= len(entry.samples)
-            return Block(samples=entry.samples, capture_time=entry.capture_time, missed=entry.missed)
+            return self._pop()
 
     def wake_fd(self) -> int:
         """An eventfd that becomes readable on every ``put`` and on ``close`` (created on first call).
@@ -136,6 +154,17 @@ class Handoff:
             self._cond.notify_all()
             self._signal()
 
+    def fail(self, error: BaseException) -> None:
+        """Close with the producer's error: the consumer raises it after draining what was queued before it."""
+        with self._cond:
+            self._error = error
+        self.close()
+
+    @property
+    def error(self) -> BaseException | None:
+        with self._cond:
+            return self._error
+
     @property
     def closed(self) -> bool:
         with self._cond:
@@ -147,13 +176,14 @@ class Handoff:
             return self._queued_samples
 
 
-@runtime_checkable
-class HandoffSource(Protocol):
-    """A source whose blocks arrive through a :class:`Handoff` (a capture thread produces them), so an event loop
-    can consume them directly (``Recorder.run_on_loop``) instead of a thread blocked in ``read``."""
-
-    handoff: Handoff
-
-    def check_alive(self) -> None:
-        """Raise DeviceError if the device has stopped (called when no block came for a while)."""
-        ...
+def read_blocks(handoff: Handoff, poll_s: float = 0.1) -> Iterator[Block]:
+    """Blocks on the calling thread until the buffer closes (raising the producer's error, if any): for the
+    diagnostics (``check``), not the recording path."""
+    while True:
+        block = handoff.get(timeout=poll_s)
+        if block is not None:
+            yield block
+        elif handoff.closed and handoff.queued_samples == 0:
+            if handoff.error is not None:
+                raise handoff.error
+            return

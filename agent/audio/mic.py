@@ -11,16 +11,21 @@ native (default) rate and channel count (at most 2) unless the spec overrides th
     mic@44100x2              default device, rate and channels overridden
 
 The PortAudio callback only copies the block, stamps its capture time (``time.monotonic`` based: callback time
-minus the block's duration) and hands it to a bounded drop-oldest :class:`~agent.audio.handoff.Handoff`.
+minus the block's duration) and hands it to a bounded drop-oldest :class:`~agent.audio.handoff.Handoff`, or to
+the ``sink`` given instead (the daemon's :mod:`agent.device_watch`, which forwards it to a visit's hand-off on the
+same thread: no second thread, no second buffer).
 Status flags are counted, never ignored; on an input overflow the samples lost are estimated from the capture
 clock and reported as ``Block.missed`` so the timeline stays equal to wall time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -29,13 +34,11 @@ import numpy as np
 
 from agent.audio.handoff import Handoff
 from agent.audio.paced import Clock
-from agent.audio.types import Block
+from agent.audio.types import BlockSink
 from agent.errors import DeviceError
 
 PORTAUDIO_MISSING = "PortAudio library not found: install libportaudio2 (apt-get install libportaudio2)"
 MAX_CHANNELS = 2
-STALL_SECONDS = 2.0
-"""Seconds without any block from a stream PortAudio reports inactive before ``read`` gives up (device lost)."""
 
 _OVERRIDE = re.compile(r"@(\d+)(?:x(\d+))?$")
 
@@ -92,17 +95,34 @@ def parse_mic_spec(spec: str) -> MicSpec:
 
 def import_sounddevice(refresh: bool = False) -> ModuleType:
     """The sounddevice module; DeviceError if PortAudio is missing. ``refresh`` re-scans devices."""
-    try:
-        import sounddevice
-    except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
-        raise DeviceError(PORTAUDIO_MISSING) from None
-    if refresh:
-        # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
-        # done when no stream of ours is open).
-        sounddevice._terminate()
-        sounddevice._initialize()
+    with _logging_held():  # the import initialises PortAudio too
+        try:
+            import sounddevice
+        except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
+            raise DeviceError(PORTAUDIO_MISSING) from None
+        if refresh:
+            # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
+            # done when no stream of ours is open).
+            sounddevice._terminate()
+            sounddevice._initialize()
     module: ModuleType = sounddevice
     return module
+
+
+@contextlib.contextmanager
+def _logging_held() -> Iterator[None]:
+    """Hold every logging handler's lock: ``sounddevice._initialize`` (also run by its import) points fd 2 at
+    /dev/null while PortAudio scans (40 ms here), and a line another thread logs meanwhile would vanish (the daemon
+    lost its "watchdog pings stopped" line that way while reopening a lost microphone). Logging threads wait
+    instead."""
+    handlers = [h for h in logging.getLogger().handlers if h.lock is not None]
+    for handler in handlers:
+        handler.acquire()
+    try:
+        yield
+    finally:
+        for handler in reversed(handlers):
+            handler.release()
 
 
 def list_input_devices(refresh: bool = True) -> list[InputDevice]:
@@ -139,8 +159,9 @@ class MicSource:
     """A PortAudio input stream behind the Source protocol."""
 
     def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
-                 block_ms: int = 100) -> None:  # fmt: skip
-        """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often."""
+                 block_ms: int = 100, sink: BlockSink | None = None) -> None:  # fmt: skip
+        """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often.
+        ``sink``: where the callback puts each block (default: :attr:`handoff`)."""
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
         self._device_name = str(info["name"])
@@ -149,6 +170,7 @@ class MicSource:
         self._index = index
         self._clock = clock
         self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))
+        self._sink: BlockSink = sink or self.handoff.put
         self._blocksize = max(1, round(self._rate * block_ms / 1000))
         self.stats = MicStats()
         self._stream: Any = None
@@ -210,7 +232,7 @@ class MicSource:
                 missed = max(0, round((start - self._expected_start) * self._rate))
                 self.stats.estimated_lost += missed
         self._expected_start = start + frames / self._rate
-        self.handoff.put(indata.copy(), start, missed)
+        self._sink(indata.copy(), start, missed)
 
     def _count_status(self, status: Any) -> None:
         self.stats.status_flags += 1
@@ -219,19 +241,6 @@ class MicSource:
         for flag in ("input_overflow", "input_underflow", "output_overflow", "output_underflow"):
             if getattr(status, flag, False):
                 self.stats.flags_seen.add(flag)
-
-    def read(self) -> Block | None:
-        idle_since = self._clock()
-        while not self._stopped.is_set():
-            block = self.handoff.get(timeout=0.1)
-            if block is not None:
-                return block
-            stream = self._stream
-            if stream is None:
-                return None
-            if not stream.active and self._clock() - idle_since > STALL_SECONDS:
-                raise DeviceError(f"{self.description} stopped delivering audio (device lost?)")
-        return None
 
     def check_alive(self) -> None:
         """DeviceError if PortAudio reports the stream inactive (the loop-driven reader calls it after a stall)."""

@@ -1,16 +1,17 @@
 """The microphone health detector's adapter: thread-safe, logs each change, tells listeners.
 
-:class:`MicHealth` wraps :class:`~agent.audio.mic_health.MicHealthDetector` for the daemon (blocks from the capture
-thread, speech from the visit on the event loop, ticks from the daemon's tick) and for ``run``. Each change is one
-log line: WARNING when a problem is raised, INFO when it clears; the lines carry the problem, the level and how long
-it held, never audio or patient data. For the event stream and anything else that follows the microphone::
+:class:`MicHealth` wraps :class:`~agent.audio.mic_health.MicHealthDetector` for the daemon (blocks from the source's
+producer thread -- PortAudio's callback --, speech from the visit on the event loop, ticks from the daemon's tick)
+and for ``run``. Each change is one log line: WARNING when a problem is raised, INFO when it clears; the lines carry
+the problem, the level and how long it held, never audio or patient data. For the event stream and anything else
+that follows the microphone::
 
     health.problems()                    # frozenset of problem names now, e.g. frozenset({"silent"})
     remove = health.add_listener(fn)     # fn(MicChange) for every change, called outside the lock
     health.level_dbfs()                  # RMS level over the detector's window (-120 for silence or no data)
 
-Listeners run on whichever thread fed the detector (the capture thread, the loop): they must be quick and must not
-block (hand over with ``loop.call_soon_threadsafe``). One that raises is logged and the others still run.
+Listeners run on whichever thread fed the detector (the PortAudio callback, the loop): they must be quick and must
+not block (hand over with ``loop.call_soon_threadsafe``). One that raises is logged and the others still run.
 """
 
 from __future__ import annotations

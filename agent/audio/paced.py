@@ -4,6 +4,11 @@
 started at the first ``read`` (using the injected clock and sleep, so tests run instantly with a fake clock);
 ``fast`` delivers blocks as fast as they are asked for. Capture times are derived from the stream position
 (first read's clock + position / rate) in both modes, so they are deterministic.
+
+Inside the context manager a producer thread (the equivalent of the microphone's callback) reads the blocks and
+puts them into :attr:`PacedSource.handoff`, waiting for room (``put_wait``: generated audio is never dropped),
+or hands them to the ``sink`` given instead (the daemon's device watch); at the end it closes the hand-off, on an
+error (a truncated file) it fails it with that error.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from agent.audio.types import Block
+from agent.audio.handoff import Handoff
+from agent.audio.types import Block, BlockSink
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -29,6 +35,8 @@ FAST_BLOCK_SECONDS = 1.0
 """Default block length in seconds when paced ``fast``: nobody waits for the audio, and the per-block work
 (hand-offs, wake-ups, wire messages) dominated: 20 ms blocks ran the whole pipeline at ~200x real time, 1 s blocks
 at ~700x (``python -m benchmarks --only throughput``)."""
+HANDOFF_SECONDS = 5.0
+"""Capacity of a generated source's hand-off in seconds of audio (at least four blocks)."""
 
 
 class PacedSource(abc.ABC):
@@ -44,7 +52,9 @@ class PacedSource(abc.ABC):
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         block_frames: int | None = None,
+        sink: BlockSink | None = None,
     ) -> None:
+        """``sink``: deliver blocks there instead of into :attr:`handoff` (which then only signals the end)."""
         self._pace = pace
         self._clock = clock
         self._sleep = sleep
@@ -52,6 +62,46 @@ class PacedSource(abc.ABC):
         self._position = 0
         self._t0: float | None = None
         self._stopped = threading.Event()
+        self._sink = sink
+        self._handoff: Handoff | None = None
+        self._producer: threading.Thread | None = None
+
+    @property
+    def handoff(self) -> Handoff:
+        if self._handoff is None:  # sized once the subclass knows its rate
+            block = self._block_frames or round(self._rate * FAST_BLOCK_SECONDS)
+            self._handoff = Handoff(max(4 * block, round(self._rate * HANDOFF_SECONDS)))
+        return self._handoff
+
+    def start(self) -> None:
+        """Start the producer thread (``__enter__`` of the subclasses calls it)."""
+        handoff = self.handoff
+        if self._producer is None:
+            self._producer = threading.Thread(target=self._produce_all, args=(handoff,), name="paced-source",
+                                              daemon=True)  # fmt: skip
+            self._producer.start()
+
+    def _produce_all(self, handoff: Handoff) -> None:
+        try:
+            while (block := self.read()) is not None:
+                if self._sink is not None:
+                    self._sink(block.samples, block.capture_time, block.missed)
+                elif not handoff.put_wait(block.samples, block.capture_time, block.missed):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            handoff.fail(exc)
+            return
+        handoff.close()
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Stop and wait for the producer thread."""
+        self.stop()
+        producer = self._producer
+        if producer is not None and producer is not threading.current_thread():
+            producer.join(timeout)
+
+    def check_alive(self) -> None:  # noqa: B027 (a no-op on purpose, not abstract)
+        """Never raises: the end of a generated source or its error arrive through the hand-off."""
 
     @property
     def sample_rate(self) -> int:
@@ -91,3 +141,5 @@ class PacedSource(abc.ABC):
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._handoff is not None:
+            self._handoff.close()

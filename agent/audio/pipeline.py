@@ -28,12 +28,13 @@ API (pure and synchronous: no threads, no asyncio; drive it from whichever threa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from agent.audio.dsp import Dsp, Gap, Quality
+from agent.audio.handoff import read_blocks
 from agent.audio.types import Block, Frame, Source
-from agent.audio.vad import GateEvent, GateStats, IsSpeech, VadGate, WebRtcVad
+from agent.audio.vad import GateEvent, GateStats, IsSpeech, SegmentEnd, SegmentFrame, SegmentStart, VadGate, WebRtcVad
 from agent.settings import AudioSettings, VadSettings
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class AudioPipeline:
 
     def run(self, source: Source) -> Iterator[PipelineOutput]:
         """Read ``source`` to its end (or until stopped), yielding one output per block, then the final one."""
-        while (block := source.read()) is not None:
+        for block in read_blocks(source.handoff):
             yield self.process(block)
         yield self.finish()
 
@@ -110,3 +111,39 @@ class AudioPipeline:
         if pause is not None:
             gaps = [*gaps, *pause.take_gaps()]
         return PipelineOutput(kept, events, gaps)
+
+
+def reaches(out: PipelineOutput, limit: int) -> bool:
+    """True when ``out`` has audio at or beyond timeline index ``limit``."""
+    return bool(out.frames) and out.frames[-1].end >= limit
+
+
+def cut(out: PipelineOutput, limit: int, *, segment_open: bool) -> PipelineOutput:
+    """``out`` without anything at or after timeline index ``limit`` (the ``--duration`` cut), for every output
+    alike: frames (the last one shortened), gate events (a segment open at the cut ends there) and gaps.
+
+    ``segment_open``: a segment was open before ``out``. Pure; ``out`` is not changed."""
+    frames = [_shorten(f, limit) for f in out.frames if f.start < limit]
+    events: list[GateEvent] = []
+    is_open = segment_open
+    for event in out.events:
+        if isinstance(event, SegmentStart):
+            if event.start < limit:
+                events.append(event)
+                is_open = True
+        elif isinstance(event, SegmentFrame):
+            if is_open and event.frame.start < limit:
+                events.append(SegmentFrame(_shorten(event.frame, limit)))
+        elif is_open:
+            events.append(SegmentEnd(min(event.end, limit)))
+            is_open = False
+    if is_open and reaches(out, limit):
+        events.append(SegmentEnd(limit))
+    gaps = [replace(g, end=min(g.end, limit)) for g in out.gaps if g.start < limit]
+    return PipelineOutput(frames, events, gaps)
+
+
+def _shorten(frame: Frame, limit: int) -> Frame:
+    if frame.end <= limit:
+        return frame
+    return replace(frame, pcm=frame.pcm[: 2 * (limit - frame.start)])

@@ -8,11 +8,11 @@ Specs (``AudioSettings.source``):
   20 ms, paced per ``AudioSettings.pace`` (``realtime`` or ``fast``).
 - ``synth:<recipe>``: deterministic synthetic audio (see :mod:`agent.audio.synth` for the grammar).
 
-Usage::
+Usage (the recorder's way: :meth:`agent.recorder.Recorder.run_on_loop`)::
 
     with open_source(settings.audio.source, settings.audio) as source:
-        while (block := source.read()) is not None:
-            ...
+        fd = source.handoff.wake_fd()      # readable on every block and at the end
+        ...                                # loop.add_reader(fd, drain); drain: source.handoff.get_nowait()
 
 Clock and sleep are injectable (``clock=``, ``sleep=``) so paced sources run instantly under a fake clock.
 """
@@ -26,10 +26,10 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from agent.audio.mic import MicSource, parse_mic_spec
+from agent.audio.mic import MicSource, MicSpec, parse_mic_spec
 from agent.audio.paced import Clock, PacedSource, Sleep
 from agent.audio.synth import SynthSource, parse_recipe
-from agent.audio.types import Source
+from agent.audio.types import BlockSink, Source
 from agent.audio.wavfile import WavInfo, decode, open_wav
 from agent.errors import ConfigError
 from agent.settings import AudioSettings
@@ -48,9 +48,10 @@ class FileSource(PacedSource):
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         block_frames: int | None = None,
+        sink: BlockSink | None = None,
     ) -> None:
         super().__init__(pace="realtime" if pace == "realtime" else "fast", clock=clock, sleep=sleep,
-                         block_frames=block_frames)
+                         block_frames=block_frames, sink=sink)  # fmt: skip
         self.path = path
         self._file: BinaryIO | None
         self._file, self.info = open_wav(path)  # errors surface at open time, before any capture starts
@@ -62,10 +63,11 @@ class FileSource(PacedSource):
         return f"WAV file {self._rate} Hz x{self._channels}"
 
     def __enter__(self) -> FileSource:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.join()
         self.close()
 
     def close(self) -> None:
@@ -90,34 +92,42 @@ def open_source(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
     block_frames: int | None = None,
+    sink: BlockSink | None = None,
+    pin: tuple[int, int] | None = None,
 ) -> Source:
     """Create (not yet start) the source for ``spec``; use it as a context manager.
 
     ``block_frames`` sets the block length of file and synthetic sources (default 20 ms at their rate, 1 s when
     paced ``fast``).
+    ``sink`` takes the blocks instead of the source's hand-off (the daemon's device watch); ``pin`` = (rate,
+    channels) opens a microphone at those (a device reopened after a loss must fit the running pipeline).
     Raises ConfigError for an unknown spec, InputError for a bad file or recipe, DeviceError for microphone
     problems (PortAudio missing, no such device).
     """
     if spec == "mic" or spec.startswith(("mic:", "mic@")):
-        return MicSource(parse_mic_spec(spec), handoff_seconds=settings.handoff_seconds, clock=clock,
-                         block_ms=settings.capture_block_ms)  # fmt: skip
+        mic = parse_mic_spec(spec)
+        if pin is not None:
+            mic = MicSpec(mic.name, *pin)
+        return MicSource(mic, handoff_seconds=settings.handoff_seconds, clock=clock,
+                         block_ms=settings.capture_block_ms, sink=sink)  # fmt: skip
     if spec.startswith("file:"):
-        return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames)
+        return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames,
+                          sink=sink)  # fmt: skip
     if spec.startswith("synth:"):
         return SynthSource(parse_recipe(spec[6:]), pace=settings.pace, clock=clock, sleep=sleep,
-                           block_frames=block_frames)
+                           block_frames=block_frames, sink=sink)  # fmt: skip
     raise ConfigError(f"unknown audio source {spec!r}: use mic, mic:<name>, file:<path.wav> or synth:<recipe>")
 
 
-def source_opener(audio: AudioSettings) -> Callable[[int | None, int | None], Source]:
+Opener = Callable[[tuple[int, int] | None, BlockSink], Source]
+"""``open(pin, sink)``: opens (not enters) the configured source, pinned to (rate, channels) unless None,
+delivering its blocks to ``sink`` (the daemon's :class:`agent.device_watch.Capture`)."""
+
+
+def source_opener(audio: AudioSettings) -> Opener:
     """Opens the configured source; a microphone reopened after a loss is pinned to its first rate and channels."""
 
-    def open_(rate: int | None, channels: int | None) -> Source:
-        spec = audio.source
-        if rate is not None and (spec == "mic" or spec.startswith(("mic:", "mic@"))):
-            name = parse_mic_spec(spec).name
-            return MicSource(parse_mic_spec("mic" + (f":{name}" if name else "") + f"@{rate}x{channels}"),
-                             handoff_seconds=audio.handoff_seconds, block_ms=audio.capture_block_ms)  # fmt: skip
-        return open_source(spec, audio)
+    def open_(pin: tuple[int, int] | None, sink: BlockSink) -> Source:
+        return open_source(audio.source, audio, sink=sink, pin=pin)
 
     return open_

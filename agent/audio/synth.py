@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio.paced import Clock, Pace, PacedSource, Sleep
+from agent.audio.types import BlockSink
 from agent.errors import InputError
 
 GRAMMAR = "synth:[RATE[xCHANNELS]:]KIND/SECONDS[/DBFS][+...][*REPEAT], KIND = tone=HZ | noise[=SEED] | silence"
@@ -113,8 +114,9 @@ class SynthSource(PacedSource):
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         block_frames: int | None = None,
+        sink: BlockSink | None = None,
     ) -> None:
-        super().__init__(pace=pace, clock=clock, sleep=sleep, block_frames=block_frames)
+        super().__init__(pace=pace, clock=clock, sleep=sleep, block_frames=block_frames, sink=sink)
         self.recipe = recipe
         self._rate = recipe.rate
         self._channels = recipe.channels
@@ -129,10 +131,11 @@ class SynthSource(PacedSource):
         return f"synthetic {self._rate} Hz x{self._channels}"
 
     def __enter__(self) -> SynthSource:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.join()
 
     def _produce(self, n: int) -> npt.NDArray[np.float32] | None:
         parts: list[npt.NDArray[np.float32]] = []

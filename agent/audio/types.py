@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from agent.audio.handoff import Handoff
+
+BlockSink = Callable[[npt.NDArray[np.float32], float, int], None]
+"""Where a producer puts each block: ``sink(samples, capture_time, missed)``, called on the producer's thread
+(PortAudio's callback or a pacing thread); must never block for long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +53,9 @@ class Frame:
 class Source(Protocol):
     """Where audio comes from: microphone, WAV file or synthetic generator.
 
-    Used as a context manager; ``read`` is called from one thread only. ``stop`` may be called from any thread
-    and makes ``read`` return None soon after.
+    Used as a context manager (``__enter__`` starts the producer). Every block arrives through :attr:`handoff`
+    (:class:`~agent.audio.handoff.Handoff`), which the producer closes at the end of the stream (or fails with
+    its error); ``stop`` may be called from any thread and closes it soon after.
     """
 
     @property
@@ -62,12 +71,15 @@ class Source(Protocol):
     @property
     def channels(self) -> int: ...
 
+    @property
+    def handoff(self) -> Handoff: ...
+
     def __enter__(self) -> Source: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def read(self) -> Block | None:
-        """Next block, blocking until one is available; None at the end of the stream or after stop()."""
+    def check_alive(self) -> None:
+        """Raise DeviceError if the device stopped (the consumer asks when no block came for a while)."""
         ...
 
     def stop(self) -> None: ...

@@ -20,6 +20,7 @@ from typing import TextIO
 from agent.api.medisync import MediSyncClient
 from agent.api.secret import load_credentials
 from agent.archive.keys import load_archive_keys
+from agent.audio.handoff import read_blocks
 from agent.audio.mic import list_input_devices, parse_mic_spec
 from agent.audio.mic_health import CLIPPING, NO_DATA, SILENT, MicHealthDetector
 from agent.audio.pipeline import AudioPipeline
@@ -144,7 +145,7 @@ def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO)
     got = gated = frames = 0
     power_sum = 0.0
     drawn = -1
-    while got < wanted and (block := src.read()) is not None:
+    for block in read_blocks(src.handoff):  # a diagnostic: read on this thread, not through a recorder
         got += len(block.samples)
         power_sum += block_power(block.samples) * len(block.samples)
         health.block(block.samples, block.capture_time, block.capture_time + len(block.samples) / src.sample_rate)
@@ -155,6 +156,8 @@ def _record(src: Source, settings: AgentSettings, seconds: float, meter: TextIO)
             drawn = tenth
             _draw(meter, level_dbfs(block_power(block.samples)), gated / frames if frames else 0.0,
                   got / src.sample_rate)  # fmt: skip
+        if got >= wanted:
+            break
     meter.write("\n")
     health.tick(time.monotonic())
     level = level_dbfs(power_sum / got) if got else None
