@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from agent.audio.handoff import read_blocks
 from agent.audio.sources import FileSource, open_source
 from agent.audio.wavfile import read_wav
 from agent.errors import InputError
@@ -74,7 +75,7 @@ def test_file_source_delivers_the_whole_file_in_blocks(tmp_path: Path) -> None:
     raw, expected = encode_int(reference(48000 + 17, 2), 16)
     path = write_wav(tmp_path / "b.wav", raw, tag=PCM, rate=48000, channels=2, bits=16)
     with open_source(f"file:{path}", AudioSettings(pace="fast")) as source:
-        blocks = list(iter(source.read, None))
+        blocks = list(read_blocks(source.handoff))  # what the one audio path's consumer gets
     assert {len(b.samples) for b in blocks[:-1]} == {48000}  # 1 s blocks when paced "fast"
     assert np.array_equal(np.concatenate([b.samples for b in blocks]), expected.astype(np.float32))
 
@@ -98,7 +99,7 @@ def test_realtime_pacing_uses_the_injected_clock(tmp_path: Path) -> None:
         now[0] += seconds
 
     with FileSource(str(path), pace="realtime", clock=lambda: now[0], sleep=sleep) as source:
-        blocks = list(iter(source.read, None))
+        blocks = list(read_blocks(source.handoff))  # paced by the producer thread, with the injected clock
     assert len(blocks) == 50
     assert now[0] == pytest.approx(51.0)
     assert sum(sleeps) == pytest.approx(1.0)
