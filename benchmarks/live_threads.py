@@ -4,14 +4,11 @@ A shorter, diagnostic cousin of the live scenario (same server process, null-sin
 ffmpeg beside it): for each profile one agent runs SECONDS (default 40) and the steady window (start + 5 s to
 end - 2 s) is read from ``/proc/<pid>/task/*``: CPU per audio-hour and voluntary context switches per second of
 every thread, next to the whole process, ffmpeg and the capture-to-wire percentiles. Not part of RESULTS.md; the
-figures in ``benchmarks/NOTES.md`` about threads and wake-ups come from it. Set ``PERF=name`` to record the agent
-with ``perf record -g`` into ``/tmp/name-PROFILE.data`` during the window.
+figures in ``benchmarks/NOTES.md`` about threads and wake-ups come from it.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,20 +35,12 @@ def run(seconds: float, names: list[str]) -> None:
             agent.wait_started()
             time.sleep(SETTLE_S)
             pid, window = agent.proc.pid, seconds - SETTLE_S - 2.0
-            perf = None
-            if os.environ.get("PERF"):
-                out = f"/tmp/{os.environ['PERF']}-{name}.data"
-                perf = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-p", str(pid), "-o", out, "--",
-                                         "sleep", str(int(window))], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)  # fmt: skip
             c0, f0, t0, th0 = proc_cpu_s(pid), proc_cpu_s(ff.pid), time.monotonic(), thread_counters(pid)
             time.sleep(window)
             c1, f1, t1, th1 = proc_cpu_s(pid), proc_cpu_s(ff.pid), time.monotonic(), thread_counters(pid)
             r = agent.result(timeout=seconds + 60)
             ff.terminate()
             ff.wait()
-            if perf is not None:
-                perf.wait()
             scale = HOUR / (t1 - t0)
             connected = min((t for t, _ in r["readies"]), default=r["t0"]) + 1.0
             p50, p95, p99 = percentiles(sample_latencies(r, since=connected) * 1000)
