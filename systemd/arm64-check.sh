@@ -129,7 +129,7 @@ native_reference() {
             || { say "FAILED native setup (see tail below)"; tail -n 20 "$WORK/logs/native-setup.log"; exit 1; }
     fi
     "$CHECKOUT/.venv/bin/medisync-agent" --version >"$WORK/native-version.txt"
-    "$CHECKOUT/.venv/bin/medisync-agent" record --source "file:$CHECKOUT/agent/data/dialogue.wav" \
+    "$CHECKOUT/.venv/bin/medisync-agent" record --plaintext --source "file:$CHECKOUT/agent/data/dialogue.wav" \
         --out "$WORK/native.wav" --pace fast >"$WORK/logs/native-record.log" 2>&1 \
         || { say "FAILED native record"; tail -n 20 "$WORK/logs/native-record.log"; exit 1; }
 }
@@ -368,7 +368,7 @@ stage_record() {
     STAGE_START=$SECONDS
     local log verdict
     log="$(stage_log record)"
-    if in_root timeout 900 "$AGENT_IN_ROOT" record --source "file:$SRC_IN_ROOT/agent/data/dialogue.wav" \
+    if in_root timeout 900 "$AGENT_IN_ROOT" record --plaintext --source "file:$SRC_IN_ROOT/agent/data/dialogue.wav" \
         --out /tmp/arm64.wav --pace fast >"$log" 2>&1 \
         && verdict="$("$CHECKOUT/.venv/bin/python" "$CHECKOUT/systemd/arm64_compare.py" "$WORK/native.wav" \
             "$ROOT/tmp/arm64.wav" 2>&1)"; then
