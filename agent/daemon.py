@@ -71,7 +71,7 @@ from agent.draining import DrainingStreams, EndedTotals, unconfirmed_s
 from agent.errors import AgentError
 from agent.event_hub import facts_of
 from agent.events import Facts
-from agent.heartbeat import Heartbeat
+from agent.heartbeat import Heartbeat, tick_period_s
 from agent.metrics import Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
@@ -81,10 +81,7 @@ from agent.visit import Visit, VisitSummary, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.25
-"""Seconds between looks at the capture counter (watchdog, READY, STATUS, metrics)."""
-TICK = "tick"
-"""Name of the background task that looks at the capture counter."""
+TICK = "tick"  # the background task that looks at the capture counter (tick_period_s)
 STOP_MARGIN_S = 2.5
 """Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
@@ -99,6 +96,8 @@ class Daemon:
         self._notifier = notifier
         watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
         self._heartbeat = Heartbeat(notifier, watchdog)
+        self._watchdog_s = watchdog_s
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
         self.mic_health = MicHealth(settings.mic)
@@ -125,7 +124,7 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         credentials = load_credentials(self.settings.api)  # a missing credential is a config error: exit 78
         self._uploads.queue.keys = load_archive_keys(self.settings.archive, identity=True)  # the device key too
         sock = bind_control_socket(Path(self.settings.daemon.control_socket))
@@ -135,6 +134,7 @@ class Daemon:
             self._uploads.client = MediSyncClient(self.settings.api, credentials,
                                                   max_upload_bytes=self.settings.upload.max_bytes)  # fmt: skip
             self.mic_health.reset()  # "no data" counts from the device's opening, not from the recovery before it
+            self.mic_health.add_listener(lambda _: loop.call_soon_threadsafe(self._shown.refresh))  # shown at once
             self._capture = await self._start_capture(self.settings.audio)
             self._start_metrics()
             server = await asyncio.start_unix_server(self._serve_client, sock=sock, limit=MAX_LINE_BYTES)
@@ -263,6 +263,8 @@ class Daemon:
 
     def _feed_mic(self, block: Block, rate: int) -> None:  # PortAudio callback: every block, idle or in a visit
         self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
+        if not self._heartbeat.ready and self._loop is not None:  # READY at the first block, not at the next tick
+            self._loop.call_soon_threadsafe(lambda: self._observe_capture(time.monotonic()))
 
     def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
         self.mic_health.feed_output(out, level=False)
@@ -341,7 +343,7 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             self._observe_capture(time.monotonic())
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(tick_period_s(self._watchdog_s, self.settings.mic.no_data_s))
 
     def _observe_capture(self, now: float) -> None:
         capture = self._capture

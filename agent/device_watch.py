@@ -52,7 +52,8 @@ def level_dbfs(power: float) -> float | None:
 
 
 def block_power(samples: npt.NDArray[np.float32]) -> float:
-    return float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
+    flat = samples.reshape(-1)
+    return float(np.dot(flat, flat)) / flat.size if flat.size else 0.0  # float32 sum: ample for a level meter
 
 
 @dataclass

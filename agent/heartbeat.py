@@ -3,6 +3,10 @@
 ``READY=1`` goes out when the capture delivers its first block, ``WATCHDOG=1`` only while its block counter keeps
 advancing (:class:`~agent.sdnotify.WatchdogPolicy`), so a stalled or unplugged microphone gets the service
 restarted by systemd. The STATUS line is sent when its text changes.
+
+The daemon looks every :func:`tick_period_s` (about once a second), not faster: each need on its natural period,
+and what changes by itself (the first block, a microphone problem, the visit slot) is pushed to the loop when it
+happens instead of being polled for (issue 11: no idle timers; each wake-up of the loop costs CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +17,19 @@ from agent.control import DaemonStatus
 from agent.sdnotify import Notifier, WatchdogPolicy
 
 log = logging.getLogger(__name__)
+
+STATE_S = 1.0
+"""Seconds between looks at what nobody announces (queue counts, stream and device state: STATUS, metrics)."""
+
+
+def tick_period_s(watchdog_s: float | None, no_data_s: float) -> float:
+    """Seconds between the daemon's looks: the shortest natural period of what they serve. ``watchdog_s``: the
+    ping interval (:class:`WatchdogPolicy` wants a look every half of it); ``no_data_s``: the microphone's "no data"
+    threshold (looked at twice within it); otherwise :data:`STATE_S`."""
+    periods = [STATE_S, no_data_s / 2]
+    if watchdog_s is not None:
+        periods.append(watchdog_s / 2)
+    return min(periods)
 
 
 def status_line(s: DaemonStatus) -> str:
@@ -32,6 +49,11 @@ class Heartbeat:
         self._ready = False
         self._stalled_logged = False
         self._status_text = ""
+
+    @property
+    def ready(self) -> bool:
+        """``READY=1`` has been sent (the capture delivered its first block)."""
+        return self._ready
 
     def observe(self, now: float, blocks: int, device: str, status: DaemonStatus) -> None:
         """One tick: ``blocks`` is the capture's block counter, ``device`` its description."""

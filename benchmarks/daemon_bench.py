@@ -98,12 +98,14 @@ def _window(pids: dict[str, int], seconds: float) -> dict[str, Any]:
     time.sleep(seconds)
     c1, t1, th1 = {n: proc_cpu_s(p) for n, p in pids.items()}, time.monotonic(), thread_counters(pids["daemon"])
     out: dict[str, Any] = {n: (c1[n] - c0[n]) * 3600.0 / (t1 - t0) for n in pids}
-    threads = []
+    threads, woken = [], 0
     for key, (cpu, switches) in th1.items():
         cpu0, switches0 = th0.get(key, (0.0, 0))
+        woken += switches - switches0
         threads.append((round((cpu - cpu0) * 3600.0 / (t1 - t0), 1), round((switches - switches0) / (t1 - t0), 1),
                         key.split(":", 1)[1]))  # fmt: skip
     out["threads"] = sorted(threads, reverse=True)[:5]
+    out["wakeups"] = woken / (t1 - t0)
     return out
 
 
@@ -188,6 +190,8 @@ def scenario(profiles: dict[str, dict[str, dict[str, Any]]], wav: Path, work: Pa
     res.add("idle, microphone open: daemon CPU per audio-hour", [i["daemon"]], "CPU-s")
     res.add("idle, microphone open: ffmpeg CPU per audio-hour, same window", [i["ffmpeg"]], "CPU-s")
     res.add("idle, microphone open: daemon/ffmpeg ratio", [i["daemon"] / i["ffmpeg"]], "", "<= 0.6")
+    for when, window in (("efficient, visit running", v), ("idle, microphone open", i)):
+        res.add(f"{when}: daemon wake-ups (voluntary context switches, all threads)", [window["wakeups"]], "1/s")
     for when, mem in (("visit running", plain["rss_visit"]), ("idle after the visit", plain["rss_idle"])):
         res.add(f"daemon RSS, {when}", [mem["VmRSS"]], "MB", "<= 60")
         res.add(f"daemon RSS, {when}: anonymous (the process's own memory)", [mem["RssAnon"]], "MB")

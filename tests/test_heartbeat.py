@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.control import DaemonStatus
-from agent.heartbeat import Heartbeat, status_line
+from agent.heartbeat import STATE_S, Heartbeat, status_line, tick_period_s
 from agent.sdnotify import Notifier, WatchdogPolicy
 from tests.plugins.daemon import NotifyListener, poll, short_tmp_dir
 
@@ -44,3 +44,10 @@ def test_ready_once_watchdog_only_while_blocks_advance_status_on_change() -> Non
     finally:
         notifier.close()
         listener.close()
+
+
+def test_the_daemon_looks_on_the_natural_periods_of_what_it_serves() -> None:
+    assert tick_period_s(None, 2.0) == STATE_S == 1.0  # no watchdog: the state and the no-data check, once a second
+    assert tick_period_s(15.0, 2.0) == 1.0  # WatchdogSec=30: pings every 15 s want a look every 7.5 s
+    assert tick_period_s(1.0, 2.0) == 0.5  # a short watchdog sets the pace
+    assert tick_period_s(None, 1.0) == 0.5  # "no data" after 1 s: looked at twice within it

@@ -33,7 +33,7 @@ from agent.settings import MicSettings
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[MicChange], None]
+Listener = Callable[[MicChange], object]  # what it returns is ignored
 
 
 class MicHealth:
