@@ -48,7 +48,7 @@ def run_all(checkouts: dict[str, str], work: Path, visit_s: float, idle_s: float
     with server_process(work / "server") as srv, virtual_mic(48000, 1) as mic:
         mic.feed_loop(wav)
         for label, checkout in checkouts.items():
-            daemon_bench.agent_command = lambda c=checkout: command_in(c)  # type: ignore[attr-defined]
+            daemon_bench.agent_command = lambda c=checkout: command_in(c)  # type: ignore[attr-defined,misc]
             r = daemon_bench.daemon_run(srv, work / f"{label}-{time.time():.0f}", daemon_bench.daemon_env(mic.env),
                                         mic.monitor, PROFILES["efficient"], visit_s, idle_s, traced=False)  # fmt: skip
             v, i = r["visit"], r["idle"]
