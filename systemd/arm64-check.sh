@@ -6,7 +6,8 @@ set -euo pipefail
 readonly SUITE=bookworm
 readonly ARCH=arm64
 # What the Pi has (python3-venv, libportaudio2, systemd for install.sh) plus what the emulated checks run
-# (PulseAudio and its ALSA plugin as the microphone, sox, procps, age: the tests' reader of sealed archives). No compiler: a source build cannot happen.
+# (PulseAudio and its ALSA plugin as the microphone, sox, procps, age: the tests' reader of sealed archives).
+# No compiler: a source build cannot happen.
 readonly ROOT_PACKAGES=python3,python3-venv,libportaudio2,ca-certificates,systemd,passwd,procps,pulseaudio,pulseaudio-utils,libasound2-plugins,sox,age
 readonly HOST_PACKAGES=(qemu-user-static binfmt-support debootstrap zstd)
 # Bump when the way the root is built changes (part of the cache key).
