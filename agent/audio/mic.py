@@ -103,7 +103,7 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
             import sounddevice
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
             raise DeviceError(PORTAUDIO_MISSING) from None
-        if refresh:
+        if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
             # done when no stream of ours is open).
             sounddevice._terminate()
