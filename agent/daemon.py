@@ -71,13 +71,14 @@ from agent.draining import DrainingStreams, EndedTotals, unconfirmed_s
 from agent.errors import AgentError
 from agent.event_hub import facts_of
 from agent.events import Facts
+from agent.figures import StreamFigures, VisitSummary
 from agent.heartbeat import Heartbeat
 from agent.metrics import Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
 from agent.supervise import SupervisedTasks
-from agent.telemetry import StreamFigures, Telemetry, capture_figures, visit_figures, worker_figures
-from agent.visit import Visit, VisitSummary, refuse_second_recording
+from agent.telemetry import Telemetry, capture_figures, visit_figures, worker_figures
+from agent.visit import Visit, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ class Daemon:
         summary = await asyncio.shield(task)
         if summary is None:
             return failure(self._visit_error or "the visit ended with an error; see the daemon's log")
-        ended = visit_figures(visit)  # the snapshot status showed while it ran, taken once more at its end
+        ended = summary.figures  # the snapshot status showed while it ran, taken once more at its end
         message = f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued"
         if ended.lost_samples:
             message += f"; {ended.lost_samples / SAMPLE_RATE:.1f} s lost to device gaps (silence in the recording)"

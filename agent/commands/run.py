@@ -37,10 +37,11 @@ from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
 from agent.consent import Consent, decide, parse_consent, record_declined
 from agent.errors import EX_CANTCREAT, InputError
+from agent.figures import VisitSummary
 from agent.pause_key import pause_key as pause_key_view
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
-from agent.visit import Visit, VisitSummary, refuse_second_recording
+from agent.visit import Visit, refuse_second_recording
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
