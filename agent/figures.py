@@ -93,6 +93,9 @@ class VisitSummary:
     upload: UploadItem
     paused: tuple[PausedStretch, ...] = ()
     """Privacy pauses on the timeline (silence in the archive, nothing on the wire)."""
+    mic_problems: tuple[str, ...] | None = None
+    """Microphone problems (:mod:`agent.mic_problems` names) the detector raised during the visit, sorted; None
+    when no detector watched the source (files, generated audio). The daemon's telemetry shows those of now."""
 
     @property
     def appointment_id(self) -> str:

@@ -78,6 +78,8 @@ def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[s
         ]
         if stream.protocol_errors:
             rows.append(("server protocol errors caught", str(stream.protocol_errors)))
+    if summary.mic_problems is not None:
+        rows.append(("microphone health (problems raised)", ", ".join(summary.mic_problems) or "ok"))
     rows += list((extra or {}).items())
     rows.append(("upload", upload_outcome(summary, upload_state)))
     width = max(len(k) for k, _ in rows)

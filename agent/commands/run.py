@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -159,9 +160,10 @@ async def record_and_upload(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, visit.interrupt)
-    ticker = None
+    ticker, raised, stop_listening = None, set[str](), None
     if health is not None:  # a deaf microphone is logged (WARNING) as soon as it is noticed
         health.watch_speech(True)
+        stop_listening = health.add_listener(lambda change: raised.add(change.problem) if change.raised else None)
         ticker = asyncio.create_task(tick_while(health, lambda: visit.recording), name="mic-health")
     try:
         with pause_key_view(visit, err) if pause_key else contextlib.nullcontext():
@@ -171,8 +173,12 @@ async def record_and_upload(
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             health.watch_speech(False)
+        if stop_listening is not None:
+            stop_listening()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if health is not None:  # the detector's own problem names, as the daemon's status and metrics show them
+        summary = dataclasses.replace(summary, mic_problems=tuple(sorted(raised)))
     view = ProgressView(err)
     await drain(queue, client, progress_for=view.for_item)
     final = queue.find(appointment_id)
