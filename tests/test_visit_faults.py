@@ -37,7 +37,7 @@ from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS, uploaded_bytes
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import FAST_STREAM, looped_dialogue, sped_up_clock, stored_recording, wav_samples
+from tests.plugins.visit import FAST_STREAM, looped_dialogue, sped_up_clock, stored_recording, wait_for, wav_samples
 
 
 @dataclass
@@ -92,14 +92,6 @@ async def upload(queue: UploadQueue, client: MediSyncClient, *, force: bool = Fa
     await drain(queue, client, force=force)
     [item] = queue.items()
     return item.state
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not predicate():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import FAST_STREAM, sped_up_clock
+from tests.plugins.visit import FAST_STREAM, sped_up_clock, wait_for
 
 ROW = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
 
@@ -53,14 +53,6 @@ def exposition(stats: AgentStats) -> dict[str, float]:
     metrics = Metrics()
     metrics.update(stats)
     return {s.name: s.value for family in text_string_to_metric_families(metrics.render()) for s in family.samples}
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not predicate():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def test_printed_summary_status_and_metrics_of_a_cut_visit_are_one_snapshot(
