@@ -33,6 +33,7 @@ from agent.archive.keys import init_keys
 from agent.commands.visit import ask_daemon
 from agent.control import GetStatus, StartVisit, StopVisit
 from agent.settings import ApiSettings, ArchiveSettings
+from benchmarks import rss
 from benchmarks.analysis import sample_latencies
 from benchmarks.env import EMAIL, PASSWORD, ServerProc, poll, proc_cpu_s, thread_counters
 from benchmarks.results import ScenarioResult, percentiles
@@ -144,6 +145,7 @@ def daemon_run(srv: ServerProc, work: Path, env: dict[str, str], monitor: str, p
             time.sleep(SETTLE_S)
             out["visit"] = _window(pids, visit_s)
             out["rss_visit"] = memory_mb(proc.pid)
+            out["smaps_visit"] = rss.breakdown(proc.pid)
             stopped = ask_daemon(sock, StopVisit(), timeout_s=60)
             if not stopped.ok:
                 raise RuntimeError(f"visit not stopped: {stopped.error}")
@@ -152,6 +154,7 @@ def daemon_run(srv: ServerProc, work: Path, env: dict[str, str], monitor: str, p
             time.sleep(SETTLE_S)
             out["idle"] = _window(pids, idle_s)
             out["rss_idle"] = memory_mb(proc.pid)
+            out["smaps_idle"] = rss.breakdown(proc.pid)
     finally:
         ff.terminate()
         ff.wait()
@@ -192,6 +195,9 @@ def scenario(profiles: dict[str, dict[str, dict[str, Any]]], wav: Path, work: Pa
         res.add(f"daemon RSS, {when}", [mem["VmRSS"]], "MB", "<= 60")
         res.add(f"daemon RSS, {when}: anonymous (the process's own memory)", [mem["RssAnon"]], "MB")
         res.add(f"daemon RSS, {when}: file-backed (mapped libraries, shared)", [mem["RssFile"]], "MB")
+    for when, key in (("visit running", "smaps_visit"), ("idle after the visit", "smaps_idle")):
+        res.notes.append(f"daemon memory by mapping, {when} (MB, /proc/PID/smaps; python -m benchmarks.rss): "
+                         + rss.summary(plain[key]))  # fmt: skip
     for when, window in (("visit", v), ("idle", i)):
         res.notes.append(f"busiest daemon threads, {when} (CPU-s per audio-hour, wake-ups/s, name): "
                          + "; ".join(f"{c:g}, {w:g}/s, {n}" for c, w, n in window["threads"]))  # fmt: skip

@@ -70,6 +70,8 @@ speech_url = "ws://127.0.0.1:9"
 email = "bench@example.org"
 [archive]
 directory = "{work / 'recordings'}"
+key_file = "{work / 'keys' / 'archive.key'}"
+recipient_file = "{work / 'keys' / 'archive.recipient'}"
 [upload]
 queue_dir = "{work / 'uploads'}"
 [daemon]
@@ -79,8 +81,13 @@ control_socket = "{work / 'run' / 'control.sock'}"
 
 @contextmanager
 def idle_daemon(work: Path, source: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    from agent.archive.keys import init_keys
+    from agent.settings import ArchiveSettings
+
     config = work / "agent.toml"
     write_config(config, work, source)
+    init_keys(ArchiveSettings(key_file=str(work / "keys" / "archive.key"),
+                              recipient_file=str(work / "keys" / "archive.recipient")))  # fmt: skip
     log = (work / "daemon.log").open("wb")
     proc = subprocess.Popen([*agent_command(), "daemon", "--config", str(config)], stdout=subprocess.DEVNULL,
                             stderr=log, env={**env, "MEDISYNC_PASSWORD": "not-used-while-idle"})  # fmt: skip

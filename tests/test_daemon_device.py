@@ -7,6 +7,7 @@ import io
 import time
 import wave
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from agent.control import GetStatus, StartVisit, StopVisit
 from tests.plugins.daemon import DaemonProcess, NotifyListener, PrivatePulse, poll
 from tests.plugins.keys import uploaded_bytes
 from tests.plugins.server import RunningServer
+from tests.test_alsa_scan import pcm_modules
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
 GRACE_S = 0.3
@@ -65,6 +67,9 @@ def run_visit_with_unplug(daemon: DaemonProcess, medisync_server: RunningServer,
     t_plug = time.monotonic()
     daemon.wait_for_log("microphone reopened")
     notify_socket.wait_for("WATCHDOG=1", since=t_plug)
+    # The reopen re-scanned the devices: of the ALSA plugins the scan opened, only the one capturing stays loaded.
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert pcm_modules(maps) == {"libasound_module_pcm_pulse.so"}
     poll(lambda: (daemon.ask(GetStatus()).status).gap_seconds > 0, "the gap in the visit")  # type: ignore[union-attr]
     t_stop = time.monotonic()
     stopped = daemon.ask(StopVisit())

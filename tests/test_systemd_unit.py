@@ -94,6 +94,8 @@ def test_unit_has_the_required_settings() -> None:
     for key, value in required.items():
         assert d.get(key) == [value], key
     assert d["ExecStart"] == [f"{INSTALLED_BINARY} daemon --config /etc/medisync-agent/agent.toml"]
+    environment = " ".join(d["Environment"]).split()
+    assert {"OPENBLAS_NUM_THREADS=1", "MALLOC_ARENA_MAX=2"} <= set(environment)  # issue 11: memory bounds
     # PrivateDevices would hide /dev/snd; MemoryDenyWriteExecute breaks sounddevice's cffi callback.
     assert "PrivateDevices" not in d
     assert "MemoryDenyWriteExecute" not in d

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.audio.alsa_scan import release_scan_plugins
 from agent.audio.handoff import Handoff
 from agent.audio.paced import Clock
 from agent.audio.types import BlockSink, FixedFormat
@@ -96,15 +98,18 @@ def parse_mic_spec(spec: str) -> MicSpec:
 def import_sounddevice(refresh: bool = False) -> ModuleType:
     """The sounddevice module; DeviceError if PortAudio is missing. ``refresh`` re-scans devices."""
     with _logging_held():  # the import initialises PortAudio too
+        scanned = "sounddevice" not in sys.modules
         try:
             import sounddevice
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
             raise DeviceError(PORTAUDIO_MISSING) from None
-        if refresh:
+        if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
             # done when no stream of ours is open).
             sounddevice._terminate()
             sounddevice._initialize()
+        if scanned or refresh:
+            release_scan_plugins()  # the scan's ALSA plugins (~10 MB); the device list stays
     module: ModuleType = sounddevice
     return module
 
