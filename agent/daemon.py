@@ -71,17 +71,18 @@ from agent.draining import DrainingStreams, EndedTotals, unconfirmed_s
 from agent.errors import AgentError
 from agent.event_hub import facts_of
 from agent.events import Facts
-from agent.heartbeat import Heartbeat, tick_period_s
+from agent.figures import StreamFigures, VisitSummary
+from agent.heartbeat import Heartbeat
 from agent.metrics import Metrics, MetricsServer, serve_metrics
 from agent.sdnotify import Notifier, WatchdogPolicy
 from agent.settings import AgentSettings, AudioSettings
 from agent.supervise import SupervisedTasks
-from agent.telemetry import StreamFigures, Telemetry, capture_figures, visit_figures, worker_figures
-from agent.visit import Visit, VisitSummary, refuse_second_recording
+from agent.telemetry import Telemetry, capture_figures, visit_figures, worker_figures
+from agent.visit import Visit, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
-TICK = "tick"  # the background task that looks at the capture counter (tick_period_s)
+TICK = "tick"  # the background task that looks at the capture counter (Heartbeat.period_s)
 STOP_MARGIN_S = 2.5
 """Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
@@ -96,7 +97,6 @@ class Daemon:
         self._notifier = notifier
         watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
         self._heartbeat = Heartbeat(notifier, watchdog)
-        self._watchdog_s = watchdog_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
@@ -305,7 +305,7 @@ class Daemon:
         summary = await asyncio.shield(task)
         if summary is None:
             return failure(self._visit_error or "the visit ended with an error; see the daemon's log")
-        ended = visit_figures(visit)  # the snapshot status showed while it ran, taken once more at its end
+        ended = summary.figures  # the snapshot status showed while it ran, taken once more at its end
         message = f"visit ended: {summary.seconds_captured:.1f} s recorded, upload queued"
         if ended.lost_samples:
             message += f"; {ended.lost_samples / SAMPLE_RATE:.1f} s lost to device gaps (silence in the recording)"
@@ -343,7 +343,7 @@ class Daemon:
     async def _tick(self) -> None:
         while True:
             self._observe_capture(time.monotonic())
-            await asyncio.sleep(tick_period_s(self._watchdog_s, self.settings.mic.no_data_s))
+            await asyncio.sleep(self._heartbeat.period_s(self.settings.mic.no_data_s))
 
     def _observe_capture(self, now: float) -> None:
         capture = self._capture

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
 from agent.audio.sources import Opener
-from agent.audio.types import Block, Source
+from agent.audio.types import Block, FixedFormat, Source
 from agent.errors import AgentError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def missed_samples(expected_start: float | None, capture_time: float, rate: int)
     return round(lost * rate) if lost >= MIN_GAP_S else 0
 
 
-class CaptureTap:
+class CaptureTap(FixedFormat):
     """The visit's view of the running capture (a Source). Opening or closing it never touches the device."""
 
     def __init__(self, capture: Capture, handoff_seconds: float) -> None:
@@ -95,14 +95,6 @@ class CaptureTap:
     @property
     def description(self) -> str:
         return self._capture.description
-
-    @property
-    def sample_rate(self) -> int:
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        return self._channels
 
     def __enter__(self) -> CaptureTap:
         return self

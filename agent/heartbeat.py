@@ -50,6 +50,10 @@ class Heartbeat:
         self._stalled_logged = False
         self._status_text = ""
 
+    def period_s(self, no_data_s: float) -> float:
+        """Seconds until the next look (:func:`tick_period_s` for this watchdog and the microphone's threshold)."""
+        return tick_period_s(None if self._watchdog is None else self._watchdog.interval_s, no_data_s)
+
     @property
     def ready(self) -> bool:
         """``READY=1`` has been sent (the capture delivered its first block)."""

@@ -11,14 +11,17 @@ audio lost before the DSP   ``Capture.lost_samples`` (what the source reported m
 visit timeline, gated       :class:`agent.visit.Visit` (``samples_captured``, ``gated_samples``)
 visit gaps (silence)        the visit's DSP (``Visit.lost_samples``: gaps filled with silence)
 archive missing             the visit's archive writer (``ArchiveHealth.missing_samples``)
-stream figures              the visit's :class:`agent.stream.client.StreamStats`
+stream figures              the visit's :class:`agent.stream.stats.StreamStats`
 ended visits' totals        :class:`agent.draining.EndedTotals` (added once when a visit/stream ends)
 uploads, archive disk free  :class:`agent.daemon_uploads.Uploads` (``counts``, ``totals``)
 background tasks            :class:`agent.supervise.SupervisedTasks` (``health``)
 ==========================  ==========================================================================
 
 :class:`Telemetry` is a frozen value built in one place (``Daemon.telemetry()``); :meth:`Telemetry.status` and
-:meth:`Telemetry.agent_stats` are pure projections of it, unit-tested without a daemon.
+:meth:`Telemetry.agent_stats` are pure projections of it, unit-tested without a daemon. The visit's part,
+:class:`~agent.figures.VisitFigures`, is also what the end-of-visit summary of ``run``/``demo`` prints and what the
+benchmarks record (:class:`agent.figures.VisitSummary` holds the copy taken at the visit's end), so ``status``, the
+metrics, the summary and the benchmark reports read one copy of each count.
 """
 
 from __future__ import annotations
@@ -27,14 +30,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent import SAMPLE_RATE
-from agent.archive.resilient import ArchiveHealth
 from agent.control import DaemonStatus
 from agent.daemon_state import DaemonState
 from agent.daemon_uploads import WORKER, QueueCounts, UploadTotals
 from agent.draining import EndedTotals
+from agent.figures import StreamFigures, VisitFigures
 from agent.metrics import AgentStats
 from agent.mic_problems import CLIPPING, NO_DATA, NO_SPEECH, SILENT
-from agent.stream.client import StreamStats
 
 if TYPE_CHECKING:
     from agent.device_watch import Capture, CaptureTap
@@ -55,46 +57,6 @@ class CaptureFigures:
     """Source-rate sample frames lost before the DSP since start (device loss, source overflow), and what the
     current visit's tap dropped (ended visits' taps: ``EndedTotals.handoff_samples_dropped``)."""
     sample_rate: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StreamFigures:
-    """A copy of one stream's :class:`~agent.stream.client.StreamStats` (the counts stay the stream's own)."""
-
-    state: str = "-"
-    """The speech socket's state (``connecting``, ``streaming``, ``backoff`` ...)."""
-    mode: str = ""
-    """``resume`` or ``basic`` once picked."""
-    held_samples: int = 0
-    """Samples (16 kHz) held for sending that the server has not confirmed."""
-    reconnects: int = 0
-    ack_lag_s: float = 0.0
-    """Seconds between the newest audio sent and the newest acknowledged."""
-    bytes_sent: int = 0
-
-    @classmethod
-    def of(cls, stats: StreamStats) -> StreamFigures:
-        return cls(state=stats.state.value, mode=stats.mode or "", held_samples=stats.held_samples,
-                   reconnects=stats.reconnects, ack_lag_s=stats.ack_lag_s, bytes_sent=stats.bytes_sent)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class VisitFigures:
-    """The visit in progress."""
-
-    appointment_id: str
-    session_id: str
-    samples: int
-    """Timeline samples (16 kHz) so far."""
-    gated_samples: int
-    lost_samples: int
-    """Timeline samples the source lost, archived as silence."""
-    archive: ArchiveHealth
-    stream: StreamFigures | None
-    paused: bool = False
-    """Paused for privacy now (agent.visit_pause)."""
-    paused_seconds: float = 0.0
-    """Seconds this visit has been paused so far."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +175,8 @@ def capture_figures(capture: Capture | None, tap: CaptureTap | None = None) -> C
 
 
 def visit_figures(visit: Visit) -> VisitFigures:
-    stream = StreamFigures.of(visit.stream.stats) if visit.stream is not None else None
-    return VisitFigures(appointment_id=visit.appointment_id, session_id=visit.session_id,
-                        samples=visit.samples_captured, gated_samples=visit.gated_samples,
-                        lost_samples=visit.lost_samples, archive=visit.archive_health, stream=stream,
-                        paused=visit.paused, paused_seconds=visit.pause_gate.paused_seconds)  # fmt: skip
+    """The visit's figures now: the same copy its end-of-visit summary holds (:meth:`agent.visit.Visit.figures`)."""
+    return visit.figures()
 
 
 def worker_figures(health: dict[str, WorkerHealth]) -> dict[str, WorkerFigures]:

@@ -6,9 +6,9 @@ from typing import TextIO
 
 from agent import SAMPLE_RATE
 from agent.archive.upload_policy import ItemState
+from agent.figures import VisitSummary
 from agent.safe_text import clean_line
 from agent.stream.wire import TranscriptEvent
-from agent.visit import VisitSummary
 
 
 def format_transcript(event: TranscriptEvent) -> str:
@@ -54,10 +54,12 @@ def _archive_rows(summary: VisitSummary) -> list[tuple[str, str]]:
 
 
 def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[str, str] | None = None) -> str:
+    """The counts come from ``summary.figures``: the snapshot ``status`` and the metrics read (agent.figures)."""
     stream = summary.stream
     rows: list[tuple[str, str]] = [
         ("recording", summary.record.path.name),
         ("seconds captured", f"{summary.seconds_captured:.1f}"),
+        ("samples lost by the source (silence)", str(summary.lost_samples)),
         *_archive_rows(summary),
         ("seconds gated (speech passed)", f"{summary.seconds_gated:.1f}"),
         ("VAD segments", str(len(summary.record.segments))),
@@ -66,7 +68,7 @@ def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[s
         rows.append(("live stream", "off"))
     else:
         rows += [
-            ("live stream", f"{stream.mode or 'never connected'}, {stream.state.value}"),
+            ("live stream", f"{stream.mode or 'never connected'}, {stream.state}"),
             ("messages sent / acknowledged", f"{stream.sent_messages} / {stream.acked_messages}"),
             ("messages resent after reconnects", str(stream.resent_messages)),
             ("messages replayed after an outage", str(stream.paced_messages)),
@@ -76,6 +78,8 @@ def format_summary(summary: VisitSummary, upload_state: ItemState, extra: dict[s
         ]
         if stream.protocol_errors:
             rows.append(("server protocol errors caught", str(stream.protocol_errors)))
+    if summary.mic_problems is not None:
+        rows.append(("microphone health (problems raised)", ", ".join(summary.mic_problems) or "ok"))
     rows += list((extra or {}).items())
     rows.append(("upload", upload_outcome(summary, upload_state)))
     width = max(len(k) for k, _ in rows)

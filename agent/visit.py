@@ -30,13 +30,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import SAMPLE_RATE
 from agent.archive.journal import OpenJournal, VisitJournal
-from agent.archive.resilient import ArchiveHealth, MissingStretch
+from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.types import Source
@@ -44,44 +43,15 @@ from agent.audio.vad import IsSpeech, SegmentFrame
 from agent.audit_log import AuditLog, EventName
 from agent.consent import Consent
 from agent.errors import ArchiveError, InputError, NoAudioError
+from agent.figures import StreamFigures, VisitFigures, VisitSummary
 from agent.ids import appointment_id_problem
 from agent.recorder import Recorder, RecordSummary
 from agent.settings import AgentSettings
 from agent.stream import wire
-from agent.stream.client import ProgressCallback, SpeechStream, StreamStats, TokenProvider
-from agent.visit_pause import PausedStretch, PauseGate
+from agent.stream.client import ProgressCallback, SpeechStream, TokenProvider
+from agent.visit_pause import PauseGate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class VisitSummary:
-    appointment_id: str
-    record: RecordSummary
-    stream: StreamStats | None
-    """None when streaming was disabled (no subscription, or turned off)."""
-    stream_confirmed: bool
-    """The server confirmed every gated sample (resume mode ``closed``, basic mode all chunks done); False also
-    while the stream still drains in the background (``run(finish_stream=False)``)."""
-    gated_samples: int
-    """Samples the voice gate passed to the stream."""
-    upload: UploadItem
-    session_id: str
-    paused: tuple[PausedStretch, ...] = ()
-    """Privacy pauses on the timeline (silence in the archive, nothing on the wire)."""
-
-    @property
-    def seconds_captured(self) -> float:
-        return self.record.samples / SAMPLE_RATE
-
-    @property
-    def seconds_gated(self) -> float:
-        return self.gated_samples / SAMPLE_RATE
-
-    @property
-    def archive_missing(self) -> tuple[MissingStretch, ...]:
-        """Stretches of the visit the recording lacks (disk full, I/O error); empty when it is complete."""
-        return self.record.archive_missing
 
 
 def archive_name(now: float) -> str:
@@ -258,16 +228,17 @@ class Visit:
         missing = "".join(f"; missing from the recording: {m.describe()}" for m in record.archive_missing)
         log.info("visit ended: %.1f s captured, upload queued%s", record.samples / SAMPLE_RATE, missing)
         confirmed = await self.finish_stream() if finish_stream and self.stream is not None else False
-        return VisitSummary(
-            appointment_id=self.appointment_id,
-            record=record,
-            stream=self.stream.stats if self.stream is not None else None,
-            stream_confirmed=confirmed,
-            gated_samples=self.gated_samples,
-            upload=item,
-            session_id=self.session_id,
-            paused=tuple(self.pause_gate.stretches),
-        )
+        return VisitSummary(record=record, figures=self.figures(), stream_confirmed=confirmed, upload=item,
+                            paused=tuple(self.pause_gate.stretches))  # fmt: skip
+
+    def figures(self) -> VisitFigures:
+        """The visit's figures now (any thread): what ``status`` and the metrics show and, taken at the end, what the
+        visit summary prints and the benchmarks record (:mod:`agent.figures`)."""
+        stream = StreamFigures.of(self.stream.stats) if self.stream is not None else None
+        return VisitFigures(appointment_id=self.appointment_id, session_id=self.session_id,
+                            samples=self.samples_captured, gated_samples=self.gated_samples,
+                            lost_samples=self.lost_samples, archive=self.archive_health, stream=stream,
+                            paused=self.paused, paused_seconds=self.pause_gate.paused_seconds)  # fmt: skip
 
     async def finish_stream(self) -> bool:
         """Send the rest and ``end``; wait, bounded by what the backlog needs, for the server's confirmation.

@@ -181,7 +181,8 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         if sampler is not None:
             sampler.cancel()
         rss.append((t1, rss_bytes()))
-    stats = summary.stream
+    figures = summary.figures  # the snapshot `status`, the metrics and the visit summary read (agent.figures)
+    stats = figures.stream
     return {
         "t0": t0,
         "t1": t1,
@@ -197,7 +198,7 @@ async def run(cfg: AgentConfig) -> dict[str, Any]:
         "sent_messages": stats.sent_messages if stats else 0,
         "reconnects": stats.reconnects if stats else 0,
         "gap_samples": stats.gap_samples if stats else 0,
-        "lost_samples": summary.record.lost_samples,
+        "lost_samples": figures.lost_samples,
         "rss": rss,
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "frames": probe.frames,

@@ -175,8 +175,12 @@ def sealing_cost(audio_s: float, work: Path) -> tuple[list[float], list[float]]:
 
 
 def _check(res: ScenarioResult, r: dict[str, Any]) -> None:
+    """Read from the visit summary's figures (agent.figures: what `status` and the metrics show of a visit)."""
     if not r["confirmed"]:
         res.notes.append("WARNING: a visit was not confirmed by the server")
+    if r["lost_samples"] or r["gap_samples"]:
+        res.notes.append(f"a visit lost {r['lost_samples']} samples at the source (silence in its recording) and "
+                         f"announced {r['gap_samples']} samples as a gap on its stream")  # fmt: skip
 
 
 # --- 2 live + 6 floor -------------------------------------------------------------------------------------------------
@@ -397,6 +401,8 @@ def _record_fleet(res: ScenarioResult, results: list[dict[str, Any]], server_cpu
     res.add("ack lag p95", [p95], "ms")
     res.add("ack lag p99", [p99], "ms")
     res.add("visits confirmed", [sum(bool(r["confirmed"]) for r in results)], f"of {len(results)}")
+    res.add("samples lost at the source (visit summaries)", [r["lost_samples"] for r in results], "samples")
+    res.add("samples announced as a gap (visit summaries)", [r["gap_samples"] for r in results], "samples")
     res.notes.append("each agent is its own OS process (the real agent code, default StreamSettings: 100 ms "
                      "messages); all start streaming at the same moment")  # fmt: skip
     res.plot["fleet_cpu"] = [per_hour(r["cpu_s"], r["audio_s"]) for r in results]

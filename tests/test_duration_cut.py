@@ -19,9 +19,10 @@ from agent.api.medisync import MediSyncClient
 from agent.api.secret import Credentials, Secret
 from agent.archive.upload_queue import UploadQueue
 from agent.audio.sources import open_source
+from agent.figures import VisitSummary
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
 from agent.stream import wire
-from agent.visit import Visit, VisitSummary
+from agent.visit import Visit
 from tests.plugins.archive import wav_pcm
 from tests.plugins.keys import TEST_KEYS
 from tests.plugins.server import RunningServer

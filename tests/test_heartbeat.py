@@ -51,3 +51,8 @@ def test_the_daemon_looks_on_the_natural_periods_of_what_it_serves() -> None:
     assert tick_period_s(15.0, 2.0) == 1.0  # WatchdogSec=30: pings every 15 s want a look every 7.5 s
     assert tick_period_s(1.0, 2.0) == 0.5  # a short watchdog sets the pace
     assert tick_period_s(None, 1.0) == 0.5  # "no data" after 1 s: looked at twice within it
+
+
+def test_the_heartbeat_paces_the_daemon_by_its_watchdog() -> None:
+    assert Heartbeat(Notifier(None), None).period_s(2.0) == 1.0
+    assert Heartbeat(Notifier(None), WatchdogPolicy(1.0, now=0.0)).period_s(2.0) == 0.5

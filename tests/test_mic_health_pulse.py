@@ -7,11 +7,12 @@ does) plays into the sink whose monitor is the microphone: digital silence, a -6
 (clipping) and an unplug (``pactl unload-module``). Each is raised within 5 s of when the test began the condition,
 measured on the detector's clock (the capture times, ``time.monotonic``), and cleared once normal speech plays again
 (or the sink is loaded again). Waiting is by polling with generous deadlines; the 5 s is a check of timestamps.
-And ``run`` on a silent microphone logs the problem: one WARNING line."""
+And ``run`` on a silent microphone logs the problem: one WARNING line, and its summary names it."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 import wave
@@ -147,3 +148,6 @@ def test_run_on_a_silent_microphone_logs_the_problem_once(
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "microphone problem" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0] and "silent (silent or too low for speech" in warnings[0]
+    # The visit summary names it with the detector's own problem name (what `status` and the metrics show).
+    rows = dict(m.groups() for line in done.stderr.splitlines() if (m := re.match(r"^  (\S.*?)\s{2,}(\S.*)$", line)))
+    assert rows["microphone health (problems raised)"] == SILENT

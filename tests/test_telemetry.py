@@ -16,13 +16,12 @@ from agent.daemon_state import DaemonState
 from agent.daemon_uploads import COUNTER, WORKER, QueueCounts, UploadTotals
 from agent.device_watch import Capture
 from agent.draining import EndedTotals
+from agent.figures import StreamFigures, VisitFigures
 from agent.metrics import AgentStats
 from agent.supervise import WorkerHealth
 from agent.telemetry import (
     CaptureFigures,
-    StreamFigures,
     Telemetry,
-    VisitFigures,
     WorkerFigures,
     capture_figures,
     worker_figures,

@@ -29,14 +29,15 @@ from agent.audio.sources import FileSource
 from agent.audio.types import Block
 from agent.audio.vad import SegmentFrame
 from agent.audit import audit_stream
+from agent.figures import VisitSummary
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
 from agent.stream.client import State
-from agent.visit import Visit, VisitSummary
+from agent.visit import Visit
 from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS, uploaded_bytes
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import FAST_STREAM, looped_dialogue, sped_up_clock, stored_recording, wav_samples
+from tests.plugins.visit import FAST_STREAM, looped_dialogue, sped_up_clock, stored_recording, wait_for, wav_samples
 
 
 @dataclass
@@ -93,14 +94,6 @@ async def upload(queue: UploadQueue, client: MediSyncClient, *, force: bool = Fa
     return item.state
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    while not predicate():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.slow
 def test_minutes_long_visit_through_twenty_plus_cuts_loses_and_doubles_nothing(harness: Harness) -> None:
     wav = looped_dialogue(harness.root / "long.wav", 4)  # 3 min 13 s of dialogue, about 85 % of it speech
@@ -133,7 +126,7 @@ def test_minutes_long_visit_through_twenty_plus_cuts_loses_and_doubles_nothing(h
         f"{stored.duplicates_ignored} duplicates ignored by the server, {audit.expected_samples} gated samples"
     )
     assert cuts >= 20 and stats.reconnects >= 20
-    assert summary.stream_confirmed and stats.state is State.DONE
+    assert summary.stream_confirmed and stats.state == State.DONE.value
     assert audit.exact and audit.expected_samples == summary.gated_samples > 0  # 0 lost, 0 duplicated
     assert stored.gaps == [] and stats.gap_samples == 0
     assert len(archive) // 2 == summary.record.samples > 190 * 16000  # the whole timeline, gated or not
@@ -147,6 +140,7 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
     ring_s = 3.0
     settings = harness.settings(ring_seconds=ring_s)
     outage_start = 0
+    gaps: list[tuple[int, int]] = []
 
     async def main() -> tuple[VisitSummary, ItemState]:
         nonlocal outage_start
@@ -161,6 +155,8 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
             await wait_for(lambda: visit.gated_samples > outage_start + 2 * ring_s * 16000, "the ring to overflow")
             harness.server.knobs.refuse_handshake(503, count=0)
             summary = await running
+            assert visit.stream is not None
+            gaps.extend(visit.stream.stats.gaps)  # the stream's own list (the summary's figures count its samples)
             return summary, await upload(UploadQueue(settings.upload, keys=TEST_KEYS), client)
 
     summary, state = asyncio.run(main())
@@ -170,7 +166,7 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
     audit = audit_stream(harness.gated, stored.runs)
     announced = [(g.start, g.end) for g in stored.gaps]
     print(f"outage: gaps announced {announced}, {audit.lost} gated samples lost from the live stream")
-    assert announced and announced == stats.gaps
+    assert announced and announced == gaps and stats.gap_samples == sum(e - s for s, e in gaps)
     assert audit.lost > 0 and audit.duplicated == audit.mismatched == audit.unexpected == 0
     # The right indices: the gated samples the server lacks are exactly the gated samples inside the announced
     # gaps, and every gap starts at the start and ends at the end of gated frames.
@@ -180,7 +176,7 @@ def test_outage_longer_than_the_ring_announces_the_gap_and_the_upload_holds_ever
     ends = {s + len(p) // 2 for s, p in harness.gated}
     assert all(g0 in starts and g1 in ends for g0, g1 in announced)
     assert stats.dropped_samples >= audit.lost
-    assert summary.stream_confirmed and stats.state is State.DONE
+    assert summary.stream_confirmed and stats.state == State.DONE.value
     # The live stream lost audio; the recording did not.
     archive = wav_samples(summary.record.path)
     assert len(archive) // 2 == summary.record.samples
@@ -228,7 +224,7 @@ def test_403_mid_visit_stops_streaming_but_archive_and_upload_go_on(harness: Har
             return summary, blocked, await upload(queue, client, force=True)
 
     summary, blocked, after = asyncio.run(main())
-    assert summary.stream is not None and summary.stream.state is State.FORBIDDEN
+    assert summary.stream is not None and summary.stream.state == State.FORBIDDEN.value
     assert not summary.stream_confirmed
     archive = wav_samples(summary.record.path)
     assert len(archive) // 2 == summary.record.samples

@@ -25,9 +25,10 @@ from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import FileSource
 from agent.audio.vad import SegmentFrame
 from agent.audit_log import AuditLog, read_events
+from agent.figures import VisitSummary
 from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
 from agent.stream.wire import TranscriptEvent
-from agent.visit import Visit, VisitSummary
+from agent.visit import Visit
 from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS
 from tests.plugins.proxy import TcpProxy

@@ -36,7 +36,7 @@ import numpy as np
 from agent.audio.alsa_scan import release_scan_plugins
 from agent.audio.handoff import Handoff
 from agent.audio.paced import Clock
-from agent.audio.types import BlockSink
+from agent.audio.types import BlockSink, FixedFormat
 from agent.errors import DeviceError
 
 PORTAUDIO_MISSING = "PortAudio library not found: install libportaudio2 (apt-get install libportaudio2)"
@@ -160,7 +160,7 @@ def find_device(sd: ModuleType, name: str | None) -> tuple[int, dict[str, Any]]:
     return matches[0]
 
 
-class MicSource:
+class MicSource(FixedFormat):
     """A PortAudio input stream behind the Source protocol."""
 
     def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
@@ -185,14 +185,6 @@ class MicSource:
     @property
     def description(self) -> str:
         return f"mic {self._device_name!r} {self._rate} Hz x{self._channels}"
-
-    @property
-    def sample_rate(self) -> int:
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        return self._channels
 
     @property
     def device_name(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
-from agent.audio.types import Block, BlockSink
+from agent.audio.types import Block, BlockSink, FixedFormat
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -39,11 +39,8 @@ HANDOFF_SECONDS = 5.0
 """Capacity of a generated source's hand-off in seconds of audio (at least four blocks)."""
 
 
-class PacedSource(abc.ABC):
+class PacedSource(FixedFormat, abc.ABC):
     """Subclasses set ``_rate``/``_channels`` and implement ``_produce(n)``; this class does the rest."""
-
-    _rate: int
-    _channels: int
 
     def __init__(
         self,
@@ -100,16 +97,8 @@ class PacedSource(abc.ABC):
         if producer is not None and producer is not threading.current_thread():
             producer.join(timeout)
 
-    def check_alive(self) -> None:  # noqa: B027 (a no-op on purpose, not abstract)
+    def check_alive(self) -> None:
         """Never raises: the end of a generated source or its error arrive through the hand-off."""
-
-    @property
-    def sample_rate(self) -> int:
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        return self._channels
 
     @property
     def position(self) -> int:

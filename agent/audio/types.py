@@ -50,6 +50,23 @@ class Frame:
         return self.start + len(self.pcm) // 2
 
 
+class FixedFormat:
+    """``sample_rate`` and ``channels`` of a source whose format is fixed once it is made (every source here):
+    the subclass sets ``_rate`` (Hz) and ``_channels`` in its ``__init__``."""
+
+    _rate: int
+    _channels: int
+
+    @property
+    def sample_rate(self) -> int:
+        """Native rate in Hz."""
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+
 class Source(Protocol):
     """Where audio comes from: microphone, WAV file or synthetic generator.
 

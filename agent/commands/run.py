@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -37,10 +38,11 @@ from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
 from agent.consent import Consent, decide, parse_consent, record_declined
 from agent.errors import EX_CANTCREAT, InputError
+from agent.figures import VisitSummary
 from agent.pause_key import pause_key as pause_key_view
 from agent.settings import AgentSettings
 from agent.terminal import TranscriptPrinter, format_summary
-from agent.visit import Visit, VisitSummary, refuse_second_recording
+from agent.visit import Visit, refuse_second_recording
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,9 +160,10 @@ async def record_and_upload(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, visit.interrupt)
-    ticker = None
+    ticker, raised, stop_listening = None, set[str](), None
     if health is not None:  # a deaf microphone is logged (WARNING) as soon as it is noticed
         health.watch_speech(True)
+        stop_listening = health.add_listener(lambda change: raised.add(change.problem) if change.raised else None)
         ticker = asyncio.create_task(tick_while(health, lambda: visit.recording), name="mic-health")
     try:
         with pause_key_view(visit, err) if pause_key else contextlib.nullcontext():
@@ -170,8 +173,12 @@ async def record_and_upload(
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             health.watch_speech(False)
+        if stop_listening is not None:
+            stop_listening()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    if health is not None:  # the detector's own problem names, as the daemon's status and metrics show them
+        summary = dataclasses.replace(summary, mic_problems=tuple(sorted(raised)))
     view = ProgressView(err)
     await drain(queue, client, progress_for=view.for_item)
     final = queue.find(appointment_id)

@@ -9,10 +9,12 @@ ResponseCuttingProxy(upstream_port).start() (fixture ``response_cutting_proxy``)
 looped_dialogue(path, times)                    the bundled dialogue repeated ``times`` times as one WAV
 sped_up_clock(speed) -> (clock, sleep)          pace a "realtime" source at ``speed`` x real time
 stored_recording(server, appointment_id)        bytes the server holds; recording_files(server)
+await wait_for(predicate, what)                 poll on the event loop with a deadline
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -120,6 +122,15 @@ def poll(condition: Callable[[], bool], what: str, deadline_s: float = 60.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, deadline_s: float = 60.0) -> None:
+    """:func:`poll` on the event loop (the visit runs meanwhile)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not predicate():
+        assert loop.time() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 def stored_recording(server: RunningServer, appointment_id: str) -> bytes:
