@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -64,7 +64,9 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     seconds: float | None = None
     """Duration in seconds: a pause (``resumed``), paused in total (``stopped``)."""
     reason: str = ""
-    """One word: a gap's reason, how a visit stopped (``stop``, ``end``, ``duration``, ``error``)."""
+    """One word: a gap's reason, how a visit stopped (``stop``, ``end``, ``duration``, ``error``), ``recovered``
+    (``archived``: queued by a later start after a crash), ``late`` (``upload_confirmed`` written by a later start:
+    a crash fell between the upload's confirmation and its line; ``at`` is still the confirmation's time)."""
 
 
 class _HasItem(Protocol):
@@ -72,6 +74,16 @@ class _HasItem(Protocol):
     def item_id(self) -> str: ...
     @property
     def appointment_id(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class UploadedItem:
+    """An upload queue item MediSync confirmed, as the trail needs it."""
+
+    item_id: str
+    appointment_id: str
+    uploaded_at: float
+    """Unix seconds when MediSync confirmed it."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -105,22 +117,48 @@ class AuditLog:
     def append(self, event: EventName, **fields: str | int | float | None) -> AuditEvent:
         """Write one event durably (fsynced) before returning it; ArchiveError when the disk refuses."""
         record = AuditEvent(at=self._clock(), event=event, **fields)  # type: ignore[arg-type]
-        line = encode(record)
         try:
             ensure_private_dir(self.directory)
             with self._locked():
-                self._rotate_if_full(len(line))
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
-                try:
-                    os.fchmod(fd, FILE_MODE)
-                    _end_torn_line(fd)
-                    os.write(fd, line)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._write(record)
         except OSError as exc:
             raise ArchiveError(f"cannot write the audit trail in {self.directory}: {exc.strerror or exc}") from None
         return record
+
+    def confirm_missing(self, uploaded: list[UploadedItem]) -> list[AuditEvent]:
+        """Write ``upload_confirmed`` (reason ``late``, at the upload's own time) for each uploaded item the trail
+        does not confirm: the agent marks an item done, then writes the line, and a power cut can fall between.
+        Items uploaded before the trail's oldest readable event are left alone (their line may have rotated
+        away). Read and written under the trail's lock, so two processes starting together write it once."""
+        written: list[AuditEvent] = []
+        try:
+            ensure_private_dir(self.directory)
+            with self._locked():
+                trail = read_events(self.directory).events
+                confirmed = {e.item for e in trail if e.event == "upload_confirmed"}
+                oldest = trail[0].at if trail else 0.0
+                for item in uploaded:
+                    if item.item_id in confirmed or item.uploaded_at < oldest:
+                        continue
+                    record = AuditEvent(at=item.uploaded_at, event="upload_confirmed", item=item.item_id,
+                                        appointment=item.appointment_id, reason="late")  # fmt: skip
+                    self._write(record)
+                    written.append(record)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write the audit trail in {self.directory}: {exc.strerror or exc}") from None
+        return written
+
+    def _write(self, record: AuditEvent) -> None:
+        line = encode(record)
+        self._rotate_if_full(len(line))
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            _end_torn_line(fd)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -230,3 +268,27 @@ def queue_listener(audit: AuditLog) -> Callable[[str, _HasItem], None]:
             log.error("audit trail: %s (%s not recorded)", exc, event)
 
     return hear
+
+
+class _DoneItem(_HasItem, Protocol):
+    @property
+    def state(self) -> str: ...
+    @property
+    def uploaded_at(self) -> float | None: ...
+
+
+def confirm_uploads(audit: AuditLog, items: Iterable[_DoneItem]) -> None:
+    """At a start: the trail gets the ``upload_confirmed`` lines a crash kept it from (see
+    :meth:`AuditLog.confirm_missing`). Errors are logged, not raised: the uploads themselves are done."""
+    uploaded = [UploadedItem(i.item_id, i.appointment_id, i.uploaded_at)
+                for i in items if i.state == "done" and i.uploaded_at is not None]  # fmt: skip
+    if not uploaded:
+        return
+    try:
+        written = audit.confirm_missing(uploaded)
+    except ArchiveError as exc:
+        log.error("audit trail: %s (upload confirmations not checked)", exc)
+        return
+    for record in written:
+        log.warning("audit trail: upload item %s was confirmed without its line (the agent stopped in between); "
+                    "written now with reason 'late'", record.item[:8])  # fmt: skip

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TypeGuard
 
 from agent.archive.upload_queue import UploadQueue
-from agent.audit_log import AuditLog, queue_listener
+from agent.audit_log import AuditLog, confirm_uploads, queue_listener
 from agent.consent import Consent, decide, parse_consent, record_declined
 from agent.control import DaemonStatus, PauseVisit, Response, ResumeVisit, failure, ok
 from agent.draining import EndedTotals
@@ -44,6 +44,7 @@ class Privacy:
 
     def listen(self, queue: UploadQueue) -> None:
         queue.on_event = queue_listener(self.audit)
+        confirm_uploads(self.audit, queue.items())
 
     async def consent(self, appointment_id: str, answer: str | None) -> Consent | Response:
         """The consent a visit starts with, or the answer that ends the start request (declined, refused)."""

@@ -5,7 +5,8 @@ counted, never fatal), and each visit's events must be a prefix of the full sequ
 before the kill is there, nothing after it. Cross-checked with the disk: a visit whose recording exists (journal or
 queue item) has its ``consent`` and ``started`` lines (written, fsynced, before anything is on disk). A visit
 killed while recording is queued by the next start (``archived`` with reason ``recovered``); a final ``uploads
-retry --now`` delivers the rest, and every delivered recording has its ``upload_confirmed`` line.
+retry --now`` delivers the rest, and every delivered recording has its ``upload_confirmed`` line (reason ``late``
+when the kill fell between the item marked done and its line: the next start writes it).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def test_audit_trail_survives_twenty_kill_9_visits(medisync_server: RunningServe
             assert sequence == FULL[: len(sequence)], f"{appointment}: {sequence}"
         if appointment in on_disk:
             assert visit_names[:2] == ["consent", "started"], f"{appointment} was recording without its audit lines"
-        if appointment in done:  # delivered: the trail says so
-            assert ("upload_confirmed", "") in upload, f"{appointment}: {visit_names} {upload}"
+        if appointment in done:  # delivered: the trail says so (a kill between 'done' and its line: a later start)
+            assert {("upload_confirmed", ""), ("upload_confirmed", "late")} & set(upload), f"{appointment}: {upload}"
         reached.append(len(visit_names) + len(upload))
     print(f"events per visit: {reached}; {recovered} killed visits recovered and uploaded by a later start")
     assert recovered > 0 and any(r == len(FULL) for r in reached)

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from agent.audit_log import AUDIT_FILE, AuditLog, audit_files, for_visit, read_events
 from agent.settings import AuditSettings
+from tests.plugins.archive import DIALOGUE
+from tests.plugins.server import RunningServer
+from tests.plugins.visit import AgentHome
 
 
 def make(tmp_path: Path, **settings: int) -> AuditLog:
@@ -125,3 +128,45 @@ def test_retention_deletion_and_upload_confirmation_reach_the_trail(tmp_path: Pa
     events = read_events(log.directory).events
     assert [(e.event, e.item, e.appointment) for e in events] == [("upload_confirmed", item.item_id, "apt-1"),
                                                                   ("deleted", item.item_id, "apt-1")]  # fmt: skip
+
+
+def test_an_upload_confirmed_without_its_line_gets_it_once_at_its_own_time(tmp_path: Path) -> None:
+    from agent.audit_log import UploadedItem
+
+    log = make(tmp_path)
+    log.append("started", visit="v1", appointment="a1")  # the trail's oldest event: at 1764200000.5
+    log.append("upload_confirmed", item="i-logged", appointment="a0")
+    uploaded = [
+        UploadedItem("i-logged", "a0", 1764200001.0),  # its line is there
+        UploadedItem("i-missing", "a1", 1764200002.0),  # a crash fell between 'done' and the line
+        UploadedItem("i-rotated", "a2", 1764100000.0),  # older than the trail: its line may have rotated away
+    ]
+    written = log.confirm_missing(uploaded)
+    assert [(e.item, e.appointment, e.at, e.reason) for e in written] == [("i-missing", "a1", 1764200002.0, "late")]
+    assert log.confirm_missing(uploaded) == []  # a second start writes nothing
+    confirmations = [e.item for e in read_events(log.directory).events if e.event == "upload_confirmed"]
+    assert confirmations == ["i-logged", "i-missing"]
+
+
+def test_a_start_writes_the_confirmation_a_crash_kept_from_the_trail(medisync_server: RunningServer,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    # The crash window (item saved as done, killed before its audit line) reproduced by taking that line out.
+    home = AgentHome(tmp_path / "agent", api_url=medisync_server.api_url, speech_url=medisync_server.speech_url,
+                     email=medisync_server.email, password=medisync_server.password)  # fmt: skip
+    appointment = medisync_server.create_appointment()
+    visit = home.run("run", "--appointment", appointment, "--source", f"file:{DIALOGUE}", "--duration", "1",
+                     "--pace", "fast")  # fmt: skip
+    assert visit.returncode == 0, visit.stderr
+    trail = home.root / "audit" / AUDIT_FILE
+    lines = trail.read_text().splitlines(keepends=True)
+    assert sum('"upload_confirmed"' in line for line in lines) == 1
+    trail.write_text("".join(line for line in lines if '"upload_confirmed"' not in line))
+    [item] = home.items()
+    first, second = home.run("uploads", "list"), home.run("uploads", "list")  # the first start writes it
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert f"upload item {item['item_id'][:8]} was confirmed without its line" in first.stderr
+    assert "without its line" not in second.stderr
+    confirmed = [e for e in read_events(home.root / "audit").events if e.event == "upload_confirmed"]
+    assert [(e.item, e.appointment, e.reason, e.at) for e in confirmed] == [
+        (item["item_id"], appointment, "late", item["uploaded_at"])
+    ]

@@ -32,7 +32,7 @@ from agent.archive.upload_runner import drain
 from agent.audio.mic_monitor import MicHealth, tick_while
 from agent.audio.pipeline import PipelineOutput
 from agent.audio.sources import open_source
-from agent.audit_log import AuditLog, queue_listener
+from agent.audit_log import AuditLog, confirm_uploads, queue_listener
 from agent.commands._args import duration_seconds
 from agent.commands.uploads import EX_TEMPFAIL, ProgressView, report_recovery
 from agent.config import add_config_arguments, load_from_args
@@ -145,6 +145,7 @@ async def record_and_upload(
     audit = AuditLog.for_settings(settings)
     queue.on_event = queue_listener(audit)
     report_recovery(await asyncio.to_thread(recover, Path(settings.archive.directory), queue), err)
+    await asyncio.to_thread(confirm_uploads, audit, queue.items())
     refuse_second_recording(queue, appointment_id)
     source = open_source(settings.audio.source, settings.audio)
     health = MicHealth(settings.mic) if _is_microphone(settings.audio.source) else None

@@ -31,7 +31,7 @@ from agent.archive.storage import Quarantined
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadItem, UploadQueue
 from agent.archive.upload_runner import DrainReport, Progress, Uploader, drain
-from agent.audit_log import AuditLog, queue_listener
+from agent.audit_log import AuditLog, confirm_uploads, queue_listener
 from agent.config import add_config_arguments, load_from_args
 from agent.safe_text import clean_line, clean_text
 from agent.settings import AgentSettings
@@ -125,8 +125,11 @@ def open_queue(args: argparse.Namespace, settings: AgentSettings | None = None) 
     """Settings, the queue, and what recovering the storage found (done first by every action)."""
     settings = load_from_args(args).settings if settings is None else settings
     queue = UploadQueue(settings.upload, keys=load_archive_keys(settings.archive, identity=True))
-    queue.on_event = queue_listener(AuditLog.for_settings(settings))  # upload confirmed, deleted: audited
-    return settings, queue, recover(Path(settings.archive.directory), queue)
+    audit = AuditLog.for_settings(settings)
+    queue.on_event = queue_listener(audit)  # upload confirmed, deleted: audited
+    recovery = recover(Path(settings.archive.directory), queue)
+    confirm_uploads(audit, queue.items())
+    return settings, queue, recovery
 
 
 def report_recovery(recovery: Recovery, err: TextIO) -> None:
