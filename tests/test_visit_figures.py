@@ -14,7 +14,6 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,7 +28,6 @@ from agent.daemon_state import DaemonState
 from agent.draining import EndedTotals
 from agent.figures import VisitSummary
 from agent.metrics import AgentStats, Metrics
-from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
 from agent.stream.client import State
 from agent.telemetry import Telemetry, visit_figures
 from agent.terminal import format_summary
@@ -38,7 +36,7 @@ from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import FAST_STREAM, sped_up_clock, wait_for
+from tests.plugins.visit import proxied_file_visit, sped_up_clock, wait_for
 
 ROW = re.compile(r"^  (\S.*?)\s{2,}(\S.*)$")
 
@@ -58,16 +56,7 @@ def exposition(stats: AgentStats) -> dict[str, float]:
 def test_printed_summary_status_and_metrics_of_a_cut_visit_are_one_snapshot(
     medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path
 ) -> None:
-    target = urlsplit(medisync_server.speech_url)
-    assert target.hostname is not None and target.port is not None
-    proxy = tcp_proxy(target.hostname, target.port)
-    settings = AgentSettings(
-        audio=AudioSettings(source=f"file:{DIALOGUE}"),
-        api=ApiSettings(api_url=medisync_server.api_url, speech_url=proxy.url(), email=medisync_server.email),
-        archive=ArchiveSettings(directory=str(tmp_path / "archive")),
-        stream=StreamSettings(**FAST_STREAM),  # type: ignore[arg-type]
-        upload=UploadSettings(queue_dir=str(tmp_path / "queue")),
-    )
+    settings, proxy = proxied_file_visit(medisync_server, tcp_proxy, tmp_path)
     appointment = medisync_server.create_appointment()
 
     async def main() -> tuple[Visit, VisitSummary]:

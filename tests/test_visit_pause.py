@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -26,14 +25,14 @@ from agent.audio.sources import FileSource
 from agent.audio.vad import SegmentFrame
 from agent.audit_log import AuditLog, read_events
 from agent.figures import VisitSummary
-from agent.settings import AgentSettings, ApiSettings, ArchiveSettings, AudioSettings, StreamSettings, UploadSettings
+from agent.settings import AudioSettings
 from agent.stream.wire import TranscriptEvent
 from agent.visit import Visit
 from tests.plugins.archive import DIALOGUE
 from tests.plugins.keys import TEST_KEYS
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
-from tests.plugins.visit import FAST_STREAM, sped_up_clock, wav_samples
+from tests.plugins.visit import proxied_file_visit, sped_up_clock, wav_samples
 
 RATE = 16000
 PAUSE_AT_S = 15.0
@@ -58,16 +57,7 @@ def ring_spans(visit: Visit) -> list[tuple[int, int]]:
 def test_ten_second_pause_leaves_no_sample_in_archive_server_or_ring(
     medisync_server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy], tmp_path: Path, dialogue_pcm: bytes
 ) -> None:
-    target = urlsplit(medisync_server.speech_url)
-    assert target.hostname is not None and target.port is not None
-    proxy = tcp_proxy(target.hostname, target.port)
-    settings = AgentSettings(
-        audio=AudioSettings(source=f"file:{DIALOGUE}"),
-        api=ApiSettings(api_url=medisync_server.api_url, speech_url=proxy.url(), email=medisync_server.email),
-        archive=ArchiveSettings(directory=str(tmp_path / "archive")),
-        stream=StreamSettings(**FAST_STREAM),  # type: ignore[arg-type]
-        upload=UploadSettings(queue_dir=str(tmp_path / "queue")),
-    )  # fmt: skip
+    settings, proxy = proxied_file_visit(medisync_server, tcp_proxy, tmp_path)
     appointment = medisync_server.create_appointment()
     transcripts: list[TranscriptEvent] = []
     outputs: list[PipelineOutput] = []

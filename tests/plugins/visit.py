@@ -25,17 +25,48 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tests.plugins.archive import DIALOGUE, REPO
 from tests.plugins.keys import TEST_KEY, TEST_RECIPIENT_FILE, plaintext
 from tests.plugins.server import RunningServer
+
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
+    from tests.plugins.proxy import TcpProxy
 
 FAST_STREAM = {
     "backoff_first_s": 0.05, "backoff_cap_s": 0.3, "ack_timeout_s": 3.0, "ping_interval_s": 2.0,
     "ping_timeout_s": 2.0, "replay_speed": 40.0, "end_timeout_s": 30.0,
 }  # fmt: skip
 """Stream settings for loopback tests: quick reconnects, replay well above 4x so fast visits finish quickly."""
+
+
+def proxied_file_visit(server: RunningServer, tcp_proxy: Callable[[str, int], TcpProxy],
+                       tmp_path: Path) -> tuple[AgentSettings, TcpProxy]:  # fmt: skip
+    """Settings for an in-process visit of the bundled dialogue whose speech socket runs through a real TCP proxy
+    (cut it to make outages), with FAST_STREAM, archive and queue under ``tmp_path``; and that proxy."""
+    from agent.settings import (
+        AgentSettings,
+        ApiSettings,
+        ArchiveSettings,
+        AudioSettings,
+        StreamSettings,
+        UploadSettings,
+    )
+
+    target = urlsplit(server.speech_url)
+    assert target.hostname is not None and target.port is not None
+    proxy = tcp_proxy(target.hostname, target.port)
+    settings = AgentSettings(
+        audio=AudioSettings(source=f"file:{DIALOGUE}"),
+        api=ApiSettings(api_url=server.api_url, speech_url=proxy.url(), email=server.email),
+        archive=ArchiveSettings(directory=str(tmp_path / "archive")),
+        stream=StreamSettings(**FAST_STREAM),  # type: ignore[arg-type]
+        upload=UploadSettings(queue_dir=str(tmp_path / "queue")),
+    )
+    return settings, proxy
 
 
 def _toml_value(value: object) -> str:
