@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.archive.upload_queue import UploadQueue
@@ -62,13 +61,7 @@ def test_bad_items_and_a_dying_upload_worker_do_not_stop_uploads(
 ) -> None:
     daemon = start_daemon(extra=f'metrics_address = "127.0.0.1:{free_port()}"')
     daemon.wait_ready()
-    found = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on "))
-    assert found is not None
-
-    def metric(name: str) -> float:
-        line = re.search(rf"^medisync_agent_{name} (\S+)$", httpx.get(found.group(1), timeout=5).text, re.M)
-        assert line is not None, name
-        return float(line.group(1))
+    metric = daemon.metric
 
     # Items that used to kill the worker (deep nesting, a FIFO), a torn one, one whose id escapes the folder.
     daemon.archive_dir.mkdir(exist_ok=True)

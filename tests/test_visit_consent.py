@@ -8,7 +8,6 @@ and that nothing was recorded.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import stat
@@ -18,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from agent.audit_log import read_events
@@ -105,14 +103,7 @@ def test_daemon_pause_resume_consent_and_their_refusals(start_daemon: Callable[.
     daemon = start_daemon(extra="[visit]\nrequire_consent = true\n",
                           env={"MEDISYNC_AGENT_DAEMON_METRICS_ADDRESS": f"127.0.0.1:{free_port()}"})
     daemon.wait_ready()
-    metrics_url = re.search(r"metrics on (http://\S+)", daemon.wait_for_log("metrics on http://"))
-    assert metrics_url is not None
-
-    def metric(name: str) -> float:
-        text = httpx.get(metrics_url.group(1), timeout=10).text
-        found = re.search(rf"^medisync_agent_{name} (\S+)$", text, re.M)
-        assert found is not None, name
-        return float(found.group(1))
+    metric = daemon.metric
 
     audit_dir = daemon.archive_dir.parent / "audit"
 

@@ -14,6 +14,7 @@ another test's source instead), which is what unplugging a USB microphone does.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.commands.visit import ask_daemon
@@ -120,6 +122,18 @@ class DaemonProcess:
 
     def ask(self, request: Request) -> Response:
         return ask_daemon(str(self.control), request, timeout_s=DEADLINE_S)
+
+    def metric(self, name: str, default: float | None = None) -> float:
+        """``medisync_agent_<name>`` as the daemon's metrics endpoint (started with metrics on) serves it now;
+        ``default`` when it is not there yet, else an AssertionError."""
+        url = re.search(r"metrics on (http://\S+)", self.wait_for_log("metrics on http://"))
+        assert url is not None
+        text = httpx.get(url.group(1), timeout=10).text
+        found = re.search(rf"^medisync_agent_{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+        if found is None and default is not None:
+            return default
+        assert found is not None, name
+        return float(found.group(1))
 
     def wait_for_log(self, text: str, deadline_s: float = DEADLINE_S) -> str:
         found: list[str] = []
