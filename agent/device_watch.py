@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -236,10 +237,7 @@ class Capture:
         self._generation += 1
         generation = self._generation
 
-        def sink(samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
-            if generation == self._generation:  # a closed source's late callbacks are not counted
-                self._sink(samples, capture_time, missed)
-
+        sink = functools.partial(self._sink, generation)  # a C-level wrapper: no Python frame of its own
         source = await asyncio.to_thread(self._open, pin, sink)
         try:
             if self._ever_opened:
@@ -280,12 +278,14 @@ class Capture:
 
     # --- the source's producer thread -------------------------------------------------------------------------
 
-    def _sink(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+    def _sink(self, generation: int, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
         """Every block, on the source's producer thread: gap accounting after a loss, counters; queued for the
         loop's look; the visit's tap. Nothing else: the level and the ``on_blocks`` hook run at the look.
 
         Only after a loss is a hole counted here: within one open stream the microphone reports its own
         overflows, and a late callback is late audio, not lost audio."""
+        if generation != self._generation:  # a closed source's late callbacks are not counted
+            return
         if self._expected is not None:
             missed += self._gap_before(capture_time)
         self.blocks += 1

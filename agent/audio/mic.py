@@ -222,10 +222,11 @@ class MicSource(FixedFormat):
         # Runs on PortAudio's thread for every block: stamp, one copy, hand off. Nothing that can block, and no
         # per-block work that can wait for the consumer (the daemon meters and judges its blocks on the event loop).
         now = self._clock()
+        start = now - frames / self._rate
         self.stats.blocks += 1
-        missed = self._count_status(status, now - frames / self._rate) if status else 0
+        missed = self._count_status(status, start) if status else 0
         self._last_end = now  # the capture time where the next block should start
-        self._sink(indata.copy(), now - frames / self._rate, missed)
+        self._sink(indata.copy(), start, missed)
 
     def _count_status(self, status: Any, start: float) -> int:
         """Count the callback's status flags; the source samples an input overflow lost (0 otherwise)."""
