@@ -154,3 +154,30 @@ def test_portaudio_callbacks_reuse_one_python_thread_state(null_sink: Callable[[
             player.wait(timeout=30)
     assert len({ident for ident, _, _ in calls}) == 1 and len({thread for _, _, thread in calls}) == 1
     assert [seen for _, seen, _ in calls[1:]] == [True] * (len(calls) - 1)
+
+
+def test_the_callback_copies_once_stamps_and_counts_an_overflow(null_sink: Callable[[int, int], NullSink]) -> None:
+    """The callback as PortAudio calls it (its own status flags type), on a clock the test sets: each block is
+    copied (PortAudio reuses its buffer) and stamped at its first sample; an input overflow's lost samples are
+    estimated from where the previous block ended and counted once."""
+    import sounddevice
+
+    null_sink(48000, 1)
+    now = [100.0]
+    got: list[tuple[npt.NDArray[np.float32], float, int]] = []
+    source = MicSource(parse_mic_spec("mic:pulse@48000x1"), handoff_seconds=1.0, clock=lambda: now[0],
+                       sink=lambda samples, at, missed: got.append((samples, at, missed)))  # fmt: skip
+    buffer = np.zeros((4800, 1), dtype=np.float32)  # PortAudio's one buffer, refilled for every callback
+    overflow = sounddevice.CallbackFlags()
+    overflow.input_overflow = True
+    for i, (at, flags) in enumerate(((100.1, sounddevice.CallbackFlags()), (100.2, sounddevice.CallbackFlags()),
+                                     (100.55, overflow))):  # fmt: skip
+        now[0] = at
+        buffer[:] = i / 4
+        source._callback(buffer, 4800, None, flags)
+    assert [round(at, 6) for _, at, _ in got] == [100.0, 100.1, 100.45]  # the block's first sample
+    assert [missed for _, _, missed in got] == [0, 0, 12000]  # 0.25 s between 100.2 and 100.45 at 48 kHz
+    copies = [(float(samples.min()), float(samples.max()), samples.shape) for samples, _, _ in got]
+    assert copies == [(i / 4, i / 4, (4800, 1)) for i in range(3)]
+    assert (source.stats.blocks, source.stats.status_flags, source.stats.input_overflows) == (3, 1, 1)
+    assert source.stats.estimated_lost == 12000 and source.stats.flags_seen == {"input_overflow"}
