@@ -237,6 +237,7 @@ def open_sealed(key: bytes, nonce: bytes, sealed: bytes, aad: bytes = b"") -> by
         final = ctypes.c_int(0)
         if lib.EVP_CipherFinal_ex(ctx, None, ctypes.byref(final)) != 1:
             lib.ERR_clear_error()
+            ctypes.memset(out, 0, len(body))  # never leave unauthenticated plaintext behind
             raise AuthenticationFailed("the tag does not verify")
         return out.raw
 
