@@ -88,7 +88,7 @@ def test_the_level_and_the_hook_see_every_block_once_in_order_on_the_event_loop(
         got: list[Block] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while len(got) < 100 or not seen:  # 2 s through the tap (the meter settles); the first look came at once
+        while len(got) < 100 or not seen:  # 2 s through the tap: the level meter (0.3 s time constant) settles
             assert loop.time() < deadline, f"{len(got)} blocks through the tap, {len(seen)} looked at"
             got.extend(iter(tap.handoff.get_nowait, None))
             await asyncio.sleep(0.01)
