@@ -83,6 +83,12 @@ class PauseGate:
             return self._paused_before + current
 
     @property
+    def active(self) -> bool:
+        """A pause is requested or still applied on the audio path: frames must go through :meth:`step`. False: every
+        frame the audio path processes now is live, as :meth:`step` would say (it may skip calling it)."""
+        return self._wanted or self._applied_from is not None
+
+    @property
     def applied_from(self) -> int | None:
         """Timeline index where the current pause took effect on the audio path; None when not paused there."""
         return self._applied_from
