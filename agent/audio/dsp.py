@@ -59,7 +59,8 @@ def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     # against the float64 version); in place, it saves three temporaries per block.
     scaled = np.multiply(x, np.float32(32768.0), dtype=np.float32)
     np.rint(scaled, out=scaled)
-    np.clip(scaled, -32768, 32767, out=scaled)
+    np.minimum(scaled, np.float32(32767.0), out=scaled)  # = np.clip, without its Python-level wrappers per block
+    np.maximum(scaled, np.float32(-32768.0), out=scaled)
     clipped: npt.NDArray[np.int16] = scaled.astype("<i2")
     return clipped
 
