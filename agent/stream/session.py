@@ -313,6 +313,8 @@ class SpeechSession:
                 if c.ignored == 1 else "")  # fmt: skip
 
     def _dispatch(self, c: Conn, msg: wire.ServerMessage | wire.Unknown, now: float) -> Received:
+        if type(msg) is wire.Ack:  # the usual message (several a second while audio flows): looked at first
+            return Received(self._on_ack(c, msg.seq, now))
         if isinstance(msg, wire.SessionInit):
             if c.phase is Phase.AWAIT_INIT:
                 c.init_seen = True  # proceed at the next poll
