@@ -17,7 +17,8 @@ Edges fall on frame boundaries (20 ms by default): a request takes effect at the
 processes after it (a request that comes while a block is being processed, from the next block's first frame: the
 path asks :attr:`PauseGate.active` once per block and skips :meth:`PauseGate.step` while it is False). The frames of a
 block still in the hand-off when the button is pressed were captured before it, so a pause starts at most one
-capture block *before* the press (never after), and a resume at most one block before its press. The stretches are kept as timeline indices (:attr:`PauseGate.stretches`) for the visit's record.
+capture block *before* the press (never after), and a resume at most one block before its press. The stretches
+are kept as timeline indices (:attr:`PauseGate.stretches`) for the visit's record.
 """
 
 from __future__ import annotations
