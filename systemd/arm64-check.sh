@@ -17,9 +17,10 @@ readonly VENV_IN_ROOT=/opt/medisync-agent/venv
 readonly AGENT_IN_ROOT=$VENV_IN_ROOT/bin/medisync-agent
 # The fast part of the suite, chosen to fit CI's budget under emulation (about 5x slower; ~6 min): pure policies,
 # DSP, VAD and WAV on aarch64 numbers, the real PortAudio/PulseAudio microphone path, the CLI's error paths, the
-# daemon through its control socket (the path a Pi runs), and the tests that once assumed x86 timing.
+# daemon through its control socket (the path a Pi runs), the tests that once assumed x86 timing, and sealing's
+# X25519/ChaCha20-Poly1305 through the root's own libcrypto (RFC vectors; the cryptography cross-checks skip there).
 readonly DEFAULT_TESTS="tests/test_audio_dsp.py tests/test_audio_wav.py tests/test_archive_wav.py
-tests/test_archive_repair.py tests/test_vad_gate.py tests/test_vad_dialogue.py tests/test_stream_wire.py
+tests/test_archive_repair.py tests/test_archive_libcrypto.py tests/test_vad_gate.py tests/test_vad_dialogue.py tests/test_stream_wire.py
 tests/test_stream_ring.py tests/test_stream_policy.py tests/test_stream_pacing.py tests/test_stream_live.py
 tests/test_upload_policy.py tests/test_upload_queue.py tests/test_upload_cli.py tests/test_api_pure.py
 tests/test_config_layers.py tests/test_record_errors.py tests/test_audio_mic_pulse.py tests/test_record_pulse.py

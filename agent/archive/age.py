@@ -5,8 +5,9 @@ a recording by hand; X25519 recipients, so recording needs only the public key; 
 ChaCha20-Poly1305 and numbered, so a crash loses at most the unsealed tail and a flipped, cut or reordered chunk
 fails to authenticate on its own.
 
-Only the framing is written here (header lines, stanza, header MAC input, chunk nonces, Bech32 key text). Every
-primitive comes from the kept ``cryptography`` package: X25519, HKDF-SHA-256, HMAC-SHA-256, ChaCha20-Poly1305.
+Only the framing is written here (header lines, stanza, header MAC input, chunk nonces, Bech32 key text). The
+primitives: HMAC-SHA-256 and HKDF-SHA-256 (RFC 5869) from the standard library, X25519 and ChaCha20-Poly1305 from the
+libcrypto Python's ``ssl`` already loaded (:mod:`agent.archive.libcrypto`; no package of its own on the device).
 
 Nonce rule (never broken): a (payload key, chunk counter, last flag) triple seals exactly one plaintext. Sealing the
 same plaintext again under the same triple gives the same bytes (a retry after a failed write); sealing the same
@@ -17,16 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from agent.archive import libcrypto
+from agent.archive.libcrypto import AuthenticationFailed
 
 MAGIC = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024
@@ -150,13 +150,14 @@ class Identity:
 
     __slots__ = ("_key", "recipient")
 
-    def __init__(self, key: X25519PrivateKey) -> None:
-        self._key = key
-        self.recipient = Recipient(key.public_key().public_bytes_raw())
+    def __init__(self, private: bytes) -> None:
+        """``private``: the 32 bytes of the X25519 private key."""
+        self._key = private
+        self.recipient = Recipient(libcrypto.x25519_public(private))
 
     @classmethod
     def generate(cls) -> Identity:
-        return cls(X25519PrivateKey.generate())
+        return cls(libcrypto.x25519_private())
 
     @classmethod
     def parse(cls, text: str) -> Identity:
@@ -170,21 +171,22 @@ class Identity:
             raise AgeError("not an age identity (AGE-SECRET-KEY-1...)") from None
         if hrp != "age-secret-key-" or len(data) != 32:
             raise AgeError("not an X25519 age identity (AGE-SECRET-KEY-1...)")
-        return cls(X25519PrivateKey.from_private_bytes(data))
+        return cls(data)
 
     def secret_text(self) -> str:
         """The ``AGE-SECRET-KEY-1...`` line: only for writing the key file."""
-        return bech32_encode("age-secret-key-", self._key.private_bytes_raw()).upper()
+        return bech32_encode("age-secret-key-", self._key).upper()
 
     def unwrap(self, share: bytes, body: bytes) -> bytes | None:
         """The file key from an X25519 stanza addressed to this identity, or None if it is not."""
-        shared = self._key.exchange(X25519PublicKey.from_public_bytes(share))
-        if shared == bytes(32):
-            raise NoMatchingKey("the header holds a degenerate X25519 share")
+        try:
+            shared = libcrypto.x25519_shared(self._key, share)
+        except ValueError:
+            raise NoMatchingKey("the header holds a degenerate X25519 share") from None
         key = _hkdf(shared, share + self.recipient.public, _X25519_INFO)
         try:
-            return ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, body, None)
-        except InvalidTag:
+            return libcrypto.open_sealed(key, _ZERO_NONCE, body)
+        except AuthenticationFailed:
             return None
 
     def __repr__(self) -> str:
@@ -192,7 +194,10 @@ class Identity:
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+    """HKDF-SHA-256 (RFC 5869), 32 bytes of output: one block of the expand step. An empty salt is HMAC's all-zero
+    key, as the RFC says."""
+    prk = hmac.digest(salt, ikm, hashlib.sha256)
+    return hmac.digest(prk, info + b"\x01", hashlib.sha256)
 
 
 def _b64(data: bytes) -> bytes:
@@ -216,18 +221,16 @@ def _unb64(text: bytes) -> bytes:
 
 
 def _header_mac(file_key: bytes, covered: bytes) -> bytes:
-    mac = hmac.HMAC(_hkdf(file_key, b"", b"header"), hashes.SHA256())
-    mac.update(covered)
-    return mac.finalize()
+    return hmac.digest(_hkdf(file_key, b"", b"header"), covered, hashlib.sha256)
 
 
 def seal_header(file_key: bytes, recipient: Recipient) -> bytes:
     """The header wrapping ``file_key`` for ``recipient`` in one X25519 stanza, with its MAC line."""
-    ephemeral = X25519PrivateKey.generate()
-    share = ephemeral.public_key().public_bytes_raw()
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.public))
+    ephemeral = libcrypto.x25519_private()
+    share = libcrypto.x25519_public(ephemeral)
+    shared = libcrypto.x25519_shared(ephemeral, recipient.public)
     wrap_key = _hkdf(shared, share + recipient.public, _X25519_INFO)
-    body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
+    body = libcrypto.seal(wrap_key, _ZERO_NONCE, file_key)
     lines = [_b64(body)[i : i + 64] for i in range(0, len(_b64(body)), 64)]
     if not lines or len(lines[-1]) == 64:
         lines.append(b"")  # the body must end with a line shorter than 64 columns
@@ -315,19 +318,19 @@ class Payload:
     """STREAM over ChaCha20-Poly1305 with the payload key of one file: chunk ``i`` sealed under nonce
     ``i (11 bytes, big endian) || last flag``."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_key",)
 
     def __init__(self, file_key: bytes, nonce: bytes) -> None:
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        self._key = _hkdf(file_key, nonce, b"payload")
 
     def seal(self, index: int, plaintext: bytes | bytearray | memoryview, *, last: bool) -> bytes:
-        return self._aead.encrypt(_chunk_nonce(index, last), bytes(plaintext), None)
+        return libcrypto.seal(self._key, _chunk_nonce(index, last), bytes(plaintext))
 
     def open(self, index: int, sealed: bytes, *, last: bool) -> bytes:
         """The chunk's plaintext; ChunkError if it does not authenticate at ``index`` with this flag."""
         try:
-            return self._aead.decrypt(_chunk_nonce(index, last), sealed, None)
-        except InvalidTag:
+            return libcrypto.open_sealed(self._key, _chunk_nonce(index, last), sealed)
+        except AuthenticationFailed:
             raise ChunkError(index, "does not authenticate") from None
 
 

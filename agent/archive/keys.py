@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.api.secret import read_secret_file
+from agent.archive import libcrypto
 from agent.archive.age import AgeError, Identity, Recipient
 from agent.errors import ConfigError, WrongKeyError
 from agent.settings import ArchiveSettings
@@ -50,9 +51,11 @@ class ArchiveKeys:
 def load_archive_keys(settings: ArchiveSettings, *, identity: bool,
                       environ: Mapping[str, str] | None = None) -> ArchiveKeys | None:  # fmt: skip
     """The keys a command needs (``identity``: it uploads, repairs or exports), or None when ``archive.encrypt``
-    is off. WrongKeyError (exit 78) for a missing, unreadable or mismatched key."""
+    is off. WrongKeyError (exit 78) for a missing, unreadable or mismatched key; CryptoUnavailable (exit 69) when
+    the system's libcrypto cannot seal (checked here, at start, rather than at a visit's first chunk)."""
     if not settings.encrypt:
         return None
+    libcrypto.check()
     opened = load_identity(settings, environ) if identity else None
     recipient = load_recipient(settings, derived=opened.recipient if opened is not None else None)
     return ArchiveKeys(recipient, opened)

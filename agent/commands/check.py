@@ -30,7 +30,7 @@ from agent.audio.vad import SegmentFrame
 from agent.commands._args import duration_seconds
 from agent.config import add_config_arguments, load_from_args
 from agent.device_watch import block_power, level_dbfs
-from agent.errors import AgentError, AuthError, ConfigError, ResponseError, SubscriptionError
+from agent.errors import AgentError, AuthError, ConfigError, NotInstalledError, ResponseError, SubscriptionError
 from agent.safe_text import clean_line
 from agent.settings import AgentSettings
 from agent.stream import wire
@@ -86,7 +86,7 @@ def check_archive_key(settings: AgentSettings) -> CheckRow:
         return CheckRow("archive key", True, "recordings are NOT sealed at rest (archive.encrypt = false)", warn=True)
     try:
         keys = load_archive_keys(settings.archive, identity=True)
-    except ConfigError as exc:
+    except (ConfigError, NotInstalledError) as exc:
         return CheckRow("archive key", False, str(exc))
     assert keys is not None
     return CheckRow("archive key", True, f"recordings sealed (age) to {keys.recipient}; the device key opens them")
