@@ -336,8 +336,8 @@ class Daemon:
     def status(self) -> DaemonStatus:
         return self.telemetry().status()
 
-    def _facts(self) -> Facts:
-        return facts_of(self.status(), visit_failed=bool(self._visit_error), upload_due=self._uploads.due,
+    def _facts(self, status: DaemonStatus | None = None) -> Facts:
+        return facts_of(status or self.status(), visit_failed=bool(self._visit_error), upload_due=self._uploads.due,
                         uploads_unreachable=self._uploads.unreachable)  # fmt: skip
 
     async def _tick(self) -> None:
@@ -345,14 +345,13 @@ class Daemon:
             self._observe_capture(time.monotonic())
             await asyncio.sleep(self._heartbeat.period_s(self.settings.mic.no_data_s))
 
-    def _observe_capture(self, now: float) -> None:
-        capture = self._capture
+    def _observe_capture(self, now: float) -> None:  # one snapshot a look, for the event stream and the heartbeat
         self.mic_health.tick()
-        self._shown.refresh()
+        capture, telemetry = self._capture, self.telemetry()
+        self._shown.refresh(self._facts(status := telemetry.status()))
         if capture is None:
             return
-        telemetry = self.telemetry()
-        self._heartbeat.observe(now, capture.blocks, capture.description, telemetry.status())
+        self._heartbeat.observe(now, capture.blocks, capture.description, status)
         if self._metrics is not None:
             self._metrics.update(telemetry.agent_stats())
 

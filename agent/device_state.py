@@ -28,8 +28,9 @@ class StateView:
         self.hook = HookRunner(device)
         self.hub.listeners.append(self.hook.submit)
 
-    def refresh(self) -> None:
-        self.hub.refresh()
+    def refresh(self, facts: Facts | None = None) -> None:
+        """Look at the daemon's facts (``facts``: already taken by the caller) and show a change."""
+        self.hub.refresh(facts)
 
     async def close(self, budget_s: float) -> None:
         await self.hub.close(min(CLOSE_WAIT_S, budget_s))

@@ -115,9 +115,10 @@ class EventHub:
     def followers(self) -> int:
         return len(self._followers)
 
-    def refresh(self) -> StateEvent:
-        """Look at the facts; publish an event if the visible state changed. Returns the current event."""
-        event = self._tracker.observe(self._facts())
+    def refresh(self, facts: Facts | None = None) -> StateEvent:
+        """Look at the facts (``facts``, or asked for now); publish an event if the visible state changed. Returns
+        the current event."""
+        event = self._tracker.observe(self._facts() if facts is None else facts)
         if event is not None:
             self._publish(event)
         current = self._tracker.current

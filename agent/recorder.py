@@ -53,7 +53,7 @@ from agent.archive.wav import WavArchiveWriter
 from agent.audio.dsp import Gap
 from agent.audio.pipeline import AudioPipeline, PipelineOutput, cut, reaches
 from agent.audio.types import Source
-from agent.audio.vad import IsSpeech, SegmentEnd, SegmentStart
+from agent.audio.vad import IsSpeech, SegmentEnd, SegmentFrame, SegmentStart
 from agent.errors import WrongKeyError
 from agent.settings import AgentSettings
 from agent.visit_pause import PauseGate
@@ -317,6 +317,8 @@ class Recorder:
 
     def _track_segments(self, out: PipelineOutput, archived: int) -> None:
         for event in out.events:
+            if type(event) is SegmentFrame:  # most events: nothing to track
+                continue
             if isinstance(event, SegmentStart) and event.start < archived:
                 self._open_segment = event.start
             elif isinstance(event, SegmentEnd) and self._open_segment is not None:

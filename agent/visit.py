@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent import SAMPLE_RATE
+from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.archive.journal import OpenJournal, VisitJournal
 from agent.archive.resilient import ArchiveHealth
 from agent.archive.upload_queue import UploadItem, UploadQueue
@@ -316,7 +316,11 @@ class Visit:
         self.frames_captured += len(out.frames)
         if out.frames:
             self.samples_captured = out.frames[-1].end
-        self.gated_samples += sum(e.frame.samples for e in out.events if isinstance(e, SegmentFrame))
+        gated = 0
+        for event in out.events:
+            if type(event) is SegmentFrame:
+                gated += len(event.frame.pcm)
+        self.gated_samples += gated // BYTES_PER_SAMPLE
         if self.stream is not None and (out.events or out.gaps):
             # Gaps are audio the source lost (overflow, device loss): archived as silence, announced on the stream.
             self.stream.feed([*out.events, *out.gaps])

@@ -14,9 +14,11 @@ the pause was; the resume protocol's ``start`` simply jumps over the pause like 
 against the live transcript and against the audit trail's wall times.
 
 Edges fall on frame boundaries (20 ms by default): a request takes effect at the first frame the audio path
-processes after it. The frames of a block still in the hand-off when the button is pressed were captured before it,
-so a pause starts at most one capture block *before* the press (never after), and a resume at most one block before
-its press. The stretches are kept as timeline indices (:attr:`PauseGate.stretches`) for the visit's record.
+processes after it (a request that comes while a block is being processed, from the next block's first frame: the
+path asks :attr:`PauseGate.active` once per block and skips :meth:`PauseGate.step` while it is False). The frames of a
+block still in the hand-off when the button is pressed were captured before it, so a pause starts at most one
+capture block *before* the press (never after), and a resume at most one block before its press. The stretches
+are kept as timeline indices (:attr:`PauseGate.stretches`) for the visit's record.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ class PauseGate:
         with self._lock:
             current = 0.0 if self._since is None else self._clock() - self._since
             return self._paused_before + current
+
+    @property
+    def active(self) -> bool:
+        """A pause is requested or still applied on the audio path: frames must go through :meth:`step`. False: every
+        frame the audio path processes now is live, as :meth:`step` would say (it may skip calling it)."""
+        return self._wanted or self._applied_from is not None
 
     @property
     def applied_from(self) -> int | None:

@@ -573,3 +573,42 @@ def test_basic_a_result_with_nothing_outstanding_changes_nothing() -> None:
     open_basic(s)
     assert s.receive(m(type="transcription", text="invented"), 0.1).transcript is None
     assert s.snapshot().unmatched_transcriptions == 1
+
+
+# --- the sender's one poll per write (issue 11) ----------------------------------------------------------------
+
+
+def test_more_is_false_only_when_poll_has_nothing() -> None:
+    """The sender skips the poll after a write when ``more`` says so: that must never leave a write behind."""
+    s = make(message_ms=40)
+    open_resume(s)
+    checked = 0
+
+    def drain(now: float) -> None:
+        nonlocal checked
+        while (out := s.poll(now)) is not None:
+            assert not isinstance(out, Ended), out
+            s.sent(now)
+            if not s.more(now):
+                assert s.poll(now) is None
+                checked += 1
+                return
+
+    s.feed([SegmentStart(0), *(SegmentFrame(f) for f in frames(0, 4))])
+    drain(0.1)
+    s.feed([SourceGap(4 * FRAME, 8 * FRAME), *(SegmentFrame(f) for f in frames(8 * FRAME, 3)), SegmentEnd(11 * FRAME)])
+    drain(0.2)  # the gap, then audio: more stays True until both are out
+    s.receive(m(type="ack", seq=2), 0.3)
+    s.finish(11 * FRAME)
+    drain(0.4)  # the rest and ``end``
+    assert checked >= 2
+    assert s.poll(0.5) is None and not s.more(0.5)
+
+
+def test_more_reports_an_expired_ack_watchdog() -> None:
+    s = make(ack_timeout_s=10.0)
+    open_resume(s)
+    s.feed(frames(0, 5))
+    assert writes(s, 1.0)
+    assert not s.more(10.9)
+    assert s.more(11.0) and isinstance(s.poll(11.0), Ended)

@@ -88,3 +88,28 @@ def test_events_are_ordered_start_frames_end() -> None:
             assert state == "open"
             state = "closed"
     assert state == "closed"
+
+
+def test_a_block_of_frames_at_once_gives_the_same_events_and_counts_as_frame_by_frame() -> None:
+    """push_many (a capture block's frames in one pass) is push, frame after frame: same events, same stats."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(40):
+        pattern = "".join(rng.choice("SS..." if trial % 2 else "S....") for _ in range(rng.randint(1, 200)))
+        settings = VadSettings(onset_ms=rng.choice([20, 60, 100]), preroll_ms=rng.choice([0, 20, 100, 300]),
+                               hangover_ms=rng.choice([20, 100, 400]))  # fmt: skip
+        one, gate_one = run(pattern, settings, tail_short=trial % 3 == 0)
+        frames = [Frame(start=i * N, pcm=bytes([c == "S"]) * (2 * N)) for i, c in enumerate(pattern)]
+        if trial % 3 == 0:
+            frames.append(Frame(start=len(pattern) * N, pcm=b"\x01" * 100))
+        gate = VadGate(settings, 20, is_speech=lambda pcm: pcm[0] == 1)
+        many: list[GateEvent] = []
+        at = 0
+        while at < len(frames):
+            step = rng.randint(1, 7)
+            many += gate.push_many(frames[at : at + step])
+            at += step
+        many += gate.finish()
+        assert many == one, (pattern, settings)
+        assert gate.stats == gate_one.stats

@@ -18,7 +18,8 @@ Guarantees:
   stays equal to wall time, and records a :class:`Gap` (timeline start, end) in :attr:`Dsp.gaps` for the stream
   to announce.
 
-The hot path is whole-block numpy; the only per-frame Python is creating the Frame objects.
+The hot path is whole-block numpy; the only per-frame Python is creating the Frame objects (one pass over the
+block's bytes, capture times computed inline).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     # against the float64 version); in place, it saves three temporaries per block.
     scaled = np.multiply(x, np.float32(32768.0), dtype=np.float32)
     np.rint(scaled, out=scaled)
-    np.clip(scaled, -32768, 32767, out=scaled)
+    np.minimum(scaled, np.float32(32767.0), out=scaled)  # = np.clip, without its Python-level wrappers per block
+    np.maximum(scaled, np.float32(-32768.0), out=scaled)
     clipped: npt.NDArray[np.int16] = scaled.astype("<i2")
     return clipped
 
@@ -154,23 +156,29 @@ class Dsp:
         pcm = np.concatenate([self._pending, *parts]) if parts else self._pending
         n = self.frame_samples
         full = len(pcm) // n
-        frames = [self._frame(pcm[i * n : (i + 1) * n]) for i in range(full)]
-        self._pending = pcm[full * n :]
+        cut = full * n
+        frames = self._frames_of(pcm[:cut].tobytes(), n) if full else []
+        self._pending = pcm[cut:]
         if final and len(self._pending):
-            frames.append(self._frame(self._pending))
+            frames.extend(self._frames_of(self._pending.tobytes(), len(self._pending)))
             self._pending = self._pending[:0]
         return frames
 
-    def _frame(self, pcm: npt.NDArray[np.int16]) -> Frame:
-        frame = Frame(start=self._out_pos, pcm=pcm.tobytes(), capture_time=self._capture_time(self._out_pos))
-        self._out_pos += len(pcm)
-        return frame
-
-    def _capture_time(self, timeline_index: int) -> float:
-        position = timeline_index * self.in_rate / SAMPLE_RATE
-        while len(self._anchors) > 1 and self._anchors[1][0] <= position:
-            self._anchors.popleft()
-        if not self._anchors:
-            return 0.0
-        anchor_pos, anchor_time = self._anchors[0]
-        return anchor_time + (position - anchor_pos) / self.in_rate - self._delay_s
+    def _frames_of(self, data: bytes, n: int) -> list[Frame]:
+        """``data`` (s16le) cut into frames of ``n`` samples (the last one may be shorter), from :attr:`_out_pos`,
+        each stamped with the capture time of its first sample."""
+        frames = []
+        anchors = self._anchors
+        in_rate, delay = self.in_rate, self._delay_s
+        start = self._out_pos
+        step = 2 * n
+        for offset in range(0, len(data), step):
+            position = start * in_rate / SAMPLE_RATE
+            while len(anchors) > 1 and anchors[1][0] <= position:
+                anchors.popleft()
+            anchor_pos, anchor_time = anchors[0] if anchors else (position, delay)
+            chunk = data[offset : offset + step]
+            frames.append(Frame(start, chunk, anchor_time + (position - anchor_pos) / in_rate - delay))
+            start += len(chunk) // 2
+        self._out_pos = start
+        return frames

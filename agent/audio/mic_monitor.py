@@ -80,9 +80,11 @@ class MicHealth:
         """A pipeline output: its frames for the level (``level``) and the voice gate's speech for no_speech."""
         if not out.frames:
             return
+        speech = any(type(e) is SegmentFrame for e in out.events) if out.events else False
+        if not (level or speech):  # nothing to look at (most blocks of a visit: its level is metered elsewhere)
+            return
         last = out.frames[-1]
         end = last.capture_time + last.samples / SAMPLE_RATE
-        speech = any(isinstance(e, SegmentFrame) for e in out.events)
         with self._lock:
             changes = []
             if level:

@@ -94,23 +94,31 @@ class AudioPipeline:
         yield self.finish()
 
     def _gate(self, frames: list[Frame]) -> PipelineOutput:
-        events: list[GateEvent] = []
         pause = self.pause
-        kept = frames if pause is None else []
-        for frame in frames:
-            if pause is not None:
-                step = pause.step(frame)
-                kept.append(step.frame)
-                if step.began:  # the open segment ends where the pause begins
-                    events.extend(self.gate.finish())
-                if not step.live:
-                    continue
-            events.extend(self.gate.push(frame))
-        gaps = self.dsp.gaps[self._gaps_reported :]
-        self._gaps_reported = len(self.dsp.gaps)
+        if pause is None or not pause.active:  # the usual case: every frame live, the gate takes them in one pass
+            events = self.gate.push_many(frames)
+            kept = frames
+        else:
+            events, kept = self._gate_paused(pause, frames)
+        gaps: list[Gap] = []
+        if len(self.dsp.gaps) > self._gaps_reported:
+            gaps = self.dsp.gaps[self._gaps_reported :]
+            self._gaps_reported = len(self.dsp.gaps)
         if pause is not None:
-            gaps = [*gaps, *pause.take_gaps()]
+            gaps.extend(pause.take_gaps())
         return PipelineOutput(kept, events, gaps)
+
+    def _gate_paused(self, pause: PauseGate, frames: list[Frame]) -> tuple[list[GateEvent], list[Frame]]:
+        events: list[GateEvent] = []
+        kept = []
+        for frame in frames:
+            step = pause.step(frame)
+            kept.append(step.frame)
+            if step.began:  # the open segment ends where the pause begins
+                events.extend(self.gate.finish())
+            if step.live:
+                events.extend(self.gate.push(frame))
+        return events, kept
 
 
 def reaches(out: PipelineOutput, limit: int) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent import SAMPLE_RATE
@@ -88,7 +88,8 @@ def frames_for(ms: int, frame_ms: int) -> int:
 
 
 class VadGate:
-    """Feed frames in timeline order with :meth:`push`; call :meth:`finish` at the end of the stream."""
+    """Feed frames in timeline order with :meth:`push` (or a block's frames at once with :meth:`push_many`); call
+    :meth:`finish` at the end of the stream."""
 
     def __init__(self, settings: VadSettings, frame_ms: int, is_speech: IsSpeech) -> None:
         self.frame_samples = SAMPLE_RATE * frame_ms // 1000
@@ -99,6 +100,10 @@ class VadGate:
         self.stats = GateStats()
         self._is_speech = is_speech
         self._history: deque[tuple[Frame, bool]] = deque(maxlen=self.preroll + self.window)
+        self._recent: deque[bool] = deque(maxlen=self.window)
+        """The speech decisions of the last ``window`` frames of the history (the onset window)."""
+        self._recent_speech = 0
+        """How many of :attr:`_recent` are speech (kept as frames come and go, not recounted per frame)."""
         self._open = False
         self._silent_run = 0
         self._last_end: int | None = None
@@ -108,21 +113,49 @@ class VadGate:
         return self._open
 
     def push(self, frame: Frame) -> list[GateEvent]:
-        speech = len(frame.pcm) == 2 * self.frame_samples and self._is_speech(frame.pcm)
-        self.stats.frames += 1
-        self.stats.speech_frames += speech
-        self._last_end = frame.end
-        if self._open:
-            return self._push_open(frame, speech)
+        return self.push_many((frame,))
+
+    def push_many(self, frames: Iterable[Frame]) -> list[GateEvent]:
+        """The events of ``frames`` (in timeline order), as :meth:`push` frame by frame would give them."""
+        events: list[GateEvent] = []
+        full = 2 * self.frame_samples
+        is_speech = self._is_speech
+        stats = self.stats
+        for frame in frames:
+            pcm = frame.pcm
+            speech = len(pcm) == full and is_speech(pcm)
+            stats.frames += 1
+            stats.speech_frames += speech
+            end = frame.start + len(pcm) // 2
+            self._last_end = end
+            if self._open:  # passed; closes after ``hangover`` non-speech frames in a row
+                stats.passed_frames += 1
+                events.append(SegmentFrame(frame))
+                self._silent_run = 0 if speech else self._silent_run + 1
+                if self._silent_run >= self.hangover:
+                    events.append(self._close(end))
+            elif self._remember(frame, speech):
+                events.extend(self._open_segment(len(self._history) - len(self._recent) + self._recent.index(True)))
+        return events
+
+    def _remember(self, frame: Frame, speech: bool) -> bool:
+        """Keep a frame of the closed gate; True when the onset window now holds enough speech to open."""
         self._history.append((frame, speech))
-        recent = list(self._history)[-self.window :]
-        if sum(s for _, s in recent) < self.onset:
-            return []
-        return self._open_segment(len(self._history) - len(recent) + next(i for i, (_, s) in enumerate(recent) if s))
+        recent = self._recent
+        if len(recent) == self.window:
+            self._recent_speech -= recent[0]
+        recent.append(speech)
+        self._recent_speech += speech
+        return self._recent_speech >= self.onset
+
+    def _forget(self) -> None:
+        self._history.clear()
+        self._recent.clear()
+        self._recent_speech = 0
 
     def _open_segment(self, onset_index: int) -> list[GateEvent]:
         passed = list(self._history)[max(0, onset_index - self.preroll) :]
-        self._history.clear()
+        self._forget()
         self._open = True
         self._silent_run = 0
         self.stats.segments += 1
@@ -136,14 +169,6 @@ class VadGate:
             events.append(self._close(passed[-1][0].end))
         return events
 
-    def _push_open(self, frame: Frame, speech: bool) -> list[GateEvent]:
-        self.stats.passed_frames += 1
-        events: list[GateEvent] = [SegmentFrame(frame)]
-        self._silent_run = 0 if speech else self._silent_run + 1
-        if self._silent_run >= self.hangover:
-            events.append(self._close(frame.end))
-        return events
-
     def _close(self, end: int) -> SegmentEnd:
         self._open = False
         self._silent_run = 0
@@ -153,5 +178,5 @@ class VadGate:
         """End of stream: close an open segment at the last frame's end."""
         if self._open and self._last_end is not None:
             return [self._close(self._last_end)]
-        self._history.clear()
+        self._forget()
         return []

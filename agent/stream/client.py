@@ -84,11 +84,17 @@ class SpeechStream:
 
         An ``agent.audio.dsp.Gap`` (audio the source lost, e.g. device loss) is announced with ``gap`` in resume
         mode; basic mode has no way to say it."""
+        if threading.get_ident() == self._loop_thread and not self._inbox:
+            # Fed on the loop itself (the recorder's consumer) with nothing queued from elsewhere: straight into the
+            # session, the sender woken in this same turn of the loop (no self-pipe write, no callback of its own).
+            self._session.feed(events)
+            self._wake.set()
+            return
         self._inbox.extend(events)
         if self._wake_scheduled or self._loop is None:
             return
         self._wake_scheduled = True
-        if threading.get_ident() == self._loop_thread:  # fed on the loop itself: no self-pipe write and wake-up
+        if threading.get_ident() == self._loop_thread:
             self._loop.call_soon(self._drain)
             return
         try:

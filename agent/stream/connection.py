@@ -134,18 +134,37 @@ async def _receive(ws: ClientConnection, session: SpeechSession, clock: Callable
 
 async def _send(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float],
                 wake: asyncio.Event) -> Ended:  # fmt: skip
-    while True:
-        wake.clear()
-        out = session.poll(clock())
-        if isinstance(out, Ended):
-            return out
-        if out is not None:
-            await ws.send(out)
-            session.sent(clock())
-            continue
-        deadline = session.deadline()
-        try:
-            async with asyncio.timeout(None if deadline is None else max(0.0, deadline - clock())):
-                await wake.wait()
-        except TimeoutError:
-            pass
+    """Write what the session hands out; between writes wait for a wake-up or the session's deadline.
+
+    One poll per wake-up when the session has nothing more (:meth:`SpeechSession.more`), and one timer for the
+    deadline, moved only when the deadline comes earlier than it: a later deadline (the ack watchdog's moves with
+    every ack) lets the timer fire early once and be set again, instead of a timer made and cancelled per block."""
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+    timer_at = 0.0
+
+    def alarm() -> None:
+        nonlocal timer
+        timer = None
+        wake.set()
+
+    try:
+        while True:
+            wake.clear()
+            out = session.poll(clock())
+            if isinstance(out, Ended):
+                return out
+            if out is not None:
+                await ws.send(out)
+                session.sent(clock())
+                if session.more(clock()):
+                    continue
+            deadline = session.deadline()
+            if deadline is not None and (timer is None or deadline < timer_at):
+                if timer is not None:
+                    timer.cancel()
+                timer, timer_at = loop.call_later(max(0.0, deadline - clock()), alarm), deadline
+            await wake.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()

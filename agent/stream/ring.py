@@ -125,13 +125,14 @@ class SendRing:
 
     def push(self, frame: Frame) -> None:
         """Add a gated frame; its ``start`` must not go back in time. Drops the oldest audio when full."""
-        if not frame.pcm:
+        size = len(frame.pcm)
+        if not size:
             return
-        if frame.start < self._timeline_end or len(frame.pcm) % 2 or len(frame.pcm) > MAX_PAYLOAD_BYTES:
+        if frame.start < self._timeline_end or size % 2 or size > MAX_PAYLOAD_BYTES:
             raise ValueError(f"frame at {frame.start} overlaps the timeline or has a bad payload length")
-        self._timeline_end = frame.end
+        self._timeline_end = frame.start + size // BYTES_PER_SAMPLE
         self._pending.append(frame)
-        self._pending_bytes += len(frame.pcm)
+        self._pending_bytes += size
         while self._formed_bytes + self._pending_bytes > self._capacity:
             self._drop_oldest()
 
@@ -209,6 +210,13 @@ class SendRing:
         return self._send_next < self.assign_next or bool(self._pending)
 
     @property
+    def has_output(self) -> bool:
+        """Something may be due on the connection: a message not written yet, or a gap not announced yet (False:
+        :meth:`next_message` and :meth:`gaps_to_send` have nothing)."""
+        return self._send_next < self.assign_next or bool(self._pending) or any(
+            g.seq is None and g.confirm_seq is None for g in self._gaps)  # fmt: skip
+
+    @property
     def held_bytes(self) -> int:
         return self._formed_bytes + self._pending_bytes
 
@@ -264,7 +272,8 @@ class SendRing:
         if problem is not None:
             raise ProtocolError(problem)
         self._resolve_gaps_stored_below(seq + 1)
-        self._gaps = [g for g in self._gaps if g.confirm_seq is None or g.confirm_seq > seq]
+        if self._gaps:
+            self._gaps = [g for g in self._gaps if g.confirm_seq is None or g.confirm_seq > seq]
         self.stats.acked_messages += seq + 1 - self._acked_next
         self._acked_next = seq + 1
         self._free_below(self._acked_next)
@@ -283,10 +292,13 @@ class SendRing:
             self.stats.acked_end = max(self.stats.acked_end, msg.end)
 
     def _resolve_gaps_stored_below(self, seq: int) -> None:
-        self._gaps = [g for g in self._gaps if g.seq is None or g.seq >= seq]
+        if self._gaps:
+            self._gaps = [g for g in self._gaps if g.seq is None or g.seq >= seq]
 
     def gaps_to_send(self) -> list[Gap]:
         """Gaps to announce now, in timeline order; marks them announced (call right before the next audio)."""
+        if not self._gaps:
+            return []
         limit = self._formed[self._send_next - self._base_seq].start if self._send_next < self.assign_next else None
         out: list[Gap] = []
         for gap in sorted(self._gaps, key=lambda g: g.start):  # a drop can come after a later pause or device gap

@@ -5,7 +5,8 @@ whole visit, across any number of connections. The adapter (:mod:`agent.stream.c
 :mod:`agent.stream.client`) only moves bytes and sleeps:
 
     session.dialling(now); ended = session.connected(ws.subprotocol, now)   # None: the connection may go on
-    out = session.poll(now)        # str/bytes: write it, then session.sent(now); Ended: close; None: wait until
+    out = session.poll(now)        # str/bytes: write it, then session.sent(now), and poll again if session.more(now);
+                                   # Ended: close; None: wait until
     session.deadline()             # this monotonic time or a wake-up (new audio, got.wake)
     got = session.receive(message, now)   # got.ended / got.transcript / got.wake; peer_closed(code) on a close
     action = session.connection_ended(ended, now)   # also for a failed dial: Retry(delay_s, ...) or Stop
@@ -21,11 +22,8 @@ nothing read from it counts. Replay (audio that waited in the ring while there w
 
 from __future__ import annotations
 
-import enum
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from agent import BYTES_PER_SAMPLE, SAMPLE_RATE
 from agent.audio.dsp import Gap as SourceGap
@@ -36,6 +34,7 @@ from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.actions import Ended, Received, Retry, Stop
 from agent.stream.basic import BasicOutbox, Chunk
+from agent.stream.conn import Conn, Phase
 from agent.stream.policy import AckWatchdog, Failure, Pacer, ReconnectPolicy, check_closed
 from agent.stream.ring import SendRing
 from agent.stream.stats import State, StreamStats, refresh, snapshot
@@ -48,34 +47,6 @@ CLOSE_FORBIDDEN = 4403
 __all__ = ["Ended", "Received", "Retry", "SpeechSession", "Stop"]
 
 
-class Phase(enum.Enum):
-    AWAIT_INIT = "await_init"
-    AWAIT_READY = "await_ready"
-    STREAMING = "streaming"
-    ENDING = "ending"
-    CONFIRMED = "confirmed"
-
-
-@dataclass(slots=True)
-class _Conn:
-    """What one connection knows; replaced on every connection."""
-
-    resume: bool
-    init_deadline: float
-    watchdog: AckWatchdog
-    phase: Phase = Phase.AWAIT_INIT
-    init_seen: bool = False
-    ready_deadline: float = 0.0
-    early_ready: int | None = None
-    pacer: Pacer | None = None
-    replay_end: int = 0
-    pace_until: float | None = None
-    end_sent: bool = False
-    queued: deque[str] = field(default_factory=deque)
-    in_flight: tuple[int, bool, float] | Chunk | None = None
-    ignored: int = 0
-
-
 class SpeechSession:
     def __init__(self, settings: StreamSettings, start: wire.Start, *, rand: Callable[[], float]) -> None:
         self._settings = settings
@@ -85,7 +56,7 @@ class SpeechSession:
         self._basic = BasicOutbox(settings)
         self.mode: str | None = None
         """``resume`` or ``basic`` once the first connection picked it."""
-        self._conn: _Conn | None = None
+        self._conn: Conn | None = None
         self._finishing = False
         self._final_sample: int | None = None
         self.stats = StreamStats()
@@ -95,17 +66,22 @@ class SpeechSession:
 
     def feed(self, events: Iterable[GateEvent | Frame | SourceGap]) -> None:
         """Gate events (or bare frames, resume mode only) and source gaps, in timeline order."""
+        ring = None if self.mode == "basic" else self._ring
+        basic = None if self.mode == "resume" else self._basic
         for event in events:
-            if isinstance(event, SourceGap):
-                if self.mode != "basic":
-                    self._ring.add_gap(event.start, event.end, event.reason)
+            if type(event) is SegmentFrame and basic is None:  # the usual event of a resume-mode visit
+                frame: Frame | None = event.frame
+            elif isinstance(event, SourceGap):
+                if ring is not None:
+                    ring.add_gap(event.start, event.end, event.reason)
                 continue
-            frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
+            else:
+                frame = event.frame if isinstance(event, SegmentFrame) else event if isinstance(event, Frame) else None
             try:
-                if frame is not None and self.mode != "basic":
-                    self._ring.push(frame)
-                if self.mode != "resume":
-                    self._basic.push(event)
+                if frame is not None and ring is not None:
+                    ring.push(frame)
+                if basic is not None:
+                    basic.push(event)
             except ValueError:  # a frame going back in time: a caller bug; the rest of the batch still counts
                 log.exception("speech stream refused a frame")
                 self.stats.rejected_frames += 1
@@ -145,7 +121,7 @@ class SpeechSession:
             return Ended(Failure.TRANSIENT, f"server switched to {mode} mode mid-visit")
         init_deadline = now + self._settings.session_init_timeout_s
         watchdog = AckWatchdog(self._settings.ack_timeout_s, now)
-        self._conn = _Conn(resume=mode == "resume", init_deadline=init_deadline, watchdog=watchdog)
+        self._conn = Conn(resume=mode == "resume", init_deadline=init_deadline, watchdog=watchdog)
         self._policy.on_connected(now)
         self.stats.connections += 1
         self.stats.mode = mode
@@ -191,12 +167,12 @@ class SpeechSession:
         return out
 
     @staticmethod
-    def _ending(c: _Conn, ended: Ended) -> None:
+    def _ending(c: Conn, ended: Ended) -> None:
         # A connection being replaced gets no more writes and nothing read from it counts; on a confirmed one
         # the late results (transcripts, repeats) are still read while it closes.
         c.phase = Phase.ENDING if ended.failure is not None else Phase.CONFIRMED
 
-    def _poll(self, c: _Conn, now: float) -> str | bytes | Ended | None:
+    def _poll(self, c: Conn, now: float) -> str | bytes | Ended | None:
         if c.phase is Phase.AWAIT_INIT:
             if not c.init_seen and now < c.init_deadline:
                 return None
@@ -215,7 +191,7 @@ class SpeechSession:
                 return ended
         return self._poll_resume(c, now) if c.resume else self._poll_basic(now)
 
-    def _handshake(self, c: _Conn, now: float) -> str | None:
+    def _handshake(self, c: Conn, now: float) -> str | None:
         """``session_init`` arrived or was waited for long enough."""
         if not c.resume:
             self._basic.on_connected()
@@ -225,7 +201,7 @@ class SpeechSession:
         c.ready_deadline = now + self._settings.connect_timeout_s
         return wire.encode(self._start)
 
-    def _poll_resume(self, c: _Conn, now: float) -> str | bytes | Ended | None:
+    def _poll_resume(self, c: Conn, now: float) -> str | bytes | Ended | None:
         if c.watchdog.expired(now):
             return Ended(Failure.TRANSIENT, "no ack progress: connection considered dead")
         msg = self._ring.next_message()  # formed first: a gap is announced only once the audio before it is out
@@ -275,6 +251,17 @@ class SpeechSession:
         self._ring.mark_sent(seq, paced=replay)
         c.watchdog.update(self._ring.outstanding, False, now)
 
+    def more(self, now: float) -> bool:
+        """Whether :meth:`poll` may have something to write now (call after :meth:`sent`). False only when it would
+        surely return None: the sender then waits for :meth:`deadline` or a wake-up without polling again."""
+        c = self._conn
+        if c is None or not c.resume or c.phase is not Phase.STREAMING or c.queued:
+            return c is not None
+        if self._ring.has_output or (self._finishing and not c.end_sent):
+            return True
+        deadline = c.watchdog.deadline()
+        return deadline is not None and now >= deadline
+
     def deadline(self) -> float | None:
         """Monotonic time at which :meth:`poll` has something to do without any new input (None: never)."""
         c = self._conn
@@ -318,14 +305,16 @@ class SpeechSession:
             return Ended(Failure.FORBIDDEN, "server closed: no active subscription")
         return Ended(Failure.TRANSIENT, f"connection closed (code {code})")
 
-    def _ignore(self, c: _Conn, reason: str) -> None:
+    def _ignore(self, c: Conn, reason: str) -> None:
         """An unusable server message: one WARNING per connection (a flood must not flood the log), all counted."""
         c.ignored += 1
         level = logging.WARNING if c.ignored == 1 else logging.DEBUG
         log.log(level, "%s; ignored%s", reason, " (further ones on this connection are counted, not logged)"
                 if c.ignored == 1 else "")  # fmt: skip
 
-    def _dispatch(self, c: _Conn, msg: wire.ServerMessage | wire.Unknown, now: float) -> Received:
+    def _dispatch(self, c: Conn, msg: wire.ServerMessage | wire.Unknown, now: float) -> Received:
+        if type(msg) is wire.Ack:  # the usual message (several a second while audio flows): looked at first
+            return Received(self._on_ack(c, msg.seq, now))
         if isinstance(msg, wire.SessionInit):
             if c.phase is Phase.AWAIT_INIT:
                 c.init_seen = True  # proceed at the next poll
@@ -348,7 +337,7 @@ class SpeechSession:
             return self._on_transcription(msg)
         return Received()
 
-    def _on_ready(self, c: _Conn, next_seq: int, now: float) -> Ended | None:
+    def _on_ready(self, c: Conn, next_seq: int, now: float) -> Ended | None:
         c.early_ready = None
         acked_before = self._ring.acked_next
         try:
@@ -365,7 +354,7 @@ class SpeechSession:
         c.replay_end = self._ring.timeline_end
         return None
 
-    def _on_ack(self, c: _Conn, seq: int, now: float) -> Ended | None:
+    def _on_ack(self, c: Conn, seq: int, now: float) -> Ended | None:
         try:
             progressed = self._ring.on_ack(seq)
         except ProtocolError as exc:
@@ -375,7 +364,7 @@ class SpeechSession:
             self._policy.on_progress()
         return None
 
-    def _on_closed(self, c: _Conn, msg: wire.Closed, now: float) -> Ended | None:
+    def _on_closed(self, c: Conn, msg: wire.Closed, now: float) -> Ended | None:
         if c.resume:
             problem = check_closed(msg.last_seq, self._ring.written_next)
             if problem is not None:
