@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import os
 import re
 import tomllib
@@ -154,6 +153,8 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def _unknown(where: str, key: str, known: list[str], *, what: str | None = None) -> ConfigError:
+    import difflib  # only for a mistyped key: the daemon never loads it (tests/test_cli_imports.py)
+
     last = key.rsplit(".", 1)[-1]
     guess = difflib.get_close_matches(last, known, n=1)
     hint = f"did you mean {guess[0]!r}? " if guess else ""

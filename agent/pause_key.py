@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import termios
-import tty
 from collections.abc import Iterator
 from typing import Any, Protocol, TextIO
 
@@ -79,6 +77,9 @@ def pause_key(visit: Pausable, err: TextIO, stdin: TextIO | None = None) -> Iter
 def _cbreak(fd: int) -> list[Any] | None:
     if not os.isatty(fd):
         return None
+    import termios  # the terminal's modes: only for run's view (the daemon imports this module for apply_pause)
+    import tty
+
     saved: list[Any] = termios.tcgetattr(fd)
     tty.setcbreak(fd)
     return saved
@@ -86,6 +87,8 @@ def _cbreak(fd: int) -> list[Any] | None:
 
 def _restore(fd: int, saved: list[Any] | None) -> None:
     if saved is not None:
+        import termios
+
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 

@@ -65,6 +65,20 @@ def test_importing_a_command_module_leaves_the_server_stack_alone(name: str) -> 
     assert proc.stdout.strip() == "[]", f"agent.commands.{name} imports {proc.stdout.strip()}"
 
 
+NOT_IN_THE_DAEMON = ("difflib", "termios", "tty", "lameenc", "wave", "agent.archive.encode", "agent.audio.synth",
+                     "agent.audio.wavfile")  # fmt: skip
+"""What the daemon never needs during a visit or idle (issue 11, RSS): a mistyped key's hint (difflib), ``run``'s
+terminal view (termios, tty), the MP3 encoder for a visit over the upload limit (lameenc, wave), the file and
+synthetic sources; each is imported where it is used."""
+
+
+def test_the_daemon_imports_nothing_a_visit_does_not_use() -> None:
+    code = ("import sys, agent.cli, agent.commands.daemon, agent.daemon, agent.audio.sources; "
+            f"print([m for m in {NOT_IN_THE_DAEMON!r} if m in sys.modules])")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.strip() == "[]", f"the daemon imports {proc.stdout.strip()}"
+
+
 def write_config(tmp_path: Path) -> Path:
     config = tmp_path / "agent.toml"
     config.write_text(f'[archive]\ndirectory = "{tmp_path / "recordings"}"\n'

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.archive import encode, locks
+from agent.archive import locks
 from agent.archive.keys import ArchiveKeys
 from agent.archive.repair import is_being_recorded, repair_partial
 from agent.archive.sealed import PlainDigest, destroy, is_sealed, plain_digest
@@ -282,8 +282,10 @@ class UploadQueue:
             self.dead_letter(item, failure.text())
             return failure
         if item.size > self.settings.max_bytes and not item.source_path:
+            from agent.archive.encode import encode_recording  # lameenc and wave: only for a visit over the limit
+
             try:
-                mp3, encoded = encode.encode_recording(Path(item.audio_path), self.settings, keys=self.keys)
+                mp3, encoded = encode_recording(Path(item.audio_path), self.settings, keys=self.keys)
                 item.size, item.sha256 = encoded.size, encoded.sha256
             except (UploadTooLargeError, InputError, FileNotFoundError) as exc:
                 log.error("upload item %s cannot be encoded: %s", item.item_id, exc)

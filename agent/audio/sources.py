@@ -21,20 +21,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.audio.mic import MicSource, MicSpec, parse_mic_spec
 from agent.audio.paced import Clock, PacedSource, Sleep
-from agent.audio.synth import SynthSource, parse_recipe
 from agent.audio.types import BlockSink, Source
-from agent.audio.wavfile import WavInfo, decode, open_wav
 from agent.errors import ConfigError
 from agent.settings import AudioSettings
 
-__all__ = ["FileSource", "MicSource", "SynthSource", "open_source"]
+if TYPE_CHECKING:
+    from agent.audio.wavfile import WavInfo
+
+__all__ = ["FileSource", "MicSource", "open_source"]
 
 
 class FileSource(PacedSource):
@@ -52,6 +53,9 @@ class FileSource(PacedSource):
     ) -> None:
         super().__init__(pace="realtime" if pace == "realtime" else "fast", clock=clock, sleep=sleep,
                          block_frames=block_frames, sink=sink)  # fmt: skip
+        from agent.audio.wavfile import decode, open_wav  # file and synthetic sources: imported only for their specs
+
+        self._decode = decode
         self.path = path
         self._file: BinaryIO | None
         self._file, self.info = open_wav(path)  # errors surface at open time, before any capture starts
@@ -81,7 +85,7 @@ class FileSource(PacedSource):
         if self._file is None or left <= 0:
             return None
         raw = self._file.read(min(n, left) * info.frame_bytes)
-        samples = decode(raw, info)
+        samples = self._decode(raw, info)
         return samples if len(samples) else None
 
 
@@ -114,6 +118,8 @@ def open_source(
         return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames,
                           sink=sink)  # fmt: skip
     if spec.startswith("synth:"):
+        from agent.audio.synth import SynthSource, parse_recipe
+
         return SynthSource(parse_recipe(spec[6:]), pace=settings.pace, clock=clock, sleep=sleep,
                            block_frames=block_frames, sink=sink)  # fmt: skip
     raise ConfigError(f"unknown audio source {spec!r}: use mic, mic:<name>, file:<path.wav> or synth:<recipe>")

@@ -8,6 +8,7 @@ import logging
 
 from agent.config import add_config_arguments, load_from_args
 from agent.daemon import Daemon
+from agent.malloc_bounds import bound_malloc
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.settings import AgentSettings
 
@@ -34,6 +35,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if root.level > logging.INFO:  # a service logs what it does; the journal keeps it
         root.setLevel(logging.INFO)
     settings = load_from_args(args).settings
+    bound_malloc()  # before any thread starts: few arenas, freed memory given back (agent/malloc_bounds.py)
 
     def reload() -> AgentSettings:
         return load_from_args(args).settings
