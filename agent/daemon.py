@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import SAMPLE_RATE
@@ -97,7 +97,6 @@ class Daemon:
         self._notifier = notifier
         watchdog = None if watchdog_s is None else WatchdogPolicy(watchdog_s, time.monotonic())
         self._heartbeat = Heartbeat(notifier, watchdog)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._capture: Capture | None = None
         self._uploads = Uploads(UploadQueue(settings.upload), Path(settings.archive.directory))
         self.mic_health = MicHealth(settings.mic)
@@ -124,7 +123,7 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         credentials = load_credentials(self.settings.api)  # a missing credential is a config error: exit 78
         self._uploads.queue.keys = load_archive_keys(self.settings.archive, identity=True)  # the device key too
         sock = bind_control_socket(Path(self.settings.daemon.control_socket))
@@ -161,7 +160,7 @@ class Daemon:
 
     async def _start_capture(self, audio: AudioSettings) -> Capture:
         capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
-        capture.on_block = self._feed_mic
+        capture.on_blocks = self._feed_mic
         try:
             await capture.start(FIRST_OPEN_WAIT_S)
         except AgentError as exc:
@@ -261,10 +260,10 @@ class Daemon:
         log.info("visit started (%s)", "streaming" if visit.stream is not None else "recording only, no stream")
         return ok(self.status(), "recording" + ("" if access.online else " (MediSync did not confirm it: see the log)"))
 
-    def _feed_mic(self, block: Block, rate: int) -> None:  # PortAudio callback: every block, idle or in a visit
-        self.mic_health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
-        if not self._heartbeat.ready and self._loop is not None:  # READY at the first block, not at the next tick
-            self._loop.call_soon_threadsafe(lambda: self._observe_capture(time.monotonic()))
+    def _feed_mic(self, blocks: Sequence[Block], rate: int) -> None:  # the capture's look (loop), idle or in a visit
+        self.mic_health.feed_blocks(blocks, rate)
+        if not self._heartbeat.ready:  # READY at the first block (the capture looks at once), not at the next tick
+            self._observe_capture(time.monotonic())
 
     def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
         self.mic_health.feed_output(out, level=False)
@@ -346,6 +345,8 @@ class Daemon:
             await asyncio.sleep(self._heartbeat.period_s(self.settings.mic.no_data_s))
 
     def _observe_capture(self, now: float) -> None:  # one snapshot a look, for the event stream and the heartbeat
+        if self._capture is not None:
+            self._capture.look()  # the level and health see the blocks up to now before "no data" is judged
         self.mic_health.tick()
         capture, telemetry = self._capture, self.telemetry()
         self._shown.refresh(self._facts(status := telemetry.status()))

@@ -1,11 +1,13 @@
 """Continuous capture for the daemon: the configured source stays open between visits, a lost device is reopened.
 
 :class:`Capture` opens the source with a *sink* (``open_source(..., sink=)``): the source's producer -- PortAudio's
-callback for a microphone -- calls :meth:`Capture._sink` with every block, on its own thread. Between visits the
-block is only counted and metered (cheap: no DSP, archive, stream or event-loop wake-up), so the watchdog can tell
-a stalled or unplugged microphone even when nobody is recording. During a visit the sink also puts the block into
-the hand-off of a :class:`CaptureTap`, the :class:`~agent.audio.types.Source` the visit's recorder consumes: the
-same one hand-off and eventfd wake-up as a microphone recorded directly, no capture thread, no second buffer.
+callback for a microphone -- calls the capture's sink with every block, on its own thread. The sink does the least
+it can there (issue 11: each bytecode on that thread runs cold, ten times a second): it counts the block, appends it
+to a short queue the event loop looks at (:meth:`Capture.look`, about once a second: the level meter and the
+``on_blocks`` hook, e.g. the microphone health detector, run there in one batch, with no wake-up of their own), and,
+during a visit, puts it into the hand-off of a :class:`CaptureTap`, the :class:`~agent.audio.types.Source` the
+visit's recorder consumes: the same one hand-off and eventfd wake-up as a microphone recorded directly, no capture
+thread, no second buffer. Between visits nothing wakes the loop per block.
 
 Device loss: a task on the event loop (:meth:`Capture._watch`) looks at the open source every ``CHECK_S`` seconds;
 when it reports its device dead (``check_alive`` raises DeviceError) or its stream ended, the task closes it and
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +45,9 @@ LEVEL_WINDOW_S = 0.3
 MIN_GAP_S = 0.05
 """A discontinuity after a reopen shorter than this (seconds) is capture jitter, not a gap."""
 CHECK_S = 1.0
-"""Seconds between looks at whether the open source's device still works."""
+"""Seconds between looks at whether the open source's device still works (each also meters the blocks since)."""
+LOOK_QUEUE_BLOCKS = 150
+"""Blocks kept for the loop's look (3 s of 20 ms blocks): a loop that stalls loses metering, never memory or audio."""
 
 
 def level_dbfs(power: float) -> float | None:
@@ -149,14 +155,21 @@ class Capture:
         """Source samples lost before the capture passed a block on, since start: device loss, and what the source
         reported missing (input overflow, its own hand-off) in ``Block.missed``; the one count of them."""
         self._power = 0.0
-        self.on_block: Callable[[Block, int], None] | None = None
-        """Called on the source's producer thread (PortAudio's callback) with every block and its sample rate (the
-        microphone health detector); must be quick and must not raise."""
+        self._looked: deque[tuple[npt.NDArray[np.float32], float, int]] = deque(maxlen=LOOK_QUEUE_BLOCKS)
+        """(samples, capture time, missed) the sink passed on since the last look (the producer appends, the loop
+        pops: each a single atomic deque operation, no lock)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._announce = False  # the next block is the first of a newly opened source: have the loop look at once
+        self.on_blocks: Callable[[Sequence[Block], int], None] | None = None
+        """Called on the event loop at each look with the blocks since the last one, in order, and their sample
+        rate (the microphone health detector); must not raise. Soon after the first block of each open, then about
+        once a second (:data:`CHECK_S`, and whenever the owner calls :meth:`look`)."""
 
     # --- control (event loop) ---------------------------------------------------------------------------------
 
     async def start(self, timeout_s: float) -> None:
         """Start watching and wait (bounded) for the first open; raise its error if it failed at once."""
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._watch(), name="capture-watch")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_try.wait(), timeout_s)
@@ -165,8 +178,7 @@ class Capture:
 
     async def stop(self) -> None:
         self._stop.set()
-        with self._lock:
-            tap = self._tap
+        tap = self._tap
         if tap is not None:
             tap.stop()
         if self._task is not None:
@@ -209,6 +221,7 @@ class Capture:
                 log.exception("capture failed unexpectedly")
                 reason = f"unexpected {type(exc).__name__}"
             self._first_try.set()
+            self.look()  # the closed source's last blocks: where they ended is where a gap begins
             self._expected = self._last_end
             if self._stop.is_set():
                 break
@@ -224,21 +237,20 @@ class Capture:
         self._generation += 1
         generation = self._generation
 
-        def sink(samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
-            if generation == self._generation:  # a closed source's late callbacks are not counted
-                self._sink(samples, capture_time, missed)
-
+        sink = functools.partial(self._sink, generation)  # a C-level wrapper: no Python frame of its own
         source = await asyncio.to_thread(self._open, pin, sink)
         try:
             if self._ever_opened:
                 self._fit(source)
             else:
                 self._fit_first(source)  # before the first block reaches the sink
+            self._announce = True
             await asyncio.to_thread(source.__enter__)
             self._opened(source)
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), CHECK_S)
+                self.look()
                 source.check_alive()
                 if source.handoff.closed:
                     return "the source ended"
@@ -266,30 +278,65 @@ class Capture:
 
     # --- the source's producer thread -------------------------------------------------------------------------
 
-    def _sink(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
-        """Every block, on the source's producer thread: gap accounting, counters, level; the visit's tap.
+    def _sink(self, generation: int, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
+        """Every block, on the source's producer thread: gap accounting after a loss, counters; queued for the
+        loop's look; the visit's tap. Nothing else: the level and the ``on_blocks`` hook run at the look.
 
         Only after a loss is a hole counted here: within one open stream the microphone reports its own
         overflows, and a late callback is late audio, not lost audio."""
-        rate = self.sample_rate
+        if generation != self._generation:  # a closed source's late callbacks are not counted
+            return
         if self._expected is not None:
-            lost = missed_samples(self._expected, capture_time, rate)
-            self._expected = None
-            if lost:
-                missed += lost
-                log.warning("microphone delivered again after %.1f s without audio", lost / rate)
+            missed += self._gap_before(capture_time)
+        self.blocks += 1
+        self.samples += len(samples)
+        if missed:
+            self.lost_samples += missed
+        self._looked.append((samples, capture_time, missed))
+        if self._announce:
+            self._announce_first()
+        tap = self._tap  # one attribute read (atomic): attach and detach happen on the loop
+        if tap is not None:
+            tap.put(samples, capture_time, missed)
+
+    def _gap_before(self, capture_time: float) -> int:
+        lost = missed_samples(self._expected, capture_time, self.sample_rate)
+        self._expected = None
+        if lost:
+            log.warning("microphone delivered again after %.1f s without audio", lost / self.sample_rate)
+        return lost
+
+    def _announce_first(self) -> None:
+        self._announce = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.look)  # "open" and the first block seen now, not at the next look
+
+    # --- the loop's look at the blocks ------------------------------------------------------------------------
+
+    def look(self) -> None:
+        """On the event loop: the blocks since the last look through the level meter and ``on_blocks``; the state
+        becomes ``open`` with the first of them. Cheap when there are none."""
+        batch = self._take_looked()
+        if not batch:
+            return
         if self.state != "open":
             self.state = "open"
             self._policy.reset()
-        self.blocks += 1
-        self.samples += len(samples)
-        self.lost_samples += missed
-        alpha = min(1.0, len(samples) / (rate * LEVEL_WINDOW_S))
-        self._power += alpha * (block_power(samples) - self._power)
-        self._last_end = capture_time + len(samples) / rate
-        if self.on_block is not None:
-            self.on_block(Block(samples, capture_time, missed), rate)
-        with self._lock:
-            tap = self._tap
-        if tap is not None:
-            tap.put(samples, capture_time, missed)
+        rate = self.sample_rate
+        power = self._power
+        for block in batch:
+            alpha = min(1.0, len(block.samples) / (rate * LEVEL_WINDOW_S))
+            power += alpha * (block_power(block.samples) - power)
+        self._power = power
+        last = batch[-1]
+        self._last_end = last.capture_time + len(last.samples) / rate
+        if self.on_blocks is not None:
+            self.on_blocks(batch, rate)
+
+    def _take_looked(self) -> list[Block]:
+        looked = self._looked
+        batch = []
+        for _ in range(len(looked)):
+            samples, capture_time, missed = looked.popleft()
+            batch.append(Block(samples, capture_time, missed))
+        return batch

@@ -1,17 +1,21 @@
 """The daemon's device watch (:class:`agent.device_watch.Capture`) without PortAudio: a source that ends is reopened
 by the watch task, the blocks reach a visit's tap through the one hand-off (no capture thread), and the time the
-source was away arrives as ``Block.missed`` on the first block after the reopen, counted once."""
+source was away arrives as ``Block.missed`` on the first block after the reopen, counted once. The level meter and
+the ``on_blocks`` hook (the microphone health detector) see every block once, in order, on the event loop, not on
+the producer's thread."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 
 import pytest
 
 import agent.device_watch
 from agent.audio.synth import SynthSource, parse_recipe
 from agent.audio.types import Block, BlockSink, Source
-from agent.device_watch import Capture
+from agent.device_watch import Capture, level_dbfs
 from agent.errors import DeviceError
 
 RATE = 16000
@@ -61,3 +65,45 @@ def test_a_source_that_cannot_open_at_start_is_reported() -> None:
 
     with pytest.raises(DeviceError, match="no input device"):
         asyncio.run(main())
+
+
+def test_the_level_and_the_hook_see_every_block_once_in_order_on_the_event_loop() -> None:
+    def open_source(pin: tuple[int, int] | None, sink: BlockSink) -> Source:  # a -20 dBFS (peak) tone, 20 ms blocks
+        return SynthSource(parse_recipe(f"{RATE}:tone=440/30/-20"), pace="realtime", sink=sink)
+
+    seen: list[Block] = []
+    threads: set[str] = set()
+
+    def hook(blocks: Sequence[Block], rate: int) -> None:
+        assert rate == RATE
+        threads.add(threading.current_thread().name)
+        seen.extend(blocks)
+
+    async def main() -> tuple[Capture, list[Block], float | None]:
+        threading.current_thread().name = "the-loop"
+        capture = Capture(open_source, retry_cap_s=0.5)
+        capture.on_blocks = hook
+        await capture.start(10.0)
+        tap = capture.tap(5.0)
+        got: list[Block] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(got) < 100 or not seen:  # 2 s through the tap: the level meter (0.3 s time constant) settles
+            assert loop.time() < deadline, f"{len(got)} blocks through the tap, {len(seen)} looked at"
+            got.extend(iter(tap.handoff.get_nowait, None))
+            await asyncio.sleep(0.01)
+        capture.look()
+        level = capture.level_dbfs
+        tap.stop()
+        await capture.stop()
+        return capture, got, level
+
+    capture, got, level = asyncio.run(main())
+    assert threads == {"the-loop"}  # never the source's producer thread
+    assert len(seen) == capture.blocks and sum(len(b.samples) for b in seen) == capture.samples
+    starts = [b.capture_time for b in seen]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # in order, none twice
+    first = next(i for i, b in enumerate(seen) if b.samples is got[0].samples)  # the very arrays the tap got
+    assert all(a.samples is b.samples for a, b in zip(seen[first:], got, strict=False))
+    assert level is not None and abs(level - (-20 - 3.01)) < 0.5  # a sine's RMS is 3.01 dB below its peak
+    assert level_dbfs(0.0) is None

@@ -1,6 +1,7 @@
 """The microphone health detector on the PulseAudio virtual microphone (issue 13), wired as the daemon wires it:
 the daemon's :class:`~agent.device_watch.Capture` (reopening a lost device) feeds every block to a
-:class:`~agent.audio.mic_monitor.MicHealth`, ticked a few times a second.
+:class:`~agent.audio.mic_monitor.MicHealth` in batches from its looks on the event loop (not from PortAudio's
+callback), ticked a few times a second.
 
 A private PulseAudio server (so that unloading its null sink really ends the capture, as unplugging a USB microphone
 does) plays into the sink whose monitor is the microphone: digital silence, a -60 dBFS tone, a full-scale square
@@ -25,7 +26,6 @@ import pytest
 from agent.audio.mic_health import CLIPPING, NO_DATA, SILENT, MicChange
 from agent.audio.mic_monitor import MicHealth
 from agent.audio.sources import source_opener
-from agent.audio.types import Block
 from agent.audio.vad_eval import DIALOGUE_WAV
 from agent.device_watch import Capture
 from agent.settings import AudioSettings, MicSettings
@@ -90,10 +90,7 @@ def watched(private_pulse: PrivatePulse, monkeypatch: pytest.MonkeyPatch) -> Ite
     health = MicHealth(MicSettings())
     capture = Capture(source_opener(AudioSettings(source="mic:pulse@48000x1")), retry_cap_s=0.5)
 
-    def feed(block: Block, rate: int) -> None:  # what the daemon's hook does
-        health.feed_block(block.samples, block.capture_time, block.capture_time + len(block.samples) / rate)
-
-    capture.on_block = feed
+    capture.on_blocks = health.feed_blocks  # what the daemon's hook does, at the capture's looks on its loop
     with capture_running(capture, DEADLINE_S):
         yield Watched(private_pulse, capture, health)
 

@@ -28,12 +28,8 @@ import numpy.typing as npt
 
 from agent.audio.types import Block
 
-
-@dataclass
-class _Entry:
-    samples: npt.NDArray[np.float32]
-    capture_time: float
-    missed: int
+_Entry = tuple[npt.NDArray[np.float32], float, int]
+"""(samples, capture time, missed) of one queued block: a tuple, made in C (the producer is PortAudio's callback)."""
 
 
 @dataclass
@@ -60,19 +56,25 @@ class Handoff:
         self._queued_samples = 0
         self._closed = False
         self._error: BaseException | None = None
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0  # threads in get(timeout) or put_wait: only then does put notify the condition
         self._wake_fd: int | None = None
 
     def put(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int = 0) -> None:
-        """Queue a block (the caller gives up ownership of ``samples``). Never blocks for long."""
-        with self._cond:
+        """Queue a block (the caller gives up ownership of ``samples``). Never blocks for long.
+
+        Kept lean: it runs on PortAudio's callback thread for every block (a C lock, a tuple, one eventfd write)."""
+        with self._lock:
             self.stats.blocks_in += 1
-            self._queue.append(_Entry(samples, capture_time, missed))
+            self._queue.append((samples, capture_time, missed))
             self._queued_samples += len(samples)
-            while self._queued_samples > self.capacity_samples and len(self._queue) > 1:
-                self._drop_oldest()
-            self._cond.notify_all()
-            self._signal()
+            if self._queued_samples > self.capacity_samples:
+                self._drop_excess()
+            if self._waiting:
+                self._cond.notify_all()
+            if self._wake_fd is not None:  # under the lock: close_wake_fd cannot close it in between
+                os.eventfd_write(self._wake_fd, 1)
 
     def put_wait(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int = 0) -> bool:
         """Queue a block, first waiting while the buffer is full (for producers that may wait: generated audio).
@@ -80,34 +82,45 @@ class Handoff:
         False, and nothing queued, when the buffer is closed."""
         with self._cond:
             while self._queue and self._queued_samples + len(samples) > self.capacity_samples and not self._closed:
-                self._cond.wait()
+                self._wait(None)
             if self._closed:
                 return False
         self.put(samples, capture_time, missed)
         return True
 
-    def _drop_oldest(self) -> None:
-        old = self._queue.popleft()
-        lost = old.missed + len(old.samples)
-        self._queued_samples -= len(old.samples)
-        self.stats.blocks_dropped += 1
-        self.stats.samples_dropped += len(old.samples)
-        self._queue[0].missed += lost
+    def _wait(self, timeout: float | None) -> None:
+        self._waiting += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._waiting -= 1
+
+    def _drop_excess(self) -> None:
+        """Drop the oldest blocks while over capacity (never the newest); their samples and their own ``missed``
+        are added to the ``missed`` of the block that is oldest after them."""
+        while self._queued_samples > self.capacity_samples and len(self._queue) > 1:
+            samples, _, missed = self._queue.popleft()
+            self._queued_samples -= len(samples)
+            self.stats.blocks_dropped += 1
+            self.stats.samples_dropped += len(samples)
+            head, at, head_missed = self._queue[0]
+            self._queue[0] = (head, at, head_missed + missed + len(samples))
 
     def get(self, timeout: float | None = None) -> Block | None:
         """Oldest queued block; None if none arrived within ``timeout`` seconds or the buffer is closed and empty."""
         with self._cond:
             if not self._queue and not self._closed:
-                self._cond.wait(timeout)
+                self._wait(timeout)
             if not self._queue:
                 return None
             return self._pop()
 
     def _pop(self) -> Block:
-        entry = self._queue.popleft()
-        self._queued_samples -= len(entry.samples)
-        self._cond.notify_all()  # a producer waiting in put_wait
-        return Block(samples=entry.samples, capture_time=entry.capture_time, missed=entry.missed)
+        samples, capture_time, missed = self._queue.popleft()
+        self._queued_samples -= len(samples)
+        if self._waiting:
+            self._cond.notify_all()  # a producer waiting in put_wait
+        return Block(samples=samples, capture_time=capture_time, missed=missed)
 
     def get_nowait(self) -> Block | None:
         """Oldest queued block, or None if none is queued (never waits)."""

@@ -10,8 +10,8 @@ native (default) rate and channel count (at most 2) unless the spec overrides th
     mic:<name>@48000x1       ... opened at 48000 Hz, 1 channel (for tests and IT; "@48000" keeps native channels)
     mic@44100x2              default device, rate and channels overridden
 
-The PortAudio callback only copies the block, stamps its capture time (``time.monotonic`` based: callback time
-minus the block's duration) and hands it to a bounded drop-oldest :class:`~agent.audio.handoff.Handoff`, or to
+The PortAudio callback only copies the block (once), stamps its capture time (``time.monotonic`` based: callback
+time minus the block's duration) and hands it to a bounded drop-oldest :class:`~agent.audio.handoff.Handoff`, or to
 the ``sink`` given instead (the daemon's :mod:`agent.device_watch`, which forwards it to a visit's hand-off on the
 same thread: no second thread, no second buffer).
 Status flags are counted, never ignored; on an input overflow the samples lost are estimated from the capture
@@ -179,7 +179,7 @@ class MicSource(FixedFormat):
         self._blocksize = max(1, round(self._rate * block_ms / 1000))
         self.stats = MicStats()
         self._stream: Any = None
-        self._expected_start: float | None = None
+        self._last_end: float | None = None
         self._stopped = threading.Event()
 
     @property
@@ -219,25 +219,29 @@ class MicSource(FixedFormat):
                 raise DeviceError(f"cannot close {self.description}: {err}") from None
 
     def _callback(self, indata: np.ndarray[Any, Any], frames: int, _time: Any, status: Any) -> None:
-        # Runs on PortAudio's thread: copy, stamp, hand off; nothing that can block.
-        start = self._clock() - frames / self._rate
-        missed = 0
+        # Runs on PortAudio's thread for every block: stamp, one copy, hand off. Nothing that can block, and no
+        # per-block work that can wait for the consumer (the daemon meters and judges its blocks on the event loop).
+        now = self._clock()
+        start = now - frames / self._rate
         self.stats.blocks += 1
-        if status:
-            self._count_status(status)
-            if status.input_overflow and self._expected_start is not None:
-                missed = max(0, round((start - self._expected_start) * self._rate))
-                self.stats.estimated_lost += missed
-        self._expected_start = start + frames / self._rate
+        missed = self._count_status(status, start) if status else 0
+        self._last_end = now  # the capture time where the next block should start
         self._sink(indata.copy(), start, missed)
 
-    def _count_status(self, status: Any) -> None:
+    def _count_status(self, status: Any, start: float) -> int:
+        """Count the callback's status flags; the source samples an input overflow lost (0 otherwise)."""
         self.stats.status_flags += 1
-        if status.input_overflow:
-            self.stats.input_overflows += 1
         for flag in ("input_overflow", "input_underflow", "output_overflow", "output_underflow"):
             if getattr(status, flag, False):
                 self.stats.flags_seen.add(flag)
+        if not status.input_overflow:
+            return 0
+        self.stats.input_overflows += 1
+        if self._last_end is None:
+            return 0
+        missed = max(0, round((start - self._last_end) * self._rate))
+        self.stats.estimated_lost += missed
+        return missed
 
     def check_alive(self) -> None:
         """DeviceError if PortAudio reports the stream inactive (the loop-driven reader calls it after a stall)."""

@@ -1,16 +1,16 @@
 """The microphone health detector's adapter: thread-safe, logs each change, tells listeners.
 
-:class:`MicHealth` wraps :class:`~agent.audio.mic_health.MicHealthDetector` for the daemon (blocks from the source's
-producer thread -- PortAudio's callback --, speech from the visit on the event loop, ticks from the daemon's tick)
-and for ``run``. Each change is one log line: WARNING when a problem is raised, INFO when it clears; the lines carry
-the problem, the level and how long it held, never audio or patient data. For the event stream and anything else
-that follows the microphone::
+:class:`MicHealth` wraps :class:`~agent.audio.mic_health.MicHealthDetector` for the daemon (blocks in batches from
+the capture's look on the event loop, about once a second; speech from the visit on the loop; ticks from the
+daemon's tick) and for ``run``. Each change is one log line: WARNING when a problem is raised, INFO when it
+clears; the lines carry the problem, the level and how long it held, never audio or patient data. For the event
+stream and anything else that follows the microphone::
 
     health.problems()                    # frozenset of problem names now, e.g. frozenset({"silent"})
     remove = health.add_listener(fn)     # fn(MicChange) for every change, called outside the lock
     health.level_dbfs()                  # RMS level over the detector's window (-120 for silence or no data)
 
-Listeners run on whichever thread fed the detector (the PortAudio callback, the loop): they must be quick and must
+Listeners run on whichever thread fed the detector (the event loop in the daemon): they must be quick and must
 not block (hand over with ``loop.call_soon_threadsafe``). One that raises is logged and the others still run.
 """
 
@@ -20,7 +20,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ import numpy.typing as npt
 from agent import SAMPLE_RATE
 from agent.audio.mic_health import MicChange, MicHealthDetector
 from agent.audio.pipeline import PipelineOutput
+from agent.audio.types import Block
 from agent.audio.vad import SegmentFrame
 from agent.settings import MicSettings
 
@@ -74,6 +75,15 @@ class MicHealth:
         """A block of the device's own samples (float, [-1, 1]) captured from ``start`` to ``end``."""
         with self._lock:
             changes = self._detector.block(samples, start, end)
+        self._publish(changes)
+
+    def feed_blocks(self, blocks: Sequence[Block], rate: int) -> None:
+        """Blocks of the device's own samples at ``rate`` Hz, in capture order (the capture's look: a batch)."""
+        changes: list[MicChange] = []
+        with self._lock:
+            for block in blocks:
+                end = block.capture_time + len(block.samples) / rate
+                changes += self._detector.block(block.samples, block.capture_time, end)
         self._publish(changes)
 
     def feed_output(self, out: PipelineOutput, *, level: bool = True) -> None:
