@@ -68,16 +68,21 @@ def correlation_peak(captured: npt.NDArray[np.float64], reference: npt.NDArray[n
 
 
 def capture_while_playing(source: MicSource, sink: NullSink, wav: Path) -> npt.NDArray[np.float32]:
+    """Everything captured from the start of playback until a second after ``paplay`` has exited: on a loaded
+    machine paplay can start late or stall (the sink then plays silence), so a fixed length could end mid-speech."""
     blocks: list[npt.NDArray[np.float32]] = []
-    wanted = round((EXCERPT_S + 2.0) * source.sample_rate)
     deadline = time.monotonic() + 60
     with source:
         player = sink.play(str(wav))
         try:
-            while sum(len(b) for b in blocks) < wanted and time.monotonic() < deadline:
+            tail = None  # samples captured since paplay exited
+            while (tail is None or tail < source.sample_rate) and time.monotonic() < deadline:
                 block = source.handoff.get(timeout=1.0)
                 if block is not None:
                     blocks.append(block.samples)
+                    tail = None if tail is None else tail + len(block.samples)
+                if tail is None and player.poll() is not None:
+                    tail = 0
         finally:
             player.wait(timeout=30)
     assert player.returncode == 0
