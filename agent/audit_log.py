@@ -86,6 +86,16 @@ class UploadedItem:
     """Unix seconds when MediSync confirmed it."""
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedItem:
+    """An upload queue item on disk, as the trail needs it to find a missing ``archived`` line."""
+
+    item_id: str
+    appointment_id: str
+    created_at: float
+    """Unix seconds when the item was queued."""
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AuditEvent)
 
@@ -141,6 +151,34 @@ class AuditLog:
                     if item.item_id in confirmed or item.uploaded_at < oldest:
                         continue
                     record = AuditEvent(at=item.uploaded_at, event="upload_confirmed", item=item.item_id,
+                                        appointment=item.appointment_id, reason="late")  # fmt: skip
+                    self._write(record)
+                    written.append(record)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write the audit trail in {self.directory}: {exc.strerror or exc}") from None
+        return written
+
+    def archive_missing(self, queued: list[QueuedItem]) -> list[AuditEvent]:
+        """Write ``archived`` (reason ``late``, at the item's own queue time) for each queued item the trail has no
+        ``archived`` line of: a visit queues its recording, then writes ``stopped`` and ``archived``, and a kill can
+        fall between. Only items of an appointment a visit recorded (its ``started`` is in the trail) and that has
+        no ``archived`` line yet: an operator's file (``uploads add``) has no visit. Items queued before the
+        trail's oldest readable event are left alone, as in :meth:`confirm_missing`; read and written under the
+        trail's lock."""
+        written: list[AuditEvent] = []
+        try:
+            ensure_private_dir(self.directory)
+            with self._locked():
+                trail = read_events(self.directory).events
+                archived = {e.item for e in trail if e.event == "archived"}
+                archived |= {e.appointment for e in trail if e.event == "archived"}
+                recorded = {e.appointment for e in trail if e.event == "started" and e.visit}
+                oldest = trail[0].at if trail else 0.0
+                for item in queued:
+                    if ({item.item_id, item.appointment_id} & archived or item.appointment_id not in recorded
+                            or item.created_at < oldest):  # fmt: skip
+                        continue
+                    record = AuditEvent(at=item.created_at, event="archived", item=item.item_id,
                                         appointment=item.appointment_id, reason="late")  # fmt: skip
                     self._write(record)
                     written.append(record)
@@ -275,20 +313,29 @@ class _DoneItem(_HasItem, Protocol):
     def state(self) -> str: ...
     @property
     def uploaded_at(self) -> float | None: ...
+    @property
+    def created_at(self) -> float: ...
 
 
 def confirm_uploads(audit: AuditLog, items: Iterable[_DoneItem]) -> None:
-    """At a start: the trail gets the ``upload_confirmed`` lines a crash kept it from (see
-    :meth:`AuditLog.confirm_missing`). Errors are logged, not raised: the uploads themselves are done."""
+    """At a start: the trail gets the ``archived`` and ``upload_confirmed`` lines a crash kept it from (see
+    :meth:`AuditLog.archive_missing` and :meth:`AuditLog.confirm_missing`). Errors are logged, not raised: the
+    recordings and uploads themselves are done."""
+    items = list(items)
+    queued = [QueuedItem(i.item_id, i.appointment_id, i.created_at) for i in items]
     uploaded = [UploadedItem(i.item_id, i.appointment_id, i.uploaded_at)
                 for i in items if i.state == "done" and i.uploaded_at is not None]  # fmt: skip
-    if not uploaded:
+    if not queued:
         return
     try:
-        written = audit.confirm_missing(uploaded)
+        archived = audit.archive_missing(queued)
+        written = audit.confirm_missing(uploaded) if uploaded else []
     except ArchiveError as exc:
-        log.error("audit trail: %s (upload confirmations not checked)", exc)
+        log.error("audit trail: %s (queued recordings and upload confirmations not checked)", exc)
         return
+    for record in archived:
+        log.warning("audit trail: upload item %s was queued without its 'archived' line (the agent stopped in "
+                    "between); written now with reason 'late'", record.item[:8])  # fmt: skip
     for record in written:
         log.warning("audit trail: upload item %s was confirmed without its line (the agent stopped in between); "
                     "written now with reason 'late'", record.item[:8])  # fmt: skip

@@ -170,3 +170,35 @@ def test_a_start_writes_the_confirmation_a_crash_kept_from_the_trail(medisync_se
     assert [(e.item, e.appointment, e.reason, e.at) for e in confirmed] == [
         (item["item_id"], appointment, "late", item["uploaded_at"])
     ]
+
+
+def test_a_visit_queued_without_its_archived_line_gets_it_once_at_its_queue_time(tmp_path: Path) -> None:
+    """A kill between queuing a visit's recording and its ``stopped``/``archived`` lines: the next start writes
+    ``archived`` (reason ``late``) once; an operator's file (no visit for its appointment) and a visit already
+    archived get nothing."""
+    from agent.audit_log import QueuedItem, confirm_uploads
+
+    log = make(tmp_path)
+    log.append("started", visit="v1", appointment="a1")  # the trail's oldest event: at 1764200000.5
+    log.append("started", visit="v2", appointment="a2")
+    log.append("archived", visit="v2", item="i-2", appointment="a2")
+    queued = [
+        QueuedItem("i-1", "a1", 1764200003.0),  # killed before its lines
+        QueuedItem("i-2", "a2", 1764200004.0),  # its line is there
+        QueuedItem("i-op", "a9", 1764200005.0),  # `uploads add`: no visit recorded a9
+    ]
+    written = log.archive_missing(queued)
+    assert [(e.event, e.item, e.appointment, e.at, e.reason) for e in written] == [
+        ("archived", "i-1", "a1", 1764200003.0, "late")
+    ]
+    assert log.archive_missing(queued) == []  # a second start writes nothing
+
+    class Item:  # what confirm_uploads reads of a queue item
+        def __init__(self, item_id: str, appointment_id: str) -> None:
+            self.item_id, self.appointment_id, self.created_at = item_id, appointment_id, 1764200006.0
+            self.state, self.uploaded_at = "pending", None
+
+    log.append("started", visit="v3", appointment="a3")
+    confirm_uploads(log, [Item("i-3", "a3")])
+    archived = [(e.item, e.reason) for e in read_events(log.directory).events if e.event == "archived"]
+    assert archived == [("i-2", ""), ("i-1", "late"), ("i-3", "late")]
