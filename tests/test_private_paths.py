@@ -54,7 +54,10 @@ def leaks(root: Path, *, ignore: Iterable[Path] = (), allowed: dict[Path, int] |
                 continue  # reported as the ``folder`` of its own walk step
             if path.resolve() in skip:
                 continue
-            mode = stat.S_IMODE(path.lstat().st_mode)
+            try:
+                mode = stat.S_IMODE(path.lstat().st_mode)
+            except FileNotFoundError:  # a running agent's temporary file, renamed since the listing: nothing left
+                continue
             if path.resolve() in expected:
                 if mode != expected[path.resolve()]:
                     found.append(f"{path} {mode:04o} (expected {expected[path.resolve()]:04o})")
