@@ -140,23 +140,16 @@ class AuditLog:
         does not confirm: the agent marks an item done, then writes the line, and a power cut can fall between.
         Items uploaded before the trail's oldest readable event are left alone (their line may have rotated
         away). Read and written under the trail's lock, so two processes starting together write it once."""
-        written: list[AuditEvent] = []
-        try:
-            ensure_private_dir(self.directory)
-            with self._locked():
-                trail = read_events(self.directory).events
-                confirmed = {e.item for e in trail if e.event == "upload_confirmed"}
-                oldest = trail[0].at if trail else 0.0
-                for item in uploaded:
-                    if item.item_id in confirmed or item.uploaded_at < oldest:
-                        continue
-                    record = AuditEvent(at=item.uploaded_at, event="upload_confirmed", item=item.item_id,
-                                        appointment=item.appointment_id, reason="late")  # fmt: skip
-                    self._write(record)
-                    written.append(record)
-        except OSError as exc:
-            raise ArchiveError(f"cannot write the audit trail in {self.directory}: {exc.strerror or exc}") from None
-        return written
+
+        def missing(trail: tuple[AuditEvent, ...]) -> Iterator[AuditEvent]:
+            confirmed = {e.item for e in trail if e.event == "upload_confirmed"}
+            oldest = trail[0].at if trail else 0.0
+            for item in uploaded:
+                if item.item_id not in confirmed and item.uploaded_at >= oldest:
+                    yield AuditEvent(at=item.uploaded_at, event="upload_confirmed", item=item.item_id,
+                                     appointment=item.appointment_id, reason="late")  # fmt: skip
+
+        return self._write_missing(missing)
 
     def archive_missing(self, queued: list[QueuedItem]) -> list[AuditEvent]:
         """Write ``archived`` (reason ``late``, at the item's own queue time) for each queued item the trail has no
@@ -165,21 +158,27 @@ class AuditLog:
         no ``archived`` line yet: an operator's file (``uploads add``) has no visit. Items queued before the
         trail's oldest readable event are left alone, as in :meth:`confirm_missing`; read and written under the
         trail's lock."""
+
+        def missing(trail: tuple[AuditEvent, ...]) -> Iterator[AuditEvent]:
+            archived = {e.item for e in trail if e.event == "archived"}
+            archived |= {e.appointment for e in trail if e.event == "archived"}
+            recorded = {e.appointment for e in trail if e.event == "started" and e.visit}
+            oldest = trail[0].at if trail else 0.0
+            for item in queued:
+                if (not {item.item_id, item.appointment_id} & archived and item.appointment_id in recorded
+                        and item.created_at >= oldest):  # fmt: skip
+                    yield AuditEvent(at=item.created_at, event="archived", item=item.item_id,
+                                     appointment=item.appointment_id, reason="late")  # fmt: skip
+
+        return self._write_missing(missing)
+
+    def _write_missing(self, missing: Callable[[tuple[AuditEvent, ...]], Iterator[AuditEvent]]) -> list[AuditEvent]:
+        """Under the trail's lock: read it, write the lines ``missing`` says it lacks; the lines written."""
         written: list[AuditEvent] = []
         try:
             ensure_private_dir(self.directory)
             with self._locked():
-                trail = read_events(self.directory).events
-                archived = {e.item for e in trail if e.event == "archived"}
-                archived |= {e.appointment for e in trail if e.event == "archived"}
-                recorded = {e.appointment for e in trail if e.event == "started" and e.visit}
-                oldest = trail[0].at if trail else 0.0
-                for item in queued:
-                    if ({item.item_id, item.appointment_id} & archived or item.appointment_id not in recorded
-                            or item.created_at < oldest):  # fmt: skip
-                        continue
-                    record = AuditEvent(at=item.created_at, event="archived", item=item.item_id,
-                                        appointment=item.appointment_id, reason="late")  # fmt: skip
+                for record in missing(read_events(self.directory).events):
                     self._write(record)
                     written.append(record)
         except OSError as exc:
