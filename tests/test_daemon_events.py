@@ -179,9 +179,16 @@ def test_uploads_failing_between_visits_show_offline_until_they_go_through(
     assert rc == 0
 
 
+def _default_sigint() -> None:
+    # A shell that starts a job in the background ignores SIGINT for it, and a child keeps that; the follower
+    # gets Ctrl-C as it would at a terminal whatever started the test run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def follow_cli(control: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "agent", "status", "--follow", "--socket", str(control)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)  # fmt: skip
 
 
 def test_follow_ends_with_a_clear_line_on_ctrl_c_and_on_kill_9(start_daemon: Callable[..., DaemonProcess]) -> None:
