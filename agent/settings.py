@@ -26,7 +26,7 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~175 ms;
     20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``)."""
-    resampler: Literal["fir", "soxr"] = "soxr"
+    resampler: Literal["fir", "soxr"] = "fir"
     """How a source at 32 or 48 kHz is brought to 16 kHz: ``soxr`` (HQ, the default, as for every other rate),
     which keeps the tail of every block until the next one, or ``fir``, a fixed-delay polyphase FIR whose output
     leaves with each capture block (about 1.5 ms delay; :mod:`agent.audio.decimate`). Measured through the
