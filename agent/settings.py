@@ -27,10 +27,12 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~175 ms;
     20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``)."""
     resampler: Literal["fir", "soxr"] = "fir"
-    """How a source at 32 or 48 kHz is brought to 16 kHz: ``soxr`` (HQ, the default, as for every other rate),
-    which keeps the tail of every block until the next one, or ``fir``, a fixed-delay polyphase FIR whose output
-    leaves with each capture block (about 1.5 ms delay; :mod:`agent.audio.decimate`). Measured through the
-    PulseAudio microphone both give the same p95 latency (ALSA's pulse plugin often delivers two blocks at once)."""
+    """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
+    fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
+    :mod:`agent.audio.decimate`), or ``soxr`` (HQ), which keeps 20-40 ms of every block until the next one (at
+    44.1 kHz, the rate the PulseAudio microphone opens at, that put 40 ms into the low-latency profile's median
+    capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not handle (24 kHz, below
+    16 kHz) always use soxr; 16 kHz passes unchanged."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -118,8 +118,9 @@ def _first_times(pairs: list[Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray
 
 
 def stages(result: dict[str, Any], since: float | None = None,
-           without_lookback: bool = False) -> dict[str, npt.NDArray[np.float64]]:  # fmt: skip
-    """Per-sample stage durations in seconds (the samples of :func:`benchmarks.analysis.sample_latencies`)."""
+           lookback: str = "all") -> dict[str, npt.NDArray[np.float64]]:  # fmt: skip
+    """Per-sample stage durations in seconds of the samples of :func:`benchmarks.analysis.sample_latencies`;
+    ``lookback``: ``all`` samples, ``without`` the gate's look-back samples, or ``only`` those."""
     st = result["stages"]
     frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
     blocks = np.asarray(st["blocks"], dtype=np.float64).reshape(-1, 5)
@@ -132,7 +133,7 @@ def stages(result: dict[str, Any], since: float | None = None,
     ratio = st["in_rate"] / SAMPLE_RATE
     spans = result.get("lookback") or []
     late = None
-    if without_lookback and spans:
+    if lookback != "all" and spans:
         late = np.concatenate([np.arange(a, a + n, dtype=np.int64) for a, n in spans])
     out: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in (*STAGES, "total")}
     seen: set[int] = set()
@@ -146,7 +147,7 @@ def stages(result: dict[str, Any], since: float | None = None,
         if since is not None:
             keep &= captured >= since
         if late is not None:
-            keep &= ~np.isin(idx.astype(np.int64), late)
+            keep &= np.isin(idx.astype(np.int64), late) == (lookback == "only")
         idx, captured = idx[keep], captured[keep]
         if not len(idx):
             continue
@@ -164,8 +165,8 @@ def stages(result: dict[str, Any], since: float | None = None,
     return {name: np.concatenate(v) if v else np.zeros(0) for name, v in out.items()}
 
 
-def describe(result: dict[str, Any], since: float | None, without_lookback: bool) -> str:
-    parts = stages(result, since, without_lookback)
+def describe(result: dict[str, Any], since: float | None, lookback: str) -> str:
+    parts = stages(result, since, lookback)
     cells = [f"{name} {1000 * np.median(v):.1f}/{1000 * np.percentile(v, 95):.1f}" for name, v in parts.items()
              if len(v)]  # fmt: skip
     written = dict(result["stages"]["written"])
@@ -197,15 +198,19 @@ def main(argv: list[str]) -> int:
             trace = json.loads((work / "trace.json").read_text())
             since = min((t for t, _ in trace["readies"]), default=0.0) + 1.0
             all_ms, path_ms = np.asarray(r["latency_ms"]), np.asarray(r["latency_path_ms"])
-            print(f"{name}: capture-to-wire p50/p95 {np.median(all_ms):.1f}/{np.percentile(all_ms, 95):.1f} ms, "
-                  f"without look-back {np.median(path_ms):.1f}/{np.percentile(path_ms, 95):.1f} ms; look-back "
-                  f"{100 * r['lookback_share']:.1f} % of the timeline; CPU {r['visit']['daemon']:.0f} CPU-s/h")
-            print(f"  stages, median/p95 ms, all samples: {describe(trace, since, False)}")
-            print(f"  stages, median/p95 ms, without look-back: {describe(trace, since, True)}")
+            print(
+                f"{name}: capture-to-wire p50/p95 {np.median(all_ms):.1f}/{np.percentile(all_ms, 95):.1f} ms, "
+                f"without look-back {np.median(path_ms):.1f}/{np.percentile(path_ms, 95):.1f} ms; look-back "
+                f"{100 * r['lookback_share']:.1f} % of the timeline; CPU {r['visit']['daemon']:.0f} CPU-s/h"
+            )
+            for which in ("all", "without", "only"):
+                print(f"  stages, median/p95 ms, {which} look-back: {describe(trace, since, which)}")
             cb = np.asarray(trace["stages"]["blocks"], dtype=np.float64).reshape(-1, 5)[:, 0]
             gaps = np.diff(cb) * 1000
-            print(f"  callback intervals p5/p50/p95 ms: {np.percentile(gaps, 5):.1f}/{np.median(gaps):.1f}/"
-                  f"{np.percentile(gaps, 95):.1f}")
+            print(
+                f"  callback intervals p5/p50/p95 ms: {np.percentile(gaps, 5):.1f}/{np.median(gaps):.1f}/"
+                f"{np.percentile(gaps, 95):.1f}"
+            )
             sys.stdout.flush()
     return 0
 

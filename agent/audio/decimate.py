@@ -1,4 +1,5 @@
-"""Fixed-delay decimation to 16 kHz for integer ratios (48 kHz, 32 kHz): every block's output leaves with it.
+"""Fixed-delay resampling to 16 kHz (integer ratios: 48, 32, 96 kHz; rational: 44.1, 22.05, 88.2 kHz): every
+block's output leaves with it.
 
 ``soxr.ResampleStream`` works in internal blocks of its own: 100 ms of 48 kHz input comes out as 1468, 1468, ...,
 1958 samples, and at 20 ms blocks as 0, 490, 0, 489, ... So the tail of every capture block (and the partial
@@ -13,8 +14,13 @@ samples (about 1.5 ms at 48 kHz), which the DSP subtracts from the capture times
 ``ceil(input / ratio)``, and it does not depend on how the input is split into blocks (the filter state is the
 last ``taps - 1`` input samples).
 
-Pure numpy, no state outside the object; per block one correlation per polyphase branch (~80 us for 100 ms of
-48 kHz here, soxr HQ ~90 us).
+:class:`RationalFir` does the same for a rational ratio ``up / down`` (44.1 kHz: 160 / 441; the PulseAudio
+microphone opens at 44.1 kHz, where soxr HQ held 20-40 ms of every block), with the filter designed at
+``up * in_rate``: output ``n`` uses inputs up to ``floor(n * down / up)``, delay about 1.6 ms.
+
+Pure numpy, no state outside the object. Measured here in a tight loop (``benchmarks/NOTES.md``): 48 kHz, one
+correlation per polyphase branch; 44.1 kHz, two matrix products per block: ~11 us per 20 ms block and ~20 us per
+100 ms block (soxr HQ ~5 and ~16 us).
 """
 
 from __future__ import annotations

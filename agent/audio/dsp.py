@@ -1,10 +1,10 @@
 """DSP: native-rate blocks -> 16 kHz s16 mono frames on the visit timeline.
 
-Per block: downmix (mean of the channels) -> to 16 kHz float32 (rates above 16 kHz, e.g. 44.1 and 48 kHz: the
-fixed-delay FIR of :mod:`agent.audio.decimate`, unless ``AudioSettings.resampler`` is ``soxr``; other rates:
-``soxr.ResampleStream`` HQ) -> int16 (round, clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured
-sample; each frame carries its index and the capture time of its first sample
-(interpolated from the block capture times).
+Per block: downmix (mean of the channels) -> to 16 kHz float32 (22.05, 32, 44.1, 48 kHz ...: the fixed-delay FIR
+of :mod:`agent.audio.decimate`, unless ``AudioSettings.resampler`` is ``soxr``; other rates: ``soxr.ResampleStream``
+HQ) -> int16 (round, clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured
+sample; each frame carries its index and the capture time of its first sample (interpolated from the block capture
+times).
 
 Guarantees:
 
