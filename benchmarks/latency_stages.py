@@ -1,6 +1,7 @@
 """Capture-to-wire latency per stage, for the daemon's probe run (opt-in: ``MEDISYNC_LATENCY_STAGES=1``).
 
-``python -m benchmarks.latency_stages [SECONDS] [PROFILE ...]`` runs the daemon of ``--only daemon`` under
+``python -m benchmarks.latency_stages [SECONDS] [PROFILE ...]`` (``low-latency``, ``efficient``, or
+``low-latency-40``: 40 ms blocks and messages, for comparison) runs the daemon of ``--only daemon`` under
 :mod:`benchmarks.daemon_proc` for each profile (a visit of SECONDS, default 30) with extra hooks (wrappers in the
 benchmark process only, no agent code changed) and prints, per profile, the median / p95 of each stage of every
 sample the probe counts (the same samples and the same capture and wire times as ``capture-to-wire``):
@@ -188,13 +189,14 @@ def main(argv: list[str]) -> int:
 
     seconds = float(argv[0]) if argv else 30.0
     names = argv[1:] or list(PROFILES)
+    profiles = {**PROFILES, "low-latency-40": {"audio": {"capture_block_ms": 40}, "stream": {"message_ms": 40}}}
     with tempfile.TemporaryDirectory(prefix="latency-stages-") as tmp, server_process(Path(tmp) / "server") as srv, \
             virtual_mic(48000, 1) as mic:  # fmt: skip
         mic.feed_loop(DIALOGUE)
         env = {**daemon_bench.daemon_env(mic.env), ENV: "1"}
         for name in names:
             work = Path(tmp) / name
-            r = daemon_bench.daemon_run(srv, work, env, mic.monitor, PROFILES[name], seconds, 1.0, traced=True)
+            r = daemon_bench.daemon_run(srv, work, env, mic.monitor, profiles[name], seconds, 1.0, traced=True)
             trace = json.loads((work / "trace.json").read_text())
             since = min((t for t, _ in trace["readies"]), default=0.0) + 1.0
             all_ms, path_ms = np.asarray(r["latency_ms"]), np.asarray(r["latency_path_ms"])
@@ -203,6 +205,11 @@ def main(argv: list[str]) -> int:
                 f"without look-back {np.median(path_ms):.1f}/{np.percentile(path_ms, 95):.1f} ms; look-back "
                 f"{100 * r['lookback_share']:.1f} % of the timeline; CPU {r['visit']['daemon']:.0f} CPU-s/h"
             )
+            sends = trace["sends"]
+            seqs = {seq for _t, seq, _s, _n in sends}
+            span = sends[-1][0] - sends[0][0] if len(sends) > 1 else 0.0
+            print(f"  audio messages: {len(seqs) / span if span else 0.0:.1f}/s, "
+                  f"{sum(n for _t, _q, _s, n in sends) / max(1, len(sends)) / 16:.1f} ms each (mean)")  # fmt: skip
             for which in ("all", "without", "only"):
                 print(f"  stages, median/p95 ms, {which} look-back: {describe(trace, since, which)}")
             cb = np.asarray(trace["stages"]["blocks"], dtype=np.float64).reshape(-1, 5)[:, 0]
