@@ -17,20 +17,24 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pace: Literal["realtime", "fast"] = "realtime"
     """File and synthetic sources only: deliver audio in real time or as fast as possible."""
     frame_ms: Literal[10, 20, 30] = 20
-    """Length of one timeline frame in milliseconds (also the VAD frame)."""
+    """Length of one timeline frame in milliseconds (also the VAD frame). A length that does not divide
+    ``capture_block_ms`` (30 with 20 or 100 ms blocks) holds the tail of each block until the next one."""
     handoff_seconds: float = 5.0
     """Capacity of the hand-off buffer between the capture callback and the DSP thread, in seconds of audio."""
     capture_block_ms: int = 100
     """Microphone callback block length in milliseconds (PortAudio ``blocksize``). Leaving it to PortAudio made
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
-    benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~175 ms;
-    20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``)."""
-    resampler: Literal["fir", "soxr"] = "soxr"
-    """How a source at 32 or 48 kHz is brought to 16 kHz: ``soxr`` (HQ, the default, as for every other rate),
-    which keeps the tail of every block until the next one, or ``fir``, a fixed-delay polyphase FIR whose output
-    leaves with each capture block (about 1.5 ms delay; :mod:`agent.audio.decimate`). Measured through the
-    PulseAudio microphone both give the same p95 latency (ALSA's pulse plugin often delivers two blocks at once)."""
+    benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent (``python -m benchmarks --only
+    live``), p95 capture-to-wire ~100 ms; 20 is the low-latency profile: ~140 CPU-s, p95 ~23 ms (the daemon, FIR
+    resampler: ``python -m benchmarks.latency_stages``)."""
+    resampler: Literal["fir", "soxr"] = "fir"
+    """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
+    fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
+    :mod:`agent.audio.decimate`), or ``soxr`` (HQ), which keeps 20-40 ms of every block until the next one (at
+    44.1 kHz, the rate the PulseAudio microphone opens at, that put 40 ms into the low-latency profile's median
+    capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not handle (24 kHz, below
+    16 kHz) always use soxr; 16 kHz passes unchanged."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

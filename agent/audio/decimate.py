@@ -1,4 +1,5 @@
-"""Fixed-delay decimation to 16 kHz for integer ratios (48 kHz, 32 kHz): every block's output leaves with it.
+"""Fixed-delay resampling to 16 kHz (integer ratios: 48, 32, 96 kHz; rational: 44.1, 22.05, 88.2 kHz): every
+block's output leaves with it.
 
 ``soxr.ResampleStream`` works in internal blocks of its own: 100 ms of 48 kHz input comes out as 1468, 1468, ...,
 1958 samples, and at 20 ms blocks as 0, 490, 0, 489, ... So the tail of every capture block (and the partial
@@ -13,8 +14,13 @@ samples (about 1.5 ms at 48 kHz), which the DSP subtracts from the capture times
 ``ceil(input / ratio)``, and it does not depend on how the input is split into blocks (the filter state is the
 last ``taps - 1`` input samples).
 
-Pure numpy, no state outside the object; per block one correlation per polyphase branch (~80 us for 100 ms of
-48 kHz here, soxr HQ ~90 us).
+:class:`RationalFir` does the same for a rational ratio ``up / down`` (44.1 kHz: 160 / 441; the PulseAudio
+microphone opens at 44.1 kHz, where soxr HQ held 20-40 ms of every block), with the filter designed at
+``up * in_rate``: output ``n`` uses inputs up to ``floor(n * down / up)``, delay about 1.6 ms.
+
+Pure numpy, no state outside the object. Measured here in a tight loop (``benchmarks/NOTES.md``): 48 kHz, one
+correlation per polyphase branch; 44.1 kHz, two matrix products per block: ~11 us per 20 ms block and ~20 us per
+100 ms block (soxr HQ ~5 and ~16 us).
 """
 
 from __future__ import annotations
@@ -39,15 +45,22 @@ def supports(in_rate: int) -> bool:
     return in_rate > SAMPLE_RATE and in_rate % SAMPLE_RATE == 0
 
 
-def design(in_rate: int) -> npt.NDArray[np.float32]:
-    """Odd-length linear-phase low-pass taps (sum 1) for decimating ``in_rate`` to 16 kHz."""
-    transition = (STOP_HZ - PASS_HZ) / in_rate  # cycles per sample
-    taps = math.ceil((ATTENUATION_DB - 7.95) / (14.36 * transition)) | 1  # Kaiser's estimate, made odd
+def design_length(in_rate: int, up: int = 1) -> int:
+    """Number of taps of :func:`design` (Kaiser's estimate for the transition band, made odd)."""
+    transition = (STOP_HZ - PASS_HZ) / (up * in_rate)  # cycles per sample
+    return math.ceil((ATTENUATION_DB - 7.95) / (14.36 * transition)) | 1
+
+
+def design(in_rate: int, up: int = 1) -> npt.NDArray[np.float32]:
+    """Odd-length linear-phase low-pass taps at ``up * in_rate`` for resampling ``in_rate`` to 16 kHz (sum ``up``:
+    each of the ``up`` polyphase branches sums to about 1)."""
+    rate = up * in_rate
+    taps = design_length(in_rate, up)
     beta = 0.1102 * (ATTENUATION_DB - 8.7)
-    cutoff = (PASS_HZ + STOP_HZ) / 2 / in_rate
+    cutoff = (PASS_HZ + STOP_HZ) / 2 / rate
     n = np.arange(taps) - (taps - 1) / 2
     h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(taps, beta)
-    result: npt.NDArray[np.float32] = (h / h.sum()).astype(np.float32)
+    result: npt.NDArray[np.float32] = (h / h.sum() * up).astype(np.float32)
     return result
 
 
@@ -83,4 +96,95 @@ class FirDecimator:
                 y += np.correlate(lane, taps_p, mode="valid")
         self._phase = first + ratio * count - len(buf)  # where the next kept output falls in the next block
         self._buf = buf[len(buf) - (taps - 1) :].copy()
+        return y
+
+
+def ratio_of(in_rate: int) -> tuple[int, int]:
+    """(up, down): 16 kHz / ``in_rate`` as a reduced fraction (44.1 kHz: 160 / 441)."""
+    g = math.gcd(SAMPLE_RATE, in_rate)
+    return SAMPLE_RATE // g, in_rate // g
+
+
+def supports_rational(in_rate: int) -> bool:
+    """True for a rate above 16 kHz that is not an integer multiple of it (44.1, 22.05, 24 kHz ...) and whose
+    polyphase branches are shorter than one period of ``down`` input samples (what :class:`RationalFir` needs)."""
+    if in_rate <= SAMPLE_RATE or supports(in_rate):
+        return False
+    up, down = ratio_of(in_rate)
+    return up > 1 and -(-design_length(in_rate, up) // up) <= down
+
+
+class RationalFir:
+    """Streaming resampler ``in_rate`` -> 16 kHz for a rational ratio ``up / down`` (44.1 kHz: 160 / 441) with the
+    same causal linear-phase low-pass as :class:`FirDecimator`, designed at ``up * in_rate``. Not thread-safe.
+
+    Output ``n`` uses input samples up to ``floor(n * down / up)``, so after ``E`` input samples exactly
+    ``ceil(E * up / down)`` outputs are out, whatever the split into blocks (a block of a whole number of
+    ``down``-sample periods, e.g. 10, 20 or 100 ms at 44.1 kHz, gives exactly its share at once), delayed by a
+    constant :attr:`delay_samples` input samples (about 1.6 ms). Each period of ``down`` inputs gives ``up``
+    outputs with the same branches: the outputs of a period are split into a few groups whose inputs span less than
+    a period, and each group is one matrix product (BLAS) per block, a row per period. A product of two or more rows
+    gives each row the same bits whatever rows surround it (OpenBLAS here, checked for 2 to 200 rows; a single row
+    takes BLAS's vector path, which rounds differently, so a block is never computed as one row), so the output
+    does not depend on the split into blocks, bit for bit (``tests/test_audio_dsp.py``; a BLAS without that
+    property would move samples by at most the last float32 bit, never drop or add one)."""
+
+    def __init__(self, in_rate: int) -> None:
+        if not supports_rational(in_rate):
+            raise ValueError(f"{in_rate} Hz is not a rate RationalFir resamples")
+        self.up, self.down = up, down = ratio_of(in_rate)
+        h = design(in_rate, up)
+        self.delay_samples = (len(h) - 1) / (2 * up)
+        """Constant delay of the content, in input samples (the filter's group delay; a fraction)."""
+        self._taps = taps = -(-len(h) // up)  # per branch
+        padded = np.zeros(taps * up, dtype=np.float32)
+        padded[: len(h)] = h
+        newest = np.arange(up) * down // up  # newest input of output m of a period, from the period's start
+        widest = max(g for g in range(1, up + 1) if newest[g - 1] + taps < down)  # any group of g fits in a period
+        count = -(-up // widest)
+        size = -(-up // count)
+        self._groups: list[tuple[int, npt.NDArray[np.float32]]] = []
+        """(first input from the period's start, matrix inputs x outputs) per group of a period's outputs."""
+        for m0 in range(0, up, size):
+            ms = np.arange(m0, min(up, m0 + size))
+            lo = int(newest[m0]) - taps + 1
+            matrix = np.zeros((int(newest[ms[-1]]) - lo + 1, len(ms)), dtype=np.float32)
+            for column, m in enumerate(ms):
+                branch = padded[(m * down) % up :: up]  # taps for inputs newest, newest - 1, ...
+                row = int(newest[m]) - lo
+                matrix[row - taps + 1 : row + 1, column] = branch[::-1]
+            self._groups.append((lo, matrix))
+        self._buf = np.zeros(taps - 1, dtype=np.float32)  # zeros before the stream, as in FirDecimator
+        self._buf_start = -(taps - 1)  # input index of _buf[0]
+        self._in_end = 0  # input samples received
+        self._out_next = 0  # index of the next output
+
+    def process(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Output samples made complete by ``x`` (1-D float32)."""
+        up, down = self.up, self.down
+        self._in_end += len(x)
+        end = -(-self._in_end * up // down)
+        if end <= self._out_next:
+            self._buf = np.concatenate([self._buf, x]) if len(x) else self._buf
+            return np.zeros(0, dtype=np.float32)
+        q0, q1 = self._out_next // up, (end - 1) // up + 1  # the periods holding the new outputs
+        rows = max(2, q1 - q0)  # a single row would take BLAS's vector path, which sums in another order
+        # Zeros after the input: for the inputs the last period lacks (only its outputs not yet due read them, with
+        # weight 0 for the rest) and for whole rows of ``down`` samples up to the last row read.
+        pad = (q0 + rows + 1) * down - self._in_end
+        work = np.concatenate([self._buf, x, np.zeros(pad, dtype=np.float32)])
+        periods = np.empty((rows, up), dtype=np.float32)
+        column = 0
+        for lo, matrix in self._groups:
+            first = q0 * down + lo - self._buf_start
+            width, count = matrix.shape
+            # Row i: the inputs of group ``lo`` in period q0 + i (a view: row stride ``down`` >= ``width``).
+            inputs = work[first : first + rows * down].reshape(rows, down)[:, :width]
+            periods[:, column : column + count] = inputs @ matrix
+            column += count
+        y = periods.ravel()[self._out_next - q0 * up : end - q0 * up]
+        self._out_next = end
+        keep_from = (end // up) * down - self._taps + 1  # the next period's first input of its first branch
+        self._buf = work[keep_from - self._buf_start : self._in_end - self._buf_start].copy()
+        self._buf_start = keep_from
         return y

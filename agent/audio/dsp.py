@@ -1,10 +1,10 @@
 """DSP: native-rate blocks -> 16 kHz s16 mono frames on the visit timeline.
 
-Per block: downmix (mean of the channels) -> to 16 kHz float32 (32 and 48 kHz: the fixed-delay FIR of
-:mod:`agent.audio.decimate`, unless ``AudioSettings.resampler`` is ``soxr``; other rates: ``soxr.ResampleStream``
+Per block: downmix (mean of the channels) -> to 16 kHz float32 (22.05, 32, 44.1, 48 kHz ...: the fixed-delay FIR
+of :mod:`agent.audio.decimate`, unless ``AudioSettings.resampler`` is ``soxr``; other rates: ``soxr.ResampleStream``
 HQ) -> int16 (round, clip) -> fixed frames of ``AudioSettings.frame_ms``. Timeline index 0 is the first captured
-sample; each frame carries its index and the capture time of its first sample
-(interpolated from the block capture times).
+sample; each frame carries its index and the capture time of its first sample (interpolated from the block capture
+times).
 
 Guarantees:
 
@@ -33,7 +33,7 @@ import numpy.typing as npt
 import soxr
 
 from agent import SAMPLE_RATE
-from agent.audio.decimate import FirDecimator, supports
+from agent.audio.decimate import FirDecimator, RationalFir, supports, supports_rational
 from agent.audio.types import Block, Frame
 from agent.settings import AudioSettings
 
@@ -89,10 +89,10 @@ class Dsp:
         self.lost_samples = 0
         """Timeline samples (16 kHz) filled with silence so far: the sum of :attr:`gaps` (the visit's one count)."""
         self._resampler: soxr.ResampleStream | None = None
-        self._fir: FirDecimator | None = None
+        self._fir: FirDecimator | RationalFir | None = None
         self._delay_s = 0.0
-        if settings.resampler == "fir" and supports(in_rate):
-            self._fir = FirDecimator(in_rate)
+        if settings.resampler == "fir" and (supports(in_rate) or supports_rational(in_rate)):
+            self._fir = FirDecimator(in_rate) if supports(in_rate) else RationalFir(in_rate)
             self._delay_s = self._fir.delay_samples / in_rate
         elif in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
             self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
