@@ -28,7 +28,7 @@ from agent.errors import SubscriptionError
 from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.actions import Ended, Retry, Stop
-from agent.stream.connection import Sender, dial, run_connection, speech_address, tcp_probe, transcribe_url
+from agent.stream.connection import dial, run_connection, speech_address, tcp_probe, transcribe_url
 from agent.stream.policy import DrainWait, Failure
 from agent.stream.session import SpeechSession
 from agent.stream.stats import State, StreamStats
@@ -72,7 +72,6 @@ class SpeechStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake = asyncio.Event()
-        self._sender: Sender | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._retry_at: float | None = None
@@ -87,9 +86,9 @@ class SpeechStream:
         mode; basic mode has no way to say it."""
         if threading.get_ident() == self._loop_thread and not self._inbox:
             # Fed on the loop itself (the recorder's consumer) with nothing queued from elsewhere: straight into the
-            # session, and what is due written in this same call (no self-pipe write, no sender task wake-up).
+            # session, the sender woken in this same turn of the loop (no self-pipe write, no callback of its own).
             self._session.feed(events)
-            self._flush()
+            self._wake.set()
             return
         self._inbox.extend(events)
         if self._wake_scheduled or self._loop is None:
@@ -196,16 +195,7 @@ class SpeechStream:
         while self._inbox:  # popleft is atomic: feed() may append meanwhile from another thread
             events.append(self._inbox.popleft())
         self._session.feed(events)
-        self._flush()
-
-    def _flush(self) -> None:
-        """New input is in the session: the connection's sender writes what is due now, or its task is woken."""
-        sender = self._sender
-        if sender is None or not sender.flush():
-            self._wake.set()
-
-    def _set_sender(self, sender: Sender | None) -> None:
-        self._sender = sender
+        self._wake.set()
 
     async def _supervise(self) -> None:
         relogin = False
@@ -262,4 +252,4 @@ class SpeechStream:
             await dialled.close()
             return refused
         return await run_connection(dialled, self._session, clock=self._clock, wake=self._wake,
-                                    on_transcript=self._on_transcript, on_sender=self._set_sender)  # fmt: skip
+                                    on_transcript=self._on_transcript)  # fmt: skip

@@ -20,7 +20,6 @@ from urllib.parse import urlencode, urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
-from websockets.protocol import State
 
 from agent import SAMPLE_RATE
 from agent.backoff import parse_retry_after
@@ -91,15 +90,10 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> bool:
 
 
 async def run_connection(ws: ClientConnection, session: SpeechSession, *, clock: Callable[[], float],
-                         wake: asyncio.Event, on_transcript: TranscriptSink | None,
-                         on_sender: Callable[[Sender | None], None] | None = None) -> Ended:  # fmt: skip
-    """Pump one open connection until it ends; returns how. ``on_sender`` gets the connection's :class:`Sender`
-    while it runs (None after), for the producer's :meth:`Sender.flush`."""
-    sender = Sender(ws, session, clock, wake)
+                         wake: asyncio.Event, on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
+    """Pump one open connection until it ends; returns how."""
     tasks = [asyncio.create_task(_receive(ws, session, clock, wake, on_transcript)),
-             asyncio.create_task(sender.run())]  # fmt: skip
-    if on_sender is not None:
-        on_sender(sender)
+             asyncio.create_task(_send(ws, session, clock, wake))]  # fmt: skip
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         task = next(iter(done))
@@ -115,9 +109,6 @@ async def run_connection(ws: ClientConnection, session: SpeechSession, *, clock:
             return Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}")
         raise exc
     finally:
-        if on_sender is not None:
-            on_sender(None)
-        sender.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -141,98 +132,39 @@ async def _receive(ws: ClientConnection, session: SpeechSession, clock: Callable
     return session.peer_closed(ws.close_code)
 
 
-class Sender:
-    """Writes what the session hands out, from its task (:meth:`run`) or within the producer's own call (:meth:`flush`).
+async def _send(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float],
+                wake: asyncio.Event) -> Ended:  # fmt: skip
+    """Write what the session hands out; between writes wait for a wake-up or the session's deadline.
 
-    The task waits for a wake-up or the session's deadline, polls once per wake-up when the session has nothing more
-    (:meth:`SpeechSession.more`), and keeps one timer for the deadline, moved only when the deadline comes earlier
-    than it: a later deadline (the ack watchdog's moves with every ack) lets the timer fire early once and be set
-    again, instead of a timer made and cancelled per block. :meth:`flush` is the same step run synchronously by the
-    stream's feed on the loop, so a capture block's callback writes its own message (one wake-up per block instead
-    of the block's and then the sender task's); it leaves the step to the task whenever a write could wait."""
+    One poll per wake-up when the session has nothing more (:meth:`SpeechSession.more`), and one timer for the
+    deadline, moved only when the deadline comes earlier than it: a later deadline (the ack watchdog's moves with
+    every ack) lets the timer fire early once and be set again, instead of a timer made and cancelled per block."""
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+    timer_at = 0.0
 
-    def __init__(self, ws: ClientConnection, session: SpeechSession, clock: Callable[[], float],
-                 wake: asyncio.Event) -> None:  # fmt: skip
-        self._ws, self._session, self._clock, self._wake = ws, session, clock, wake
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._sending = False  # the task is inside ws.send: the session has a write in flight
-        self._ended: Ended | None = None  # an outcome flush() met, for the task to return
+    def alarm() -> None:
+        nonlocal timer
+        timer = None
+        wake.set()
 
-    def flush(self) -> bool:
-        """Write what the session has due now, in this call (on the loop, after new input). False: wake the task
-        instead (its write is in flight, the socket's buffer is not empty, the connection is not open, or the
-        session ended the connection)."""
-        session, clock = self._session, self._clock
+    try:
         while True:
-            if self._sending or self._ended is not None or not _writable(self._ws):
-                return False
-            out = session.poll(clock())
-            if out is None:
-                break
-            if isinstance(out, Ended):
-                self._ended = out
-                return False
-            _write_now(self._ws, out)
-            session.sent(clock())
-            if not session.more(clock()):
-                break
-        self._arm(session.deadline())
-        return True
-
-    async def run(self) -> Ended:
-        session, clock, wake, ws = self._session, self._clock, self._wake, self._ws
-        while True:
-            if self._ended is not None:
-                return self._ended
             wake.clear()
             out = session.poll(clock())
             if isinstance(out, Ended):
                 return out
             if out is not None:
-                self._sending = True
-                try:
-                    await ws.send(out)
-                finally:
-                    self._sending = False
+                await ws.send(out)
                 session.sent(clock())
                 if session.more(clock()):
                     continue
-            self._arm(session.deadline())
+            deadline = session.deadline()
+            if deadline is not None and (timer is None or deadline < timer_at):
+                if timer is not None:
+                    timer.cancel()
+                timer, timer_at = loop.call_later(max(0.0, deadline - clock()), alarm), deadline
             await wake.wait()
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _arm(self, deadline: float | None) -> None:
-        if deadline is not None and (self._timer is None or deadline < self._timer_at):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_later(max(0.0, deadline - self._clock()), self._alarm)
-            self._timer_at = deadline
-
-    def _alarm(self) -> None:
-        self._timer = None
-        self._wake.set()
-
-
-def _writable(ws: ClientConnection) -> bool:
-    """A message written now goes straight to the kernel: the connection is open and nothing waits in the transport's
-    buffer (else :meth:`ClientConnection.send`, which waits for the buffer to drain, writes it)."""
-    transport = ws.transport
-    return ws.protocol.state is State.OPEN and transport.get_write_buffer_size() == 0 and not transport.is_closing()
-
-
-def _write_now(ws: ClientConnection, message: str | bytes) -> None:
-    """One whole message through the connection's sans-I/O protocol into the transport (what ``ws.send`` does
-    before it waits for a full buffer to drain). The transport never raises on a failed write: it reports it to the
-    connection (``connection_lost``), which ends the receiver, as after a failed ``ws.send``."""
-    if isinstance(message, str):
-        ws.protocol.send_text(message.encode())
-    else:
-        ws.protocol.send_binary(message)
-    for data in ws.protocol.data_to_send():
-        ws.transport.write(data)
+    finally:
+        if timer is not None:
+            timer.cancel()
