@@ -98,7 +98,7 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Send ring capacity in bytes of PCM; whichever limit is reached first applies."""
     message_ms: int = 100
     """Live wire message length in milliseconds (resume mode): smaller is lower latency, larger is cheaper. An upper
-    bound: each capture block's gated audio leaves as soon as the block is processed. 40 in the low-latency
+    bound: the sender sends what is waiting when a capture block was processed. 40 in the low-latency
     profile, 100 in the efficient one (with ``audio.capture_block_ms`` of the same length)."""
     replay_message_ms: int = 1000
     """Wire message length in milliseconds while replaying a backlog (resume mode), at most 1000."""
