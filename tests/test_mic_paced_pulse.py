@@ -73,9 +73,16 @@ def ramp_defects(samples: npt.NDArray[np.int64]) -> tuple[int, int, int]:
 def test_idle_and_visit_paces_lose_and_repeat_no_sample(
     null_sink: Callable[[int, int], NullSink], tmp_path: Path
 ) -> None:
-    sink = null_sink(RATE, 1)
+    null = null_sink(RATE, 1)
     blocks: list[tuple[npt.NDArray[np.float32], float]] = []
-    source = open_source("mic:pulse@48000x1", AudioSettings(), sink=lambda s, t, _m: blocks.append((s, t)))
+    delivered: list[tuple[float, bool]] = []  # (when the block reached the sink, the pace then was a visit's)
+    pace = {"visit": False}
+
+    def sink(samples: npt.NDArray[np.float32], capture_time: float, _missed: int) -> None:
+        blocks.append((samples, capture_time))
+        delivered.append((time.monotonic(), pace["visit"]))
+
+    source = open_source("mic:pulse@48000x1", AudioSettings(), sink=sink)
     assert isinstance(source, MicSource) and source.paced
     wav = ramp_wav(tmp_path / "ramp.wav")
     switches = 0
@@ -83,18 +90,20 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
         stream = source._stream
         assert stream.latency >= mic_paced.HOST_BUFFER_S and stream.blocksize == RATE // 10
         assert requested_fragment_ms() == 100.0  # the period is one block: visit blocks come as often as before
-        player = sink.play(str(wav))
+        player = null.play(str(wav))
         deadline = time.monotonic() + 60
         idle = True
         while player.poll() is None and time.monotonic() < deadline:
-            # Switch pace every ~0.7 s (not a multiple of the idle period), waiting on delivered audio, not time.
+            # Switch pace after ~0.7 s of audio (not a multiple of the idle period), waiting on delivered audio.
             target = len(blocks) + 7
             while len(blocks) < target and time.monotonic() < deadline:
                 time.sleep(0.05)
             idle = not idle
+            pace["visit"] = not idle
             source.set_idle(idle)
             switches += 1
         assert player.wait(timeout=30) == 0
+        pace["visit"] = True
         source.set_idle(False)
         end = len(blocks) + 10  # 1 s of the silence after the ramp
         while len(blocks) < end and time.monotonic() < deadline:
@@ -107,8 +116,13 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
     # stream measured the same); none of the rest.
     assert first + got == round(RAMP_S * RATE) and first <= RATE // 10, (first, got)
     assert {len(b) for b, _ in blocks} == {RATE // 10}
-    times = np.array([t for _, t in blocks])
-    assert np.all(np.diff(times) > 0)  # capture times in order, block after block
+    # Capture times: never after the block reached the sink (the last sample read is "now"), and in order while a
+    # visit takes the blocks (an idle batch after a visit block may be stamped before it: both are upper bounds).
+    ends = np.array([t + len(b) / RATE for b, t in blocks])
+    assert np.all(ends <= np.array([d for d, _ in delivered])), "a capture time in the future"
+    visit = np.array([v for _, v in delivered])
+    steps = np.diff(np.array([t for _, t in blocks]))
+    assert np.all(steps[visit[1:] & visit[:-1]] > 0), np.sort(steps)[:5]
     assert source.stats.input_overflows == 0
 
 
@@ -121,6 +135,6 @@ def test_short_blocks_keep_the_callback_stream(null_sink: Callable[[int, int], N
 
 
 def test_periods_keep_one_block_per_period() -> None:
-    assert mic_paced.periods_for(0.1) == 20
-    assert mic_paced.periods_for(0.2) == 10
-    assert mic_paced.periods_for(1.0) == mic_paced.DEFAULT_PERIODS
+    assert mic_paced.periods_for(0.1) == round(2 * mic_paced.HOST_BUFFER_S / 0.1)
+    assert mic_paced.periods_for(0.2) == round(2 * mic_paced.HOST_BUFFER_S / 0.2)
+    assert mic_paced.periods_for(10.0) == mic_paced.DEFAULT_PERIODS

@@ -6,7 +6,7 @@ is opened for blocking reads with a host buffer of :data:`HOST_BUFFER_S` whose A
 the audio arrives exactly as before, and one thread reads it:
 
 - between visits (``idle``): every :data:`IDLE_READ_S` it reads every whole block waiting, in one call, and hands
-  them on one by one (one wake-up instead of five);
+  them on one by one (one wake-up of a Python thread instead of ten);
 - during a visit: block by block, each as soon as the device has it (as a callback would).
 
 Switching pace only changes how much the next read asks for; the samples come from the same stream in order, so a
@@ -29,9 +29,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-IDLE_READ_S = 0.5
+IDLE_READ_S = 1.0
 """Seconds between reads between visits."""
-HOST_BUFFER_S = 1.0
+HOST_BUFFER_S = 2.0
 """Seconds of audio PortAudio's host buffer holds (``latency``): twice the idle read period, the slack for a late
 reader. The pulse plugin drops what overruns it without an overflow flag (measured), so keep this margin."""
 MIN_PACED_BLOCK_S = 0.05
@@ -52,7 +52,8 @@ def paced_fits(block_s: float) -> bool:
 
 def periods_for(block_s: float) -> int:
     """ALSA periods so that PortAudio's period (its pulse ``fragsize``) stays one block at HOST_BUFFER_S latency:
-    PortAudio spreads the latency over half the periods (measured: 1.0 s at 20 periods -> 100 ms fragments)."""
+    PortAudio spreads the latency over half the periods (measured: 1.0 s at 20 periods and 2.0 s at 40 give
+    100 ms fragments; 1.0 s at the default 4 gives 200 ms ones, and a visit's blocks would come in pairs)."""
     return max(DEFAULT_PERIODS, math.ceil(2 * HOST_BUFFER_S / block_s - 1e-9))
 
 
