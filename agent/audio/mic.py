@@ -35,7 +35,7 @@ import numpy as np
 
 from agent.audio.alsa_scan import release_scan_plugins
 from agent.audio.handoff import Handoff
-from agent.audio.mic_paced import PacedReader, open_paced_stream, paced_fits
+from agent.audio.mic_paced import PacedReader, open_paced_stream, paced_fits, reader_into
 from agent.audio.paced import Clock
 from agent.audio.types import BlockSink, FixedFormat
 from agent.errors import DeviceError
@@ -214,7 +214,9 @@ class MicSource(FixedFormat):
                       blocksize=self._blocksize)  # fmt: skip
             if self._paced:
                 self._stream = open_paced_stream(self._sd, **kw)
-                self._reader = PacedReader(self._stream, self._blocksize, self._read_blocks, self._clock, self._rate)
+                read_into = reader_into(self._sd, self._stream)
+                self._reader = PacedReader(self._stream, read_into, self._blocksize, self._read_blocks, self._clock,
+                                           self._rate)  # fmt: skip
                 self._reader.set_idle(self._idle)
                 self._reader.start()
             else:

@@ -80,12 +80,33 @@ def _alsa_set_periods(sd: ModuleType) -> Callable[[int], Any] | None:
     return fn
 
 
+def reader_into(sd: ModuleType, stream: Any) -> Callable[[np.ndarray[Any, Any]], bool]:
+    """``read_into(array)``: fill ``array`` (frames x channels, the stream's dtype) from ``stream``; True if PortAudio
+    reports an input overflow since the last read. ``Pa_ReadStream`` straight into the array the block will be
+    (sounddevice's ``read`` allocates, copies and checks in Python: a visit's blocks come ten times a second, and the
+    loop the block wakes waits for this thread to let go of the GIL)."""
+    lib, ffi, check, ptr = sd._lib, sd._ffi, sd._check, stream._ptr
+    overflowed = lib.paInputOverflowed
+
+    def read_into(array: np.ndarray[Any, Any]) -> bool:
+        err = lib.Pa_ReadStream(ptr, ffi.from_buffer(array), len(array))
+        if err == overflowed:
+            return True
+        check(err)
+        return False
+
+    return read_into
+
+
 class PacedReader:
     """The thread that reads a blocking stream; ``deliver`` gets whole blocks, ``error`` what ended it."""
 
-    def __init__(self, stream: Any, blocksize: int, deliver: Deliver, clock: Callable[[], float],
-                 rate: int) -> None:  # fmt: skip
+    def __init__(self, stream: Any, read_into: Callable[[np.ndarray[Any, Any]], bool], blocksize: int,
+                 deliver: Deliver, clock: Callable[[], float], rate: int) -> None:  # fmt: skip
         self._stream = stream
+        self._read_into = read_into
+        self._shape = (blocksize, int(stream.channels))
+        self._dtype = np.dtype(stream.dtype)
         self._blocksize = blocksize
         self._deliver = deliver
         self._clock = clock
@@ -123,12 +144,19 @@ class PacedReader:
 
     def _run(self) -> None:
         try:
+            nxt = np.empty(self._shape, self._dtype)  # the next block's array, made before a block is handed on
             while not self._stop.is_set():
                 frames = self._next_read()
-                if frames:
-                    samples, overflowed = self._stream.read(frames)
+                if frames == self._blocksize:
+                    samples = nxt
+                    overflowed = self._read_into(samples)
                     now = self._clock()
-                    self._deliver(samples, now - frames / self._rate, bool(overflowed))
+                    nxt = np.empty(self._shape, self._dtype)
+                    self._deliver(samples, now - frames / self._rate, overflowed)
+                elif frames:
+                    samples = np.empty((frames, self._shape[1]), self._dtype)
+                    overflowed = self._read_into(samples)
+                    self._deliver(samples, self._clock() - frames / self._rate, overflowed)
         except Exception as exc:  # kept for check_alive (PortAudioError: device lost); the owner reports it
             self.error = exc
 
