@@ -7,6 +7,7 @@ check would see whatever earlier tests imported. No timing here; the CPU figure 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import pkgutil
@@ -77,6 +78,16 @@ def test_the_daemon_imports_nothing_a_visit_does_not_use() -> None:
             f"print([m for m in {NOT_IN_THE_DAEMON!r} if m in sys.modules])")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert proc.stdout.strip() == "[]", f"the daemon imports {proc.stdout.strip()}"
+
+
+def test_the_http_client_leaves_httpx_command_line_modules_alone() -> None:
+    """httpx imports click and pygments for its own command line when they are installed (pytest brings pygments
+    here); the agent's HTTP client must not carry them (issue 11, RSS)."""
+    assert importlib.util.find_spec("pygments") is not None, "pygments (a pytest dependency) should be installed"
+    code = ("import sys, agent.api.transport, agent.api.recordings, httpx; "
+            "print([m for m in ('click', 'pygments', 'rich') if m in sys.modules], callable(httpx.main))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.strip() == "[] True", f"the HTTP client imports {proc.stdout.strip()}"
 
 
 def write_config(tmp_path: Path) -> Path:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.alsa_scan import release_scan_plugins
+from agent.audio.alsa_scan import hide_playback_only_pcms, release_scan_plugins
 from agent.audio.handoff import Handoff
 from agent.audio.mic_paced import PacedReader, open_paced_stream, paced_fits, reader_into
 from agent.audio.paced import Clock
@@ -100,6 +100,8 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
     """The sounddevice module; DeviceError if PortAudio is missing. ``refresh`` re-scans devices."""
     with _logging_held():  # the import initialises PortAudio too
         scanned = "sounddevice" not in sys.modules
+        if scanned:
+            hide_playback_only_pcms()  # the scan would load a52's libavcodec chain, which stays (~3 MB)
         try:
             import sounddevice
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
@@ -107,7 +109,8 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
         if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
             # done when no stream of ours is open).
-            sounddevice._terminate()
+            sounddevice._terminate()  # also frees alsa-lib's configuration
+            hide_playback_only_pcms()
             sounddevice._initialize()
         if scanned or refresh:
             release_scan_plugins()  # the scan's ALSA plugins (~10 MB); the device list stays
