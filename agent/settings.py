@@ -25,7 +25,9 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent, p95 capture-to-wire ~175 ms;
-    20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``)."""
+    20 is the low-latency profile: ~140 CPU-s, p95 ~66 ms (``python -m benchmarks --only live``). The daemon reads
+    blocks of 50 ms and more from one blocking stream, once a second between visits and block by block during one
+    (``agent/audio/mic_paced.py``: ~10 instead of ~15-17 CPU-s per audio-hour idle)."""
     resampler: Literal["fir", "soxr"] = "soxr"
     """How a source at 32 or 48 kHz is brought to 16 kHz: ``soxr`` (HQ, the default, as for every other rate),
     which keeps the tail of every block until the next one, or ``fir``, a fixed-delay polyphase FIR whose output
