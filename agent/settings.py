@@ -27,7 +27,9 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent (``python -m benchmarks --only
     live``), p95 capture-to-wire ~100 ms; 20 is the low-latency profile: ~140 CPU-s, p95 ~23 ms (the daemon, FIR
-    resampler: ``python -m benchmarks.latency_stages``)."""
+    resampler: ``python -m benchmarks.latency_stages``). The daemon reads blocks of 50 ms and more from one
+    blocking stream, once a second between visits and block by block during one (``agent/audio/mic_paced.py``:
+    ~10 instead of ~15-17 CPU-s per audio-hour idle)."""
     resampler: Literal["fir", "soxr"] = "fir"
     """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
     fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
