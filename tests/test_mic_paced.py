@@ -5,6 +5,7 @@ tests/test_mic_paced_pulse.py."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +80,10 @@ def finish(reader: PacedReader, stream: ScriptedStream) -> None:
     assert not reader.running
 
 
+def all_read_and_delivered(stream: ScriptedStream, got: Delivered, frames: int) -> bool:
+    return sum(stream.reads) == frames and len(got) == len(stream.reads)
+
+
 def wait_for(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 60
     while not condition():
@@ -117,9 +122,9 @@ def test_a_visit_reads_block_by_block_and_continues_where_idle_stopped() -> None
         reader.set_idle(False)  # what is waiting when the reader wakes goes out in one read, then block by block
         stream.arrive(3 * BLOCK)
         wait_for(lambda: sum(stream.reads) == 5 * BLOCK)
-        for n in (6, 7):
+        for blocks in (6, 7):
             stream.arrive(BLOCK)
-            wait_for(lambda n=n: sum(stream.reads) == n * BLOCK and len(got) == len(stream.reads))
+            wait_for(functools.partial(all_read_and_delivered, stream, got, blocks * BLOCK))
     finally:
         finish(reader, stream)
     assert stream.reads[-2:] == [BLOCK, BLOCK]
