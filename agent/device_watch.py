@@ -7,7 +7,8 @@ to a short queue the event loop looks at (:meth:`Capture.look`, about once a sec
 ``on_blocks`` hook, e.g. the microphone health detector, run there in one batch, with no wake-up of their own), and,
 during a visit, puts it into the hand-off of a :class:`CaptureTap`, the :class:`~agent.audio.types.Source` the
 visit's recorder consumes: the same one hand-off and eventfd wake-up as a microphone recorded directly, no capture
-thread, no second buffer. Between visits nothing wakes the loop per block.
+thread, no second buffer. Between visits nothing wakes the loop per block, and a microphone is read in batches
+(:class:`~agent.audio.types.Paced`: told idle while no tap is attached; a tap's attach hands on what waits at once).
 
 Device loss: a task on the event loop (:meth:`Capture._watch`) looks at the open source every ``CHECK_S`` seconds;
 when it reports its device dead (``check_alive`` raises DeviceError) or its stream ended, the task closes it and
@@ -35,7 +36,7 @@ import numpy.typing as npt
 
 from agent.audio.handoff import Handoff
 from agent.audio.sources import Opener
-from agent.audio.types import Block, FixedFormat, Source
+from agent.audio.types import Block, FixedFormat, Paced, Source
 from agent.errors import AgentError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ class CaptureTap(FixedFormat):
         self.stop()
 
     def put(self, samples: npt.NDArray[np.float32], capture_time: float, missed: int) -> None:
-        """On the source's producer thread (PortAudio's callback)."""
+        """On the source's producer thread (PortAudio's callback, or a paced source's reader)."""
+        if self._first and capture_time + len(samples) / self._rate <= self._attached_at:
+            return  # all before the visit began: a paced source hands on what waited since its last read
         if self._first:
             # A device lost before the visit began: only the part after the visit's start is the visit's gap.
             self._first = False
@@ -135,6 +138,7 @@ class Capture:
         self._stop = asyncio.Event()
         self._lock = threading.Lock()
         self._tap: CaptureTap | None = None
+        self._source: Source | None = None  # the open source (paced between visits)
         self._task: asyncio.Task[None] | None = None
         self._first_try = asyncio.Event()
         self._ever_opened = False
@@ -200,12 +204,19 @@ class Capture:
             if self._tap is not None:
                 raise RuntimeError("a capture tap is already attached")
             self._tap = tap
+        self._pace(self._source)
         return tap
 
     def detach(self, tap: CaptureTap) -> None:
         with self._lock:
             if self._tap is tap:
                 self._tap = None
+        self._pace(self._source)
+
+    def _pace(self, source: Source | None) -> None:
+        """Tell a paced source whether a visit takes its blocks (idle while no tap is attached)."""
+        if isinstance(source, Paced):
+            source.set_idle(self._tap is None)
 
     # --- watching the device (event loop) ---------------------------------------------------------------------
 
@@ -245,6 +256,8 @@ class Capture:
             else:
                 self._fit_first(source)  # before the first block reaches the sink
             self._announce = True
+            self._source = source
+            self._pace(source)
             await asyncio.to_thread(source.__enter__)
             self._opened(source)
             while not self._stop.is_set():
@@ -257,6 +270,7 @@ class Capture:
             return "stopped"
         finally:
             self._generation += 1
+            self._source = None
             await asyncio.to_thread(source.__exit__, None, None, None)
 
     def _fit(self, source: Source) -> None:

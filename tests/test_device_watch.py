@@ -10,12 +10,13 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 import agent.device_watch
 from agent.audio.synth import SynthSource, parse_recipe
 from agent.audio.types import Block, BlockSink, Source
-from agent.device_watch import Capture, level_dbfs
+from agent.device_watch import Capture, CaptureTap, level_dbfs
 from agent.errors import DeviceError
 
 RATE = 16000
@@ -107,3 +108,55 @@ def test_the_level_and_the_hook_see_every_block_once_in_order_on_the_event_loop(
     assert all(a.samples is b.samples for a, b in zip(seen[first:], got, strict=False))
     assert level is not None and abs(level - (-20 - 3.01)) < 0.5  # a sine's RMS is 3.01 dB below its peak
     assert level_dbfs(0.0) is None
+
+
+class PacedSynth(SynthSource):
+    """A synthetic source that records what the capture tells it about the pace (the microphone's ``set_idle``)."""
+
+    def __init__(self, sink: BlockSink, paces: list[bool]) -> None:
+        super().__init__(parse_recipe(f"{RATE}:tone=440/30/-20"), pace="realtime", sink=sink)
+        self.paces = paces
+
+    def set_idle(self, idle: bool) -> None:
+        self.paces.append(idle)
+
+
+def test_a_paced_source_is_idle_except_while_a_tap_is_attached() -> None:
+    paces: list[bool] = []
+
+    async def main() -> None:
+        capture = Capture(lambda pin, sink: PacedSynth(sink, paces), retry_cap_s=0.5)
+        await capture.start(10.0)
+        assert paces == [True]  # opened idle: no visit
+        tap = capture.tap(5.0)
+        assert paces == [True, False]  # a visit's tap: block by block from now on
+        tap.stop()
+        assert paces == [True, False, True]
+        await capture.stop()
+
+    asyncio.run(main())
+
+
+class StubCapture:
+    """What a CaptureTap reads of its capture: format, clock (fixed at 100.0 s) and detach."""
+
+    sample_rate = RATE
+    channels = 1
+    description = "stub"
+
+    def now(self) -> float:
+        return 100.0
+
+    def detach(self, tap: object) -> None:
+        pass
+
+
+def test_a_tap_takes_no_block_that_ended_before_it_was_attached() -> None:
+    tap = CaptureTap(StubCapture(), 5.0)  # type: ignore[arg-type]
+    # A paced source hands on what waited since its last read, blocks from before the visit began among them.
+    for start in (99.0, 99.5, 99.97, 99.99, 100.01):  # 20 ms blocks: the first three end before 100.0
+        tap.put(np.zeros((320, 1), np.float32), start, 0)
+    blocks = []
+    while (block := tap.handoff.get_nowait()) is not None:
+        blocks.append(block.capture_time)
+    assert blocks == [99.99, 100.01]

@@ -35,6 +35,7 @@ import numpy as np
 
 from agent.audio.alsa_scan import hide_playback_only_pcms, release_scan_plugins
 from agent.audio.handoff import Handoff
+from agent.audio.mic_paced import PacedReader, open_paced_stream, paced_fits, reader_into
 from agent.audio.paced import Clock
 from agent.audio.types import BlockSink, FixedFormat
 from agent.errors import DeviceError
@@ -167,9 +168,11 @@ class MicSource(FixedFormat):
     """A PortAudio input stream behind the Source protocol."""
 
     def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
-                 block_ms: int = 100, sink: BlockSink | None = None) -> None:  # fmt: skip
+                 block_ms: int = 100, sink: BlockSink | None = None, paced: bool = False) -> None:  # fmt: skip
         """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often.
-        ``sink``: where the callback puts each block (default: :attr:`handoff`)."""
+        ``sink``: where the callback puts each block (default: :attr:`handoff`).
+        ``paced``: read a blocking stream at two paces (:mod:`agent.audio.mic_paced`; idle until :meth:`set_idle`
+        says otherwise) instead of a callback per block; ignored for blocks under 50 ms."""
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
         self._device_name = str(info["name"])
@@ -184,6 +187,9 @@ class MicSource(FixedFormat):
         self._stream: Any = None
         self._last_end: float | None = None
         self._stopped = threading.Event()
+        self._paced = paced and paced_fits(self._blocksize / self._rate)
+        self._reader: PacedReader | None = None
+        self._idle = True
 
     @property
     def description(self) -> str:
@@ -193,17 +199,32 @@ class MicSource(FixedFormat):
     def device_name(self) -> str:
         return self._device_name
 
+    @property
+    def paced(self) -> bool:
+        """True when blocks are read at two paces from a blocking stream (see ``paced``)."""
+        return self._paced
+
+    def set_idle(self, idle: bool) -> None:
+        """Paced streams: read every :data:`~agent.audio.mic_paced.IDLE_READ_S` (idle, no visit) or block by block
+        (a visit: the blocks waiting are handed on at once). Any thread; a no-op for a callback stream."""
+        self._idle = idle
+        if self._reader is not None:
+            self._reader.set_idle(idle)
+
     def __enter__(self) -> MicSource:
         try:
-            self._stream = self._sd.InputStream(
-                samplerate=self._rate,
-                device=self._index,
-                channels=self._channels,
-                dtype="float32",
-                blocksize=self._blocksize,
-                callback=self._callback,
-            )
-            self._stream.start()
+            kw = dict(samplerate=self._rate, device=self._index, channels=self._channels, dtype="float32",
+                      blocksize=self._blocksize)  # fmt: skip
+            if self._paced:
+                self._stream = open_paced_stream(self._sd, **kw)
+                read_into = reader_into(self._sd, self._stream)
+                self._reader = PacedReader(self._stream, read_into, self._blocksize, self._read_blocks, self._clock,
+                                           self._rate)  # fmt: skip
+                self._reader.set_idle(self._idle)
+                self._reader.start()
+            else:
+                self._stream = self._sd.InputStream(callback=self._callback, **kw)
+                self._stream.start()
         except (self._sd.PortAudioError, ValueError) as exc:
             self._close_stream()
             raise DeviceError(f"cannot open {self.description}: {exc}") from None
@@ -214,6 +235,9 @@ class MicSource(FixedFormat):
         self._close_stream()
 
     def _close_stream(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.join()  # before the close: a read must not be running on a closed stream
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
@@ -231,6 +255,21 @@ class MicSource(FixedFormat):
         self._last_end = now  # the capture time where the next block should start
         self._sink(indata.copy(), start, missed)
 
+    def _read_blocks(self, samples: np.ndarray[Any, Any], start: float, overflowed: bool) -> None:
+        """A paced read on the reader's thread: whole blocks, in order, the first starting at ``start``. The read
+        returned a new array, so each block is a view of it (no copy)."""
+        size, rate = self._blocksize, self._rate
+        missed = 0
+        if overflowed:
+            self.stats.status_flags += 1
+            self.stats.flags_seen.add("input_overflow")
+            missed = self._count_overflow(start)
+        for i in range(len(samples) // size):
+            begin = start + i * size / rate
+            self.stats.blocks += 1
+            self._last_end = begin + size / rate
+            self._sink(samples[i * size : (i + 1) * size], begin, missed if i == 0 else 0)
+
     def _count_status(self, status: Any, start: float) -> int:
         """Count the callback's status flags; the source samples an input overflow lost (0 otherwise)."""
         self.stats.status_flags += 1
@@ -239,6 +278,9 @@ class MicSource(FixedFormat):
                 self.stats.flags_seen.add(flag)
         if not status.input_overflow:
             return 0
+        return self._count_overflow(start)
+
+    def _count_overflow(self, start: float) -> int:
         self.stats.input_overflows += 1
         if self._last_end is None:
             return 0
@@ -248,10 +290,15 @@ class MicSource(FixedFormat):
 
     def check_alive(self) -> None:
         """DeviceError if PortAudio reports the stream inactive (the loop-driven reader calls it after a stall)."""
+        reader = self._reader
+        if reader is not None and reader.error is not None and not self._stopped.is_set():
+            raise DeviceError(f"{self.description} stopped delivering audio ({reader.error})")
         stream = self._stream
         if stream is not None and not stream.active and not self._stopped.is_set():
             raise DeviceError(f"{self.description} stopped delivering audio (device lost?)")
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._reader is not None:
+            self._reader.stop()
         self.handoff.close()

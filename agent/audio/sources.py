@@ -103,8 +103,9 @@ def open_source(
 
     ``block_frames`` sets the block length of file and synthetic sources (default 20 ms at their rate, 1 s when
     paced ``fast``).
-    ``sink`` takes the blocks instead of the source's hand-off (the daemon's device watch); ``pin`` = (rate,
-    channels) opens a microphone at those (a device reopened after a loss must fit the running pipeline).
+    ``sink`` takes the blocks instead of the source's hand-off (the daemon's device watch; a microphone is then read
+    at two paces, see :mod:`agent.audio.mic_paced`); ``pin`` = (rate, channels) opens a microphone at those (a
+    device reopened after a loss must fit the running pipeline).
     Raises ConfigError for an unknown spec, InputError for a bad file or recipe, DeviceError for microphone
     problems (PortAudio missing, no such device).
     """
@@ -113,7 +114,7 @@ def open_source(
         if pin is not None:
             mic = MicSpec(mic.name, *pin)
         return MicSource(mic, handoff_seconds=settings.handoff_seconds, clock=clock,
-                         block_ms=settings.capture_block_ms, sink=sink)  # fmt: skip
+                         block_ms=settings.capture_block_ms, sink=sink, paced=sink is not None)  # fmt: skip
     if spec.startswith("file:"):
         return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames,
                           sink=sink)  # fmt: skip

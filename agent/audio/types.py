@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,15 @@ class FixedFormat:
     @property
     def channels(self) -> int:
         return self._channels
+
+
+@runtime_checkable
+class Paced(Protocol):
+    """A source that can be read more slowly between visits (the daemon's microphone, :mod:`agent.audio.mic_paced`)."""
+
+    def set_idle(self, idle: bool) -> None:
+        """True: no visit needs the blocks soon (fewer, batched wake-ups); False: each block as it comes."""
+        ...
 
 
 class Source(Protocol):
