@@ -123,11 +123,13 @@ class RationalFir:
     ``down``-sample periods, e.g. 10, 20 or 100 ms at 44.1 kHz, gives exactly its share at once), delayed by a
     constant :attr:`delay_samples` input samples (about 1.6 ms). Each period of ``down`` inputs gives ``up``
     outputs with the same branches: the outputs of a period are split into a few groups whose inputs span less than
-    a period, and each group is one matrix product (BLAS) per block, a row per period. A product of two or more rows
-    gives each row the same bits whatever rows surround it (OpenBLAS here, checked for 2 to 200 rows; a single row
-    takes BLAS's vector path, which rounds differently, so a block is never computed as one row), so the output
-    does not depend on the split into blocks, bit for bit (``tests/test_audio_dsp.py``; a BLAS without that
-    property would move samples by at most the last float32 bit, never drop or add one)."""
+    a period, and each group is one matrix product (BLAS) per block, a row per period. The products are summed in
+    float64 and rounded to float32 once: how a BLAS orders a sum depends on the matrix's shape and the machine
+    (OpenBLAS on x86-64 gave every row the same float32 bits whatever rows surrounded it; on arm64 it did not, and
+    the 16-bit output then moved with the split into blocks). In float64 the products of float32 values are exact
+    and a different order moves a sum by ~1e-16 relative, far below float32's resolution, so the output does not
+    depend on the split into blocks (``tests/test_audio_dsp.py``, also in the emulated arm64 run); at worst a value
+    lying on a float32 rounding boundary moves by its last bit, never a sample dropped or added."""
 
     def __init__(self, in_rate: int) -> None:
         if not supports_rational(in_rate):
@@ -143,12 +145,12 @@ class RationalFir:
         widest = max(g for g in range(1, up + 1) if newest[g - 1] + taps < down)  # any group of g fits in a period
         count = -(-up // widest)
         size = -(-up // count)
-        self._groups: list[tuple[int, npt.NDArray[np.float32]]] = []
+        self._groups: list[tuple[int, npt.NDArray[np.float64]]] = []
         """(first input from the period's start, matrix inputs x outputs) per group of a period's outputs."""
         for m0 in range(0, up, size):
             ms = np.arange(m0, min(up, m0 + size))
             lo = int(newest[m0]) - taps + 1
-            matrix = np.zeros((int(newest[ms[-1]]) - lo + 1, len(ms)), dtype=np.float32)
+            matrix = np.zeros((int(newest[ms[-1]]) - lo + 1, len(ms)), dtype=np.float64)
             for column, m in enumerate(ms):
                 branch = padded[(m * down) % up :: up]  # taps for inputs newest, newest - 1, ...
                 row = int(newest[m]) - lo
@@ -168,7 +170,7 @@ class RationalFir:
             self._buf = np.concatenate([self._buf, x]) if len(x) else self._buf
             return np.zeros(0, dtype=np.float32)
         q0, q1 = self._out_next // up, (end - 1) // up + 1  # the periods holding the new outputs
-        rows = max(2, q1 - q0)  # a single row would take BLAS's vector path, which sums in another order
+        rows = max(2, q1 - q0)  # a single row would take BLAS's vector path: keep one kind of product
         # Zeros after the input: for the inputs the last period lacks (only its outputs not yet due read them, with
         # weight 0 for the rest) and for whole rows of ``down`` samples up to the last row read.
         pad = (q0 + rows + 1) * down - self._in_end
@@ -180,7 +182,7 @@ class RationalFir:
             width, count = matrix.shape
             # Row i: the inputs of group ``lo`` in period q0 + i (a view: row stride ``down`` >= ``width``).
             inputs = work[first : first + rows * down].reshape(rows, down)[:, :width]
-            periods[:, column : column + count] = inputs @ matrix
+            periods[:, column : column + count] = inputs.astype(np.float64) @ matrix  # rounded once, to float32
             column += count
         y = periods.ravel()[self._out_next - q0 * up : end - q0 * up]
         self._out_next = end
