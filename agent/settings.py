@@ -26,10 +26,12 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent (``python -m benchmarks --only
-    live``), p95 capture-to-wire ~100 ms; 20 is the low-latency profile: ~140 CPU-s, p95 ~23 ms (the daemon, FIR
-    resampler: ``python -m benchmarks.latency_stages``). The daemon reads blocks of 50 ms and more from one
-    blocking stream, once a second between visits and block by block during one (``agent/audio/mic_paced.py``:
-    ~10 instead of ~15-17 CPU-s per audio-hour idle)."""
+    live``), p95 capture-to-wire ~100 ms; 40 is the low-latency profile: the daemon ~90-100 CPU-s per audio-hour,
+    p95 capture-to-wire ~42 ms against its 60 ms target (FIR resampler; ``python -m benchmarks.latency_stages``,
+    ``python -m benchmarks.daemon_ab``); 20 halves the latency (p95 ~23 ms) at ~150-200 CPU-s. The daemon reads
+    blocks of 50 ms and more from one blocking stream, once a second between visits and block by block during one
+    (``agent/audio/mic_paced.py``: ~10 instead of ~15-17 CPU-s per audio-hour idle); shorter blocks (the
+    low-latency profile's) keep PortAudio's callback."""
     resampler: Literal["fir", "soxr"] = "fir"
     """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
     fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
@@ -98,7 +100,9 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     ring_bytes: int = 32 * 1024 * 1024
     """Send ring capacity in bytes of PCM; whichever limit is reached first applies."""
     message_ms: int = 100
-    """Live wire message length in milliseconds (resume mode): smaller is lower latency, larger is cheaper."""
+    """Live wire message length in milliseconds (resume mode): smaller is lower latency, larger is cheaper. An upper
+    bound: the sender sends what is waiting when a capture block was processed. 40 in the low-latency
+    profile, 100 in the efficient one (with ``audio.capture_block_ms`` of the same length)."""
     replay_message_ms: int = 1000
     """Wire message length in milliseconds while replaying a backlog (resume mode), at most 1000."""
     replay_speed: float = 4.0

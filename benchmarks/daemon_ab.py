@@ -1,6 +1,6 @@
 """Daemon A/B (issue 11): the plain efficient daemon run of ``--only daemon`` for several checkouts, back to back.
 
-    .venv/bin/python -m benchmarks.daemon_ab [--profile NAME] VISIT_S IDLE_S LABEL=CHECKOUT [LABEL=CHECKOUT ...]
+    .venv/bin/python -m benchmarks.daemon_ab [--profile NAME] VISIT_S IDLE_S LABEL=CHECKOUT[@PROFILE] ...
 
 Each ``CHECKOUT`` is a folder holding ``agent/`` (e.g. a ``git worktree`` of main beside this branch); its daemon
 runs as ``python -c`` from that folder (``python -m`` would put the current folder first on ``sys.path``), with the
@@ -8,7 +8,7 @@ same local server, null sink, dialogue and ffmpeg for all of them, one after the
 and ffmpeg CPU per audio-hour, their ratio, the daemon's wake-ups per second (voluntary context switches of all its
 threads), its busiest threads, and the load average. Not part of RESULTS.md: the machine is shared, compare
 checkouts only within one invocation. ``--profile``: a profile of :data:`benchmarks.scenarios.PROFILES` (default
-``efficient``).
+``efficient``) or :data:`~benchmarks.scenarios.COMPARISON_PROFILES`; ``@PROFILE`` after a checkout: that run's own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import daemon_bench
 from benchmarks.env import server_process, virtual_mic
-from benchmarks.scenarios import PROFILES, looped_dialogue
+from benchmarks.scenarios import COMPARISON_PROFILES, PROFILES, looped_dialogue
 
 CACHE = Path(tempfile.gettempdir()) / "medisync-bench-cache"  # the one `python -m benchmarks` uses
 
@@ -51,10 +51,12 @@ def run_all(checkouts: dict[str, str], work: Path, visit_s: float, idle_s: float
     wav = looped_dialogue(CACHE, 600)
     with server_process(work / "server") as srv, virtual_mic(48000, 1) as mic:
         mic.feed_loop(wav)
-        for label, checkout in checkouts.items():
+        for label, spec in checkouts.items():
+            checkout, _, own = spec.partition("@")
+            settings = {**PROFILES, **COMPARISON_PROFILES}[own or profile]
             daemon_bench.agent_command = lambda c=checkout: command_in(c)  # type: ignore[attr-defined,misc]
             r = daemon_bench.daemon_run(srv, work / f"{label}-{time.time():.0f}", daemon_bench.daemon_env(mic.env),
-                                        mic.monitor, PROFILES[profile], visit_s, idle_s, traced=False)  # fmt: skip
+                                        mic.monitor, settings, visit_s, idle_s, traced=False)  # fmt: skip
             v, i = r["visit"], r["idle"]
             print(f"{label}: load {os.getloadavg()[0]:.2f}; visit {v['daemon']:.1f} CPU-s/h, ffmpeg {v['ffmpeg']:.1f}, "
                   f"ratio {v['daemon'] / v['ffmpeg']:.2f}, {v['wakeups']:.1f} wake-ups/s; idle {i['daemon']:.1f}, "

@@ -1,7 +1,8 @@
 """Capture-to-wire latency per stage, for the daemon's probe run (opt-in: ``MEDISYNC_LATENCY_STAGES=1``).
 
 ``python -m benchmarks.latency_stages [SECONDS] [PROFILE ...]`` (``low-latency``, ``efficient``, or
-``low-latency-40``: 40 ms blocks and messages, for comparison) runs the daemon of ``--only daemon`` under
+``low-latency-20``: 20 ms blocks and messages, the low-latency profile before
+issue 11, for comparison) runs the daemon of ``--only daemon`` under
 :mod:`benchmarks.daemon_proc` for each profile (a visit of SECONDS, default 30) with extra hooks (wrappers in the
 benchmark process only, no agent code changed) and prints, per profile, the median / p95 of each stage of every
 sample the probe counts (the same samples and the same capture and wire times as ``capture-to-wire``):
@@ -185,11 +186,11 @@ def main(argv: list[str]) -> int:
 
     from benchmarks import daemon_bench
     from benchmarks.env import DIALOGUE, server_process, virtual_mic
-    from benchmarks.scenarios import PROFILES
+    from benchmarks.scenarios import COMPARISON_PROFILES, PROFILES
 
     seconds = float(argv[0]) if argv else 30.0
     names = argv[1:] or list(PROFILES)
-    profiles = {**PROFILES, "low-latency-40": {"audio": {"capture_block_ms": 40}, "stream": {"message_ms": 40}}}
+    profiles = {**PROFILES, **COMPARISON_PROFILES}
     with tempfile.TemporaryDirectory(prefix="latency-stages-") as tmp, server_process(Path(tmp) / "server") as srv, \
             virtual_mic(48000, 1) as mic:  # fmt: skip
         mic.feed_loop(DIALOGUE)
