@@ -108,7 +108,9 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
         end = len(blocks) + 10  # 1 s of the silence after the ramp
         while len(blocks) < end and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert switches >= 8
+    # Each switch waits for 0.7 s of delivered audio, which an idle batch can overshoot by up to a second: 8 s of
+    # ramp give at least four switches (two each way) however the batches fall.
+    assert switches >= 4, switches
     samples = np.round(np.concatenate([b for b, _ in blocks])[:, 0] * 32768).astype(np.int64)
     got, first, defects = ramp_defects(samples)
     assert defects == 0, f"{source.stats}"

@@ -10,12 +10,20 @@ Fixtures:
   the per-user server, and stopping it would break the others' captures mid-test.
 - ``null_sink`` (function, factory): ``null_sink(rate, channels)`` loads a null sink, makes its monitor the
   default source and returns a :class:`NullSink`; modules are unloaded and defaults restored at teardown.
+- every test marked ``pulse`` holds :func:`server_lock` for its whole run (set-up and teardown included): the
+  tests share one server and its default source, so two of them side by side capture each other's audio. The lock
+  does what xdist's ``--dist loadgroup`` was meant to (tests/conftest.py marks them ``xdist_group("pulse")``), and
+  does not depend on it: with pytest 9.2 and pytest-xdist 3.8 that grouping is silently lost (xdist sets
+  ``item._nodeid``, which pytest 9.2 no longer reads), and microphone tests ran side by side on different workers.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +31,23 @@ from dataclasses import dataclass
 import pytest
 
 DEADLINE_S = 10.0
+
+
+def server_lock_path() -> str:
+    """One lock per PulseAudio server: the per-user server lives in ``XDG_RUNTIME_DIR``."""
+    folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(folder, f"medisync-tests-pulse-{os.getuid()}.lock")
+
+
+@pytest.fixture(autouse=True)
+def server_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Microphone tests (marked ``pulse``) one at a time per PulseAudio server, across xdist workers and sessions."""
+    if request.node.get_closest_marker("pulse") is None:
+        yield
+        return
+    with open(server_lock_path(), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, after the test's teardown
+        yield
 
 
 def pactl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
