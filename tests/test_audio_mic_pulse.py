@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from agent.audio.dsp import Dsp
-from agent.audio.mic import MicSource
+from agent.audio.mic import MicSource, parse_mic_spec
 from agent.audio.sources import open_source
 from agent.audio.types import Block
 from agent.audio.vad_eval import DIALOGUE_WAV
@@ -125,3 +125,30 @@ def test_unknown_device_lists_available_ones(pulse_server: None) -> None:
         DeviceError, match=r"no input device matching 'no-such-mic'; available input devices: .*'pulse'"
     ):
         open_source("mic:no-such-mic", AudioSettings())
+
+
+def test_the_callback_copies_once_stamps_and_counts_an_overflow(null_sink: Callable[[int, int], NullSink]) -> None:
+    """The callback as PortAudio calls it (its own status flags type), on a clock the test sets: each block is
+    copied (PortAudio reuses its buffer) and stamped at its first sample; an input overflow's lost samples are
+    estimated from where the previous block ended and counted once."""
+    import sounddevice
+
+    null_sink(48000, 1)
+    now = [100.0]
+    got: list[tuple[npt.NDArray[np.float32], float, int]] = []
+    source = MicSource(parse_mic_spec("mic:pulse@48000x1"), handoff_seconds=1.0, clock=lambda: now[0],
+                       sink=lambda samples, at, missed: got.append((samples, at, missed)))  # fmt: skip
+    buffer = np.zeros((4800, 1), dtype=np.float32)  # PortAudio's one buffer, refilled for every callback
+    overflow = sounddevice.CallbackFlags()
+    overflow.input_overflow = True
+    for i, (at, flags) in enumerate(((100.1, sounddevice.CallbackFlags()), (100.2, sounddevice.CallbackFlags()),
+                                     (100.55, overflow))):  # fmt: skip
+        now[0] = at
+        buffer[:] = i / 4
+        source._callback(buffer, 4800, None, flags)
+    assert [round(at, 6) for _, at, _ in got] == [100.0, 100.1, 100.45]  # the block's first sample
+    assert [missed for _, _, missed in got] == [0, 0, 12000]  # 0.25 s between 100.2 and 100.45 at 48 kHz
+    copies = [(float(samples.min()), float(samples.max()), samples.shape) for samples, _, _ in got]
+    assert copies == [(i / 4, i / 4, (4800, 1)) for i in range(3)]
+    assert (source.stats.blocks, source.stats.status_flags, source.stats.input_overflows) == (3, 1, 1)
+    assert source.stats.estimated_lost == 12000 and source.stats.flags_seen == {"input_overflow"}
