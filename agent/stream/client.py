@@ -28,7 +28,7 @@ from agent.errors import SubscriptionError
 from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.actions import Ended, Retry, Stop
-from agent.stream.connection import dial, run_connection, speech_address, tcp_probe, transcribe_url
+from agent.stream.connection import Wake, dial, run_connection, speech_address, tcp_probe, transcribe_url
 from agent.stream.policy import DrainWait, Failure
 from agent.stream.session import SpeechSession
 from agent.stream.stats import State, StreamStats
@@ -71,7 +71,7 @@ class SpeechStream:
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._supervisor: asyncio.Task[None] | None = None
         self._done = asyncio.Event()
         self._retry_at: float | None = None

@@ -1,25 +1,28 @@
-"""One speech-socket connection (adapter): dial, then pump bytes between the socket and the session.
+"""One speech-socket connection (adapter): dial, then pump messages between the socket and the session.
 
-:func:`dial` opens the WebSocket and translates handshake refusals into :class:`~agent.stream.actions.Ended`
-outcomes. :func:`run_connection` then runs two tasks until the first of them ends: the receiver (always reading,
-so pongs and acks are never starved) and the sender (writes what :meth:`SpeechSession.poll` hands out and sleeps
-until the session's next deadline or a wake-up). All decisions are the session's (:mod:`agent.stream.session`);
-the moment one task ends the other is cancelled: nothing more is written into a connection being replaced.
+:func:`dial` opens a :class:`~agent.stream.link.SpeechLink` (websockets' sans-I/O protocol over an asyncio
+transport) and translates handshake refusals into :class:`~agent.stream.actions.Ended` outcomes.
+:func:`run_connection` then drives the session from the link's callbacks, without tasks: each message read is
+handed to :meth:`SpeechSession.receive` where the transport delivered it, and what :meth:`SpeechSession.poll` hands
+out is written at once from wherever the session got something to write (a block fed, a message read, its own
+deadline timer, the write buffer draining below its limit). All decisions are the session's
+(:mod:`agent.stream.session`); once the connection's end is decided nothing more is written into it.
 :func:`tcp_probe` is the cheap reachability check the supervisor makes while it waits to dial again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.frames import CloseCode
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
 
 from agent import SAMPLE_RATE
 from agent.backoff import parse_retry_after
@@ -27,12 +30,15 @@ from agent.errors import ProtocolError
 from agent.settings import StreamSettings
 from agent.stream import wire
 from agent.stream.actions import Ended
+from agent.stream.link import SpeechLink
 from agent.stream.policy import Failure
 from agent.stream.session import SpeechSession
 
 log = logging.getLogger(__name__)
 
 TranscriptSink = Callable[[wire.TranscriptEvent], None]
+CLOSE_TIMEOUT_S = 2.0
+"""Seconds a close handshake may take (ours at the visit's end, or after the server's close frame)."""
 
 
 def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str:
@@ -44,31 +50,40 @@ def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str
     return f"{base}/ws/transcribe?{urlencode(query)}"
 
 
-async def dial(url: str, token: str, settings: StreamSettings) -> ClientConnection | Ended:
+async def dial(url: str, token: str, settings: StreamSettings, *,
+               ssl_context: ssl.SSLContext | None = None) -> SpeechLink | Ended:  # fmt: skip
+    """Open the socket and do the opening handshake within ``connect_timeout_s`` (``wss``: TLS with
+    ``ssl_context``, default: the system's trust store, checking the URL's host name)."""
     try:
-        return await connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            subprotocols=[wire.RESUME_SUBPROTOCOL],  # type: ignore[list-item]
-            open_timeout=settings.connect_timeout_s,
-            ping_interval=settings.ping_interval_s,
-            ping_timeout=settings.ping_timeout_s,
-            close_timeout=2.0,
-            compression=None,
-            proxy=None,
-            max_size=wire.MAX_MESSAGE_BYTES,
-        )
+        uri = parse_uri(url)
+    except InvalidURI as exc:
+        return Ended(Failure.FATAL, f"bad speech URL: {exc}")
+    protocol = ClientProtocol(uri, subprotocols=[wire.RESUME_SUBPROTOCOL],  # type: ignore[list-item]
+                              max_size=wire.MAX_MESSAGE_BYTES)  # fmt: skip
+    factory = functools.partial(SpeechLink, protocol, {"Authorization": f"Bearer {token}"},
+                                ping_interval_s=settings.ping_interval_s, ping_timeout_s=settings.ping_timeout_s,
+                                close_timeout_s=CLOSE_TIMEOUT_S)  # fmt: skip
+    tls: ssl.SSLContext | bool | None = (ssl_context or True) if uri.secure else None
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            _, link = await asyncio.get_running_loop().create_connection(
+                factory, uri.host, uri.port, ssl=tls, server_hostname=uri.host if uri.secure else None
+            )
+            try:
+                await link.opened
+            except BaseException:
+                link.abort()
+                raise
     except InvalidStatus as exc:
         status = exc.response.status_code
         retry_after = parse_retry_after(exc.response.headers.get("Retry-After"), time.time())
         failure = {401: Failure.UNAUTHORIZED, 403: Failure.FORBIDDEN}.get(status, Failure.TRANSIENT)
         return Ended(failure, f"handshake refused with HTTP {status}", retry_after)
-    except InvalidURI as exc:
-        return Ended(Failure.FATAL, f"bad speech URL: {exc}")
     except OSError as exc:  # refused, unreachable, timed out (TimeoutError is an OSError): the link, likely
         return Ended(Failure.TRANSIENT, f"connect failed: {type(exc).__name__}", unreachable=True)
-    except (InvalidHandshake, ConnectionClosed) as exc:
+    except InvalidHandshake as exc:
         return Ended(Failure.TRANSIENT, f"connect failed: {type(exc).__name__}")
+    return link
 
 
 def speech_address(url: str) -> tuple[str, int]:
@@ -89,82 +104,112 @@ async def tcp_probe(host: str, port: int, timeout_s: float) -> bool:
     return True
 
 
-async def run_connection(ws: ClientConnection, session: SpeechSession, *, clock: Callable[[], float],
-                         wake: asyncio.Event, on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
+class Wake:
+    """What the stream calls when the session may have something new to write: pumps the live connection now."""
+
+    __slots__ = ("_pump",)
+
+    def __init__(self) -> None:
+        self._pump: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        if self._pump is not None:
+            self._pump()
+
+
+async def run_connection(link: SpeechLink, session: SpeechSession, *, clock: Callable[[], float], wake: Wake,
+                         on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
     """Pump one open connection until it ends; returns how."""
-    tasks = [asyncio.create_task(_receive(ws, session, clock, wake, on_transcript)),
-             asyncio.create_task(_send(ws, session, clock, wake))]  # fmt: skip
+    driver = _Driver(link, session, clock, on_transcript)
+    wake._pump = driver.pump
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        task = next(iter(done))
-        exc = task.exception()
-        if exc is None:
-            ended = task.result()
-            if ended.failure is None:  # confirmed: close politely, but a slow close changes nothing
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
-                        await ws.close()
-            return ended
-        if isinstance(exc, ConnectionClosed | OSError | TimeoutError | ProtocolError):
-            return Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}")
-        raise exc
+        link.attach(driver.receive, driver.pump, driver.lost)
+        driver.pump()
+        ended = await driver.ended
+        if ended.failure is None:  # confirmed: close politely, but a slow close changes nothing
+            await link.close()
+        return ended
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        ws.transport.abort()
+        wake._pump = None
+        driver.stop()
+        link.detach()
+        link.abort()
 
 
-async def _receive(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float], wake: asyncio.Event,
-                   on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
-    try:
-        async for raw in ws:
-            got = session.receive(raw, clock())
-            if got.transcript is not None and on_transcript is not None:
-                on_transcript(got.transcript)
-            if got.ended is not None:
-                return got.ended
-            if got.wake:
-                wake.set()
-    except ConnectionClosed as exc:
-        if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-            return session.peer_closed(None, too_big=True)
-    return session.peer_closed(ws.close_code)
+class _Driver:
+    """The session's side of one connection: messages in, messages out, the session's deadline as one timer."""
 
+    def __init__(self, link: SpeechLink, session: SpeechSession, clock: Callable[[], float],
+                 on_transcript: TranscriptSink | None) -> None:  # fmt: skip
+        self._link, self._session, self._clock, self._on_transcript = link, session, clock, on_transcript
+        self._loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[Ended] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
-async def _send(ws: ClientConnection, session: SpeechSession, clock: Callable[[], float],
-                wake: asyncio.Event) -> Ended:  # fmt: skip
-    """Write what the session hands out; between writes wait for a wake-up or the session's deadline.
+    def receive(self, raw: str | bytes) -> None:
+        """One message read (also while a confirmed connection closes: late transcripts still count)."""
+        try:
+            got = self._session.receive(raw, self._clock())
+            if got.transcript is not None and self._on_transcript is not None:
+                self._on_transcript(got.transcript)
+        except Exception as exc:
+            if not self.ended.done():
+                self._failed(exc)
+            return
+        if self.ended.done():
+            return
+        if got.ended is not None:
+            self.ended.set_result(got.ended)
+        elif got.wake:
+            self.pump()
 
-    One poll per wake-up when the session has nothing more (:meth:`SpeechSession.more`), and one timer for the
-    deadline, moved only when the deadline comes earlier than it: a later deadline (the ack watchdog's moves with
-    every ack) lets the timer fire early once and be set again, instead of a timer made and cancelled per block."""
-    loop = asyncio.get_running_loop()
-    timer: asyncio.TimerHandle | None = None
-    timer_at = 0.0
+    def pump(self) -> None:
+        """Write what the session hands out while the link takes it; then wait for its deadline or a wake-up.
 
-    def alarm() -> None:
-        nonlocal timer
-        timer = None
-        wake.set()
-
-    try:
-        while True:
-            wake.clear()
-            out = session.poll(clock())
-            if isinstance(out, Ended):
-                return out
-            if out is not None:
-                await ws.send(out)
+        One poll per wake-up when the session has nothing more (:meth:`SpeechSession.more`), and one timer for the
+        deadline, moved only when the deadline comes earlier than it: a later deadline (the ack watchdog's moves
+        with every ack) lets the timer fire early once and be set again, instead of a timer made and cancelled per
+        block. While the write buffer is full nothing is polled: the link calls this again once it drained."""
+        if self.ended.done() or not self._link.writable:
+            return
+        session, clock = self._session, self._clock
+        try:
+            while True:
+                out = session.poll(clock())
+                if isinstance(out, Ended):
+                    self.ended.set_result(out)
+                    return
+                if out is None:
+                    break
+                self._link.send(out)
                 session.sent(clock())
-                if session.more(clock()):
-                    continue
-            deadline = session.deadline()
-            if deadline is not None and (timer is None or deadline < timer_at):
-                if timer is not None:
-                    timer.cancel()
-                timer, timer_at = loop.call_later(max(0.0, deadline - clock()), alarm), deadline
-            await wake.wait()
-    finally:
-        if timer is not None:
-            timer.cancel()
+                if not self._link.writable or not session.more(clock()):
+                    break
+        except Exception as exc:
+            self._failed(exc)
+            return
+        deadline = session.deadline()
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = self._loop.call_later(max(0.0, deadline - clock()), self._alarm), deadline
+
+    def lost(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(self._session.peer_closed(self._link.close_code, too_big=self._link.too_big))
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _alarm(self) -> None:
+        self._timer = None
+        self.pump()
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, OSError | ProtocolError):
+            self.ended.set_result(Ended(Failure.TRANSIENT, f"connection failed: {type(exc).__name__}"))
+        else:  # a bug: raised from run_connection (the supervisor logs it and goes on)
+            self.ended.set_exception(exc)
