@@ -6,8 +6,9 @@
 The server runs as its own process (``benchmarks.env.server_process``), so only the client is measured. A
 :class:`~agent.stream.SpeechStream` in this process is fed one block of gated speech (20 ms frames) every BLOCK_MS
 on its own event loop, as the recorder feeds it; after a 3 s warm-up the loop thread's CPU (``thread_time``) and
-its voluntary context switches (wake-ups) are read over SECONDS. Printed: CPU microseconds per message, wake-ups
-per second, messages, acks (frames confirmed) and the agent module measured.
+its voluntary context switches (wake-ups) are read over SECONDS. Printed: CPU microseconds per message, the
+loop thread's CPU-s per audio-hour (user and system from kernel ticks), wake-ups per second, messages, acks
+and the agent module measured.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import numpy as np
 import agent
 from agent.api.medisync import MediSyncClient
 from agent.api.models import NewAppointment, NewPatient
+from agent.api.secret import Credentials, Secret
 from agent.audio.types import Frame
 from agent.audio.vad import SegmentFrame, SegmentStart
-from agent.api.secret import Credentials, Secret
 from agent.settings import ApiSettings, StreamSettings
 from agent.stream import SpeechStream
-from benchmarks.env import EMAIL, PASSWORD, ServerProc, server_process
+from benchmarks.env import CLK_TCK, EMAIL, PASSWORD, ServerProc, server_process
 
 FRAME = 320
 
@@ -36,6 +37,13 @@ FRAME = 320
 def _switches() -> int:
     with open("/proc/thread-self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+
+
+def _user_system_s() -> tuple[float, float]:
+    """The calling thread's user and system CPU seconds (kernel ticks)."""
+    with open("/proc/thread-self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 async def _login(srv: ServerProc) -> tuple[str, str]:
@@ -64,12 +72,12 @@ async def _run(srv: ServerProc, seconds: float, block_ms: int) -> None:
     t = 0
     stream.feed([SegmentStart(0)])
     warm_end, end = loop.time() + 3.0, loop.time() + 3.0 + seconds
-    marks: list[tuple[float, int, int, int]] = []
+    marks: list[tuple[float, int, int, int, tuple[float, float]]] = []
     next_at = loop.time()
     while loop.time() < end:
         if not marks and loop.time() >= warm_end:
             s = stream.stats
-            marks.append((time.thread_time(), _switches(), s.sent_messages, s.acked_messages))
+            marks.append((time.thread_time(), _switches(), s.sent_messages, s.acked_messages, _user_system_s()))
         events = []
         for _ in range(per_block):
             events.append(SegmentFrame(Frame(t, pcm)))
@@ -79,12 +87,14 @@ async def _run(srv: ServerProc, seconds: float, block_ms: int) -> None:
         await asyncio.sleep(max(0.0, next_at - loop.time()))
     s = stream.stats
     cpu, sw, sent, acked = time.thread_time(), _switches(), s.sent_messages, s.acked_messages
-    c0, w0, s0, a0 = marks[0]
+    user, system = _user_system_s()
+    c0, w0, s0, a0, (u0, y0) = marks[0]
     await stream.close()
     messages = max(1, sent - s0)
     print(f"agent={Path(agent.__file__).parent.parent} block_ms={block_ms} seconds={seconds:g} messages={messages} "
           f"acked={acked - a0} cpu_us_per_message={(cpu - c0) / messages * 1e6:.0f} "
-          f"loop_cpu_s_per_hour={(cpu - c0) / seconds * 3600:.1f} wakeups_per_s={(sw - w0) / seconds:.1f}")
+          f"loop_cpu_s_per_hour={(cpu - c0) / seconds * 3600:.1f} (user {(user - u0) / seconds * 3600:.1f}, system "
+          f"{(system - y0) / seconds * 3600:.1f}) wakeups_per_s={(sw - w0) / seconds:.1f}")
 
 
 def main() -> None:
