@@ -116,12 +116,16 @@ class Wake:
         if self._pump is not None:
             self._pump()
 
+    def bind(self, pump: Callable[[], None] | None) -> None:
+        """What :meth:`set` calls from now on (None: nothing, no connection is open)."""
+        self._pump = pump
+
 
 async def run_connection(link: SpeechLink, session: SpeechSession, *, clock: Callable[[], float], wake: Wake,
                          on_transcript: TranscriptSink | None) -> Ended:  # fmt: skip
     """Pump one open connection until it ends; returns how."""
     driver = _Driver(link, session, clock, on_transcript)
-    wake._pump = driver.pump
+    wake.bind(driver.pump)
     try:
         link.attach(driver.receive, driver.pump, driver.lost)
         driver.pump()
@@ -130,7 +134,7 @@ async def run_connection(link: SpeechLink, session: SpeechSession, *, clock: Cal
             await link.close()
         return ended
     finally:
-        wake._pump = None
+        wake.bind(None)
         driver.stop()
         link.detach()
         link.abort()
