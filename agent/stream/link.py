@@ -171,6 +171,8 @@ class SpeechLink(asyncio.Protocol):
 
     def _after_receive(self) -> None:
         self._flush()  # pongs, the echo of a close frame, the end of the stream after a failed handshake
+        if self._ws.state is not OPEN:  # before any message is handed on: its sink may want to write
+            self.writable = False
         for event in self._ws.events_received():
             if isinstance(event, Frame):
                 self._frame(event)
@@ -188,7 +190,7 @@ class SpeechLink(asyncio.Protocol):
             self.opened.set_exception(self._ws.handshake_exc)
             return
         self.subprotocol = self._ws.subprotocol
-        self.writable = not self._paused
+        self.writable = not self._paused and self._ws.state is OPEN
         if self._ping_interval is not None:
             self._ping_timer = self._loop.call_later(self._ping_interval, self._send_ping)
         self.opened.set_result(None)
