@@ -36,9 +36,16 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
     fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
     :mod:`agent.audio.decimate`), or ``soxr`` (HQ), which keeps 20-40 ms of every block until the next one (at
-    44.1 kHz, the rate the PulseAudio microphone opens at, that put 40 ms into the low-latency profile's median
-    capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not handle (24 kHz, below
-    16 kHz) always use soxr; 16 kHz passes unchanged."""
+    44.1 kHz, the PulseAudio microphone's rate with ``server_mic_16k`` off, that put 40 ms into the low-latency
+    profile's median capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not
+    handle (24 kHz, below 16 kHz) always use soxr; 16 kHz passes unchanged."""
+    server_mic_16k: bool = True
+    """Open a sound server's microphone (PortAudio's ALSA ``pulse`` or ``pipewire`` device, or ``default`` when
+    alsa-lib routes it to one of them) at 16 kHz mono when the source spec gives no rate/channels: the server
+    (48 kHz) resamples and downmixes once, as ``ffmpeg -f pulse -ar 16000 -ac 1`` asks, and the DSP passes the
+    samples through. False: PortAudio's default rate (44.1 kHz for ``pulse``) and the device's channels (at most
+    2), resampled twice (the server, then ``resampler``). Hardware devices (``hw:``, ``plughw:``, USB microphones
+    through plain ALSA) always open at their native rate and channels (``agent/audio/mic_format.py``)."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -19,9 +19,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from agent import SAMPLE_RATE
 from agent.audio import mic_paced
+from agent.audio.dsp import Dsp
 from agent.audio.mic import MicSource
 from agent.audio.sources import open_source
+from agent.audio.types import Block
 from agent.settings import AudioSettings
 from tests.plugins.pulse import NullSink
 
@@ -43,12 +46,12 @@ def ramp_positions(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return np.where(values < 0, values + 32767, values + 32766)
 
 
-def ramp_wav(path: Path) -> Path:
-    ramp = ramp_values(np.arange(round(RAMP_S * RATE), dtype=np.int64)).astype("<i2")
+def ramp_wav(path: Path, rate: int = RATE) -> Path:
+    ramp = ramp_values(np.arange(round(RAMP_S * rate), dtype=np.int64)).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(RATE)
+        w.setframerate(rate)
         w.writeframes(ramp.tobytes())
     return path
 
@@ -70,10 +73,13 @@ def ramp_defects(samples: npt.NDArray[np.int64]) -> tuple[int, int, int]:
     return len(positions), int(positions[0]), int(np.count_nonzero(steps != 1))
 
 
+@pytest.mark.parametrize(("rate", "spec"), [(RATE, "mic:pulse@48000x1"), (16000, "mic:pulse")])
 def test_idle_and_visit_paces_lose_and_repeat_no_sample(
-    null_sink: Callable[[int, int], NullSink], tmp_path: Path
+    null_sink: Callable[[int, int], NullSink], tmp_path: Path, rate: int, spec: str
 ) -> None:
-    null = null_sink(RATE, 1)
+    """At 48 kHz (the spec's) and at 16 kHz mono, the rate a sound server's device opens at by default (a 16 kHz
+    sink: the server passes the samples through, so the ramp arrives exact)."""
+    null = null_sink(rate, 1)
     blocks: list[tuple[npt.NDArray[np.float32], float]] = []
     delivered: list[tuple[float, bool]] = []  # (when the block reached the sink, the pace then was a visit's)
     pace = {"visit": False}
@@ -82,13 +88,14 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
         blocks.append((samples, capture_time))
         delivered.append((time.monotonic(), pace["visit"]))
 
-    source = open_source("mic:pulse@48000x1", AudioSettings(), sink=sink)
+    source = open_source(spec, AudioSettings(), sink=sink)
     assert isinstance(source, MicSource) and source.paced
-    wav = ramp_wav(tmp_path / "ramp.wav")
+    assert (source.sample_rate, source.channels) == (rate, 1)
+    wav = ramp_wav(tmp_path / "ramp.wav", rate)
     switches = 0
     with source:
         stream = source._stream
-        assert stream.latency >= mic_paced.HOST_BUFFER_S and stream.blocksize == RATE // 10
+        assert stream.latency >= mic_paced.HOST_BUFFER_S and stream.blocksize == rate // 10
         assert requested_fragment_ms() == 100.0  # the period is one block: visit blocks come as often as before
         player = null.play(str(wav))
         deadline = time.monotonic() + 60
@@ -116,16 +123,20 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
     assert defects == 0, f"{source.stats}"
     # PulseAudio itself may drop the first 100 ms a fresh stream plays into an idle null sink (the callback
     # stream measured the same); none of the rest.
-    assert first + got == round(RAMP_S * RATE) and first <= RATE // 10, (first, got)
-    assert {len(b) for b, _ in blocks} == {RATE // 10}
+    assert first + got == round(RAMP_S * rate) and first <= rate // 10, (first, got)
+    assert {len(b) for b, _ in blocks} == {rate // 10}
     # Capture times: never after the block reached the sink (the last sample read is "now"), and in order while a
     # visit takes the blocks (an idle batch after a visit block may be stamped before it: both are upper bounds).
-    ends = np.array([t + len(b) / RATE for b, t in blocks])
+    ends = np.array([t + len(b) / rate for b, t in blocks])
     assert np.all(ends <= np.array([d for d, _ in delivered])), "a capture time in the future"
     visit = np.array([v for _, v in delivered])
     steps = np.diff(np.array([t for _, t in blocks]))
     assert np.all(steps[visit[1:] & visit[:-1]] > 0), np.sort(steps)[:5]
     assert source.stats.input_overflows == 0
+    if rate == SAMPLE_RATE:  # the visit's DSP passes 16 kHz through: its frames are the samples read, bit for bit
+        dsp = Dsp(rate, AudioSettings())
+        frames = [f for b, t in blocks for f in dsp.process(Block(b, t))] + dsp.flush()
+        assert np.array_equal(np.frombuffer(b"".join(f.pcm for f in frames), "<i2"), samples)
 
 
 def test_short_blocks_keep_the_callback_stream(null_sink: Callable[[int, int], NullSink]) -> None:
