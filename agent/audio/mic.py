@@ -54,6 +54,8 @@ class InputDevice:
     """Hz."""
     channels: int
     """Maximum input channels the device offers."""
+    opens_at: tuple[int, int]
+    """(Hz, channels) ``mic:<name>`` opens it at with ``AudioSettings.server_mic_16k`` on (the default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +153,23 @@ def _logging_held() -> Iterator[None]:
 
 
 def list_input_devices(refresh: bool = True) -> list[InputDevice]:
-    """Input devices PortAudio offers: name, default rate (Hz) and channel count."""
+    """Input devices PortAudio offers: name, default rate (Hz), channel count and the format the agent opens."""
     sd = import_sounddevice(refresh)
-    return [
-        InputDevice(str(d["name"]), round(d["default_samplerate"]), int(d["max_input_channels"]))
-        for d in sd.query_devices()
-        if d["max_input_channels"] > 0
-    ]
+    found = []
+    for d in sd.query_devices():
+        if d["max_input_channels"] > 0:
+            facts = device_facts(sd, d, lookup=True)
+            found.append(InputDevice(str(d["name"]), facts.default_rate, facts.max_channels,
+                                     open_format(None, None, facts)))  # fmt: skip
+    return found
+
+
+def device_facts(sd: ModuleType, info: dict[str, Any], *, lookup: bool) -> DeviceFacts:
+    """What :func:`~agent.audio.mic_format.open_format` needs of PortAudio's ``info`` for a device; the ALSA PCM
+    type only if ``lookup`` (it loads alsa-lib's configuration)."""
+    host_api = str(sd.query_hostapis(info["hostapi"])["name"])
+    kind = pcm_type(str(info["name"])) if lookup and host_api == "ALSA" else None
+    return DeviceFacts(round(info["default_samplerate"]), int(info["max_input_channels"]), host_api, kind)
 
 
 def find_device(sd: ModuleType, name: str | None) -> tuple[int, dict[str, Any]]:
@@ -195,8 +207,9 @@ class MicSource(FixedFormat):
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
         self._device_name = str(info["name"])
-        self._rate, self._channels = open_format(spec.rate, spec.channels, self._facts(info, spec, server_16k),
-                                                 server_16k=server_16k)  # fmt: skip
+        host_api = str(self._sd.query_hostapis(info["hostapi"])["name"])
+        facts = device_facts(self._sd, info, lookup=needs_pcm_type(spec.rate, spec.channels, server_16k, host_api))
+        self._rate, self._channels = open_format(spec.rate, spec.channels, facts, server_16k=server_16k)
         self._index = index
         self._clock = clock
         self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))
@@ -209,12 +222,6 @@ class MicSource(FixedFormat):
         self._paced = paced and paced_fits(self._blocksize / self._rate)
         self._reader: PacedReader | None = None
         self._idle = True
-
-    def _facts(self, info: dict[str, Any], spec: MicSpec, server_16k: bool) -> DeviceFacts:
-        host_api = str(self._sd.query_hostapis(info["hostapi"])["name"])
-        lookup = needs_pcm_type(spec.rate, spec.channels, server_16k, host_api)
-        return DeviceFacts(round(info["default_samplerate"]), int(info["max_input_channels"]), host_api,
-                           pcm_type(self._device_name) if lookup else None)  # fmt: skip
 
     @property
     def description(self) -> str:
