@@ -113,3 +113,31 @@ def test_alsa_pcm_types_follow_the_configuration(tmp_path: Path) -> None:
         "USB Audio: - (hw:1,0)": [None, False],
         "no_such_pcm": [None, False],
     }
+
+
+PLAIN_ALSA_ASOUNDRC = """
+pcm.room_mic { type plug slave { pcm "null" rate 48000 } }
+"""
+"""A PCM as plain ALSA's ``default`` is for capture (``plug`` over ``dsnoop``, which runs at one rate), on ALSA's
+``null`` PCM so no card is needed: ``plug`` would convert any other rate by linear interpolation."""
+
+OPEN = """
+import sys
+from agent.audio.sources import open_source
+from agent.settings import AudioSettings
+source = open_source(sys.argv[1], AudioSettings())
+with source:
+    block = source.handoff.get(timeout=10)
+print(source.description, block.samples.shape)
+"""
+
+
+def test_a_plug_device_opens_at_its_slaves_rate_through_portaudio(tmp_path: Path) -> None:
+    """Not a sound server: PortAudio's default rate for it is the slave's own 48 kHz (it probes without ALSA's
+    converter), so the agent asks ``plug`` for no conversion, and the FIR makes the 16 kHz."""
+    (tmp_path / ".asoundrc").write_text(PLAIN_ALSA_ASOUNDRC)
+    env = {**os.environ, "HOME": str(tmp_path), "PULSE_SERVER": str(tmp_path / "no-server")}
+    proc = subprocess.run([sys.executable, "-c", OPEN, "mic:room_mic"], capture_output=True, text=True, timeout=60,
+                          check=False, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "mic 'room_mic' 48000 Hz x2 (4800, 2)"
