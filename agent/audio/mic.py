@@ -106,16 +106,31 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
             import sounddevice
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
             raise DeviceError(PORTAUDIO_MISSING) from None
+        except Exception as exc:  # its import initialises PortAudio: PortAudioError (defined by that import)
+            raise _portaudio_failed(exc) from exc
         if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
             # done when no stream of ours is open).
-            sounddevice._terminate()  # also frees alsa-lib's configuration
+            if sounddevice._initialized:  # not after a re-initialisation that failed
+                sounddevice._terminate()  # also frees alsa-lib's configuration
             hide_playback_only_pcms()
-            sounddevice._initialize()
+            try:
+                sounddevice._initialize()
+            except sounddevice.PortAudioError as exc:
+                raise _portaudio_failed(exc) from exc
         if scanned or refresh:
             release_scan_plugins()  # the scan's ALSA plugins (~10 MB); the device list stays
     module: ModuleType = sounddevice
     return module
+
+
+def _portaudio_failed(exc: Exception) -> Exception:
+    """PortAudio's start-up failure as a DeviceError a person can act on; any other exception unchanged."""
+    if type(exc).__module__ != "sounddevice":
+        return exc
+    return DeviceError(f"PortAudio could not start ({exc.args[0] if exc.args else exc}); this is usually a broken "
+                       "ALSA configuration: check ~/.asoundrc and /etc/asound.conf (ALSA's own messages above "
+                       "name the file and line)")
 
 
 @contextlib.contextmanager
