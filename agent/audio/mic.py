@@ -201,7 +201,8 @@ class MicSource(FixedFormat):
         """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often.
         ``sink``: where the callback puts each block (default: :attr:`handoff`).
         ``paced``: read a blocking stream at two paces (:mod:`agent.audio.mic_paced`; idle until :meth:`set_idle`
-        says otherwise) instead of a callback per block; ignored for blocks under 50 ms.
+        says otherwise) instead of a callback per block; ignored for blocks under 40 ms (they would need more ALSA
+        periods than :data:`~agent.audio.mic_paced.MAX_PACED_PERIODS`).
         ``server_16k``: open a sound server's device at 16 kHz mono where ``spec`` leaves rate or channels open
         (:mod:`agent.audio.mic_format`; ``AudioSettings.server_mic_16k``)."""
         self._sd = import_sounddevice(refresh=True)
