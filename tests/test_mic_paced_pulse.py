@@ -74,7 +74,10 @@ def ramp_defects(samples: npt.NDArray[np.int64]) -> tuple[int, int, int]:
     return len(positions), int(positions[0]), int(np.count_nonzero(steps != 1))
 
 
-@pytest.mark.parametrize(("rate", "spec", "block_ms"), [(RATE, "mic:pulse@48000x1", 100), (RATE, "mic:pulse@48000x1", 40),
+EXPLICIT_48K = "mic:pulse@48000x1"
+
+
+@pytest.mark.parametrize(("rate", "spec", "block_ms"), [(RATE, EXPLICIT_48K, 100), (RATE, EXPLICIT_48K, 40),
                                                   (16000, "mic:pulse", 100), (16000, "mic:pulse", 40)])  # fmt: skip
 def test_idle_and_visit_paces_lose_and_repeat_no_sample(
     null_sink: Callable[[int, int], NullSink], tmp_path: Path, rate: int, spec: str, block_ms: int
