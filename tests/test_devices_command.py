@@ -32,9 +32,10 @@ def test_devices_lists_the_pulse_device(pulse_server: None) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "RATE", "CHANNELS"]
+    assert lines[0].split() == ["NAME", "RATE", "CHANNELS", "OPENS"]
     pulse = [line.split() for line in lines[1:] if line.split()[0] == "pulse"]
     assert pulse and pulse[0][1].isdigit() and int(pulse[0][2]) >= 1
+    assert pulse[0][3] == "16000x1"  # a sound server's device: the server resamples (agent/audio/mic_format.py)
 
 
 def test_devices_without_portaudio_says_what_to_install(tmp_path: Path) -> None:
