@@ -250,3 +250,27 @@ async def poll_until(condition: Callable[[], bool], deadline_s: float = 30.0) ->
     while not condition():
         assert loop.time() < end, "condition not met before the deadline"
         await asyncio.sleep(0.01)
+
+
+def test_a_proxy_in_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set the client keeps httpx's own transport, which sends the request to the proxy (here a
+    server that answers in the origin's place with the absolute URL it was asked for)."""
+    from agent.api.secret import Credentials, Secret
+    from agent.api.transport import AuthedHttp
+    from agent.settings import ApiSettings
+
+    async def scenario() -> None:
+        async with Server(keep_answering) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url())
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            http = AuthedHttp(ApiSettings(api_url="http://origin.invalid:8080/api", email=EMAIL),
+                              Credentials(EMAIL, Secret(PASSWORD)))  # fmt: skip
+            try:
+                response = await http._client.get("ping")
+            finally:
+                await http.aclose()
+            assert response.text == "http://origin.invalid:8080/api/ping"
+            assert proxy.connections == 1
+
+    run(scenario)

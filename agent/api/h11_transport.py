@@ -6,8 +6,8 @@ requests per visit. :class:`AsyncioTransport` is the part of that transport the 
 (the same parser httpcore uses), keep-alive connections per origin, TLS with httpx's own default context (certifi's
 CAs, ``SSL_CERT_FILE``) built at the first https connection, httpx's connect/read/write timeouts, and httpx's
 exception types, so callers see what they saw before. Not supported: HTTP/2, a connection limit (the agent sends
-one request at a time per client). Proxies from the environment stay as they were: httpx mounts its own
-transports for them.
+one request at a time per client), proxies: with a proxy variable in the environment (``HTTPS_PROXY`` ...)
+:func:`default_transport` leaves the client to httpx's own transports, which honour them as before.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import select
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -68,6 +69,12 @@ def _protocol_error(exc: h11.ProtocolError, request: httpx.Request) -> NoReturn:
     if isinstance(exc, h11.RemoteProtocolError):
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     raise httpx.LocalProtocolError(str(exc), request=request) from exc
+
+
+def default_transport() -> httpx.AsyncBaseTransport | None:
+    """:class:`AsyncioTransport`, or None (httpx's default transport) when the environment names a proxy: httpx
+    reads proxy variables only for a client without a transport of its own."""
+    return None if urllib.request.getproxies() else AsyncioTransport()
 
 
 class AsyncioTransport(httpx.AsyncBaseTransport):
