@@ -274,3 +274,12 @@ def test_a_proxy_in_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatc
             assert proxy.connections == 1
 
     run(scenario)
+
+
+def test_a_url_that_is_not_http_is_refused() -> None:
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=AsyncioTransport()) as client:
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await client.get("ftp://127.0.0.1/")
+
+    run(scenario)

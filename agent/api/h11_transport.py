@@ -91,6 +91,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
+        if url.raw_scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"not an http or https URL: {url.scheme!r}", request=request)
         origin: Origin = (url.raw_scheme, url.host, url.port or (443 if url.raw_scheme == b"https" else 80))
         conn = self._take_idle(origin) or await self._connect(request, origin)
         conn.write_error = None
@@ -102,7 +104,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             raise
         return httpx.Response(
             status_code=head.status_code,
-            headers=list(head.headers),
+            headers=head.headers.raw_items(),
             stream=_ResponseBody(self, conn, request),
             extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
         )
