@@ -26,19 +26,26 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
     benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent (``python -m benchmarks --only
-    live``), p95 capture-to-wire ~100 ms; 40 is the low-latency profile: the daemon ~90-100 CPU-s per audio-hour,
+    live``), p95 capture-to-wire ~100 ms; 40 is the low-latency profile: the daemon ~70-90 CPU-s per audio-hour,
     p95 capture-to-wire ~42 ms against its 60 ms target (FIR resampler; ``python -m benchmarks.latency_stages``,
     ``python -m benchmarks.daemon_ab``); 20 halves the latency (p95 ~23 ms) at ~150-200 CPU-s. The daemon reads
-    blocks of 50 ms and more from one blocking stream, once a second between visits and block by block during one
-    (``agent/audio/mic_paced.py``: ~10 instead of ~15-17 CPU-s per audio-hour idle); shorter blocks (the
-    low-latency profile's) keep PortAudio's callback."""
+    blocks of 40 ms and more from one blocking stream, once a second between visits and block by block during one
+    (``agent/audio/mic_paced.py``: idle ~10 instead of ~15-17 CPU-s per audio-hour at 100 ms blocks, ~11 instead of
+    ~25-27 at 40 ms); shorter blocks keep PortAudio's callback."""
     resampler: Literal["fir", "soxr"] = "fir"
     """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
     fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
     :mod:`agent.audio.decimate`), or ``soxr`` (HQ), which keeps 20-40 ms of every block until the next one (at
-    44.1 kHz, the rate the PulseAudio microphone opens at, that put 40 ms into the low-latency profile's median
-    capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not handle (24 kHz, below
-    16 kHz) always use soxr; 16 kHz passes unchanged."""
+    44.1 kHz, the PulseAudio microphone's rate with ``server_mic_16k`` off, that put 40 ms into the low-latency
+    profile's median capture-to-wire latency: ``python -m benchmarks.latency_stages``). Rates the FIR does not
+    handle (24 kHz, below 16 kHz) always use soxr; 16 kHz passes unchanged."""
+    server_mic_16k: bool = True
+    """Open a sound server's microphone (PortAudio's ALSA ``pulse`` or ``pipewire`` device, or ``default`` when
+    alsa-lib routes it to one of them) at 16 kHz mono when the source spec gives no rate/channels: the server
+    (48 kHz) resamples and downmixes once, as ``ffmpeg -f pulse -ar 16000 -ac 1`` asks, and the DSP passes the
+    samples through. False: PortAudio's default rate (44.1 kHz for ``pulse``) and the device's channels (at most
+    2), resampled twice (the server, then ``resampler``). Hardware devices (``hw:``, ``plughw:``, USB microphones
+    through plain ALSA) always open at their native rate and channels (``agent/audio/mic_format.py``)."""
 
 
 class VadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

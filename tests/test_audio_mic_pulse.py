@@ -82,7 +82,12 @@ def capture_while_playing(source: MicSource, sink: NullSink, wav: Path) -> npt.N
 
 
 @pytest.mark.parametrize(
-    ("sink_rate", "sink_channels", "spec"), [(44100, 2, "mic:pulse"), (48000, 1, "mic:pulse@48000x1")]
+    ("sink_rate", "sink_channels", "spec", "server_16k", "opened"),
+    [
+        (44100, 2, "mic:pulse", False, (44100, 2)),  # PortAudio's default for pulse: the 44.1 kHz FIR, a downmix
+        (48000, 1, "mic:pulse@48000x1", True, (48000, 1)),  # the 48 kHz FIR
+        (48000, 2, "mic:pulse", True, (16000, 1)),  # a sound server's device: the server resamples, 16 kHz mono
+    ],
 )
 def test_captured_speech_correlates_with_the_source(
     null_sink: Callable[[int, int], NullSink],
@@ -90,15 +95,17 @@ def test_captured_speech_correlates_with_the_source(
     sink_rate: int,
     sink_channels: int,
     spec: str,
+    server_16k: bool,
+    opened: tuple[int, int],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     sink = null_sink(sink_rate, sink_channels)
     wav, reference = excerpt(tmp_path)
-    source = open_source(spec, AudioSettings())
+    source = open_source(spec, AudioSettings(server_mic_16k=server_16k))
     assert isinstance(source, MicSource)
-    assert (source.sample_rate, source.channels) == (sink_rate, sink_channels)
+    assert (source.sample_rate, source.channels) == opened
     captured = capture_while_playing(source, sink, wav)
-    assert captured.shape[1] == sink_channels
+    assert captured.shape[1] == opened[1]
     y = to_16k(captured, source.sample_rate)
     # Window by window (0.5 s of speech each): PulseAudio's own resampling and scheduling jitter make one global
     # alignment imperfect, but every piece of the speech must be found, in order, at nearly the same lag.

@@ -4,7 +4,8 @@ A counter ramp (each 16-bit sample one above the one before) is played into a nu
 format, so its monitor hands PortAudio the very samples played: any sample lost or repeated anywhere -- in
 particular where the reader switches between its idle pace (batched reads) and a visit's (block by block) -- breaks
 the +1 steps. The stream's opened parameters are checked too: one blocking stream (no callback), the host buffer,
-and PulseAudio's fragment size still one block (so a visit's blocks arrive as often as with a callback)."""
+and PulseAudio's fragment size still one block (so a visit's blocks arrive as often as with a callback). Run at the
+efficient profile's 100 ms blocks and the low-latency profile's 40 ms (100 ALSA periods), at 48 kHz and 16 kHz."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from agent import SAMPLE_RATE
 from agent.audio import mic_paced
+from agent.audio.dsp import Dsp
 from agent.audio.mic import MicSource
 from agent.audio.sources import open_source
+from agent.audio.types import Block
 from agent.settings import AudioSettings
 from tests.plugins.pulse import NullSink
 
@@ -43,12 +47,12 @@ def ramp_positions(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return np.where(values < 0, values + 32767, values + 32766)
 
 
-def ramp_wav(path: Path) -> Path:
-    ramp = ramp_values(np.arange(round(RAMP_S * RATE), dtype=np.int64)).astype("<i2")
+def ramp_wav(path: Path, rate: int = RATE) -> Path:
+    ramp = ramp_values(np.arange(round(RAMP_S * rate), dtype=np.int64)).astype("<i2")
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(RATE)
+        w.setframerate(rate)
         w.writeframes(ramp.tobytes())
     return path
 
@@ -70,10 +74,19 @@ def ramp_defects(samples: npt.NDArray[np.int64]) -> tuple[int, int, int]:
     return len(positions), int(positions[0]), int(np.count_nonzero(steps != 1))
 
 
+EXPLICIT_48K = "mic:pulse@48000x1"
+
+
+@pytest.mark.parametrize(("rate", "spec", "block_ms"), [(RATE, EXPLICIT_48K, 100), (RATE, EXPLICIT_48K, 40),
+                                                  (16000, "mic:pulse", 100), (16000, "mic:pulse", 40)])  # fmt: skip
 def test_idle_and_visit_paces_lose_and_repeat_no_sample(
-    null_sink: Callable[[int, int], NullSink], tmp_path: Path
+    null_sink: Callable[[int, int], NullSink], tmp_path: Path, rate: int, spec: str, block_ms: int
 ) -> None:
-    null = null_sink(RATE, 1)
+    """At 48 kHz (the spec's) and at 16 kHz mono, the rate a sound server's device opens at by default (a 16 kHz
+    sink: the server passes the samples through, so the ramp arrives exact); the efficient profile's 100 ms blocks
+    and the low-latency profile's 40 ms."""
+    null = null_sink(rate, 1)
+    block = rate * block_ms // 1000
     blocks: list[tuple[npt.NDArray[np.float32], float]] = []
     delivered: list[tuple[float, bool]] = []  # (when the block reached the sink, the pace then was a visit's)
     pace = {"visit": False}
@@ -82,20 +95,21 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
         blocks.append((samples, capture_time))
         delivered.append((time.monotonic(), pace["visit"]))
 
-    source = open_source("mic:pulse@48000x1", AudioSettings(), sink=sink)
+    source = open_source(spec, AudioSettings(capture_block_ms=block_ms), sink=sink)
     assert isinstance(source, MicSource) and source.paced
-    wav = ramp_wav(tmp_path / "ramp.wav")
+    assert (source.sample_rate, source.channels) == (rate, 1)
+    wav = ramp_wav(tmp_path / "ramp.wav", rate)
     switches = 0
     with source:
         stream = source._stream
-        assert stream.latency >= mic_paced.HOST_BUFFER_S and stream.blocksize == RATE // 10
-        assert requested_fragment_ms() == 100.0  # the period is one block: visit blocks come as often as before
+        assert stream.latency >= mic_paced.HOST_BUFFER_S and stream.blocksize == block
+        assert requested_fragment_ms() == block_ms  # the period is one block: visit blocks come as often as before
         player = null.play(str(wav))
         deadline = time.monotonic() + 60
         idle = True
         while player.poll() is None and time.monotonic() < deadline:
             # Switch pace after ~0.7 s of audio (not a multiple of the idle period), waiting on delivered audio.
-            target = len(blocks) + 7
+            target = len(blocks) + round(0.7 * rate / block)
             while len(blocks) < target and time.monotonic() < deadline:
                 time.sleep(0.05)
             idle = not idle
@@ -105,7 +119,7 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
         assert player.wait(timeout=30) == 0
         pace["visit"] = True
         source.set_idle(False)
-        end = len(blocks) + 10  # 1 s of the silence after the ramp
+        end = len(blocks) + round(rate / block)  # 1 s of the silence after the ramp
         while len(blocks) < end and time.monotonic() < deadline:
             time.sleep(0.05)
     # Each switch waits for 0.7 s of delivered audio, which an idle batch can overshoot by up to a second: 8 s of
@@ -116,16 +130,20 @@ def test_idle_and_visit_paces_lose_and_repeat_no_sample(
     assert defects == 0, f"{source.stats}"
     # PulseAudio itself may drop the first 100 ms a fresh stream plays into an idle null sink (the callback
     # stream measured the same); none of the rest.
-    assert first + got == round(RAMP_S * RATE) and first <= RATE // 10, (first, got)
-    assert {len(b) for b, _ in blocks} == {RATE // 10}
+    assert first + got == round(RAMP_S * rate) and first <= rate // 10, (first, got)
+    assert {len(b) for b, _ in blocks} == {block}
     # Capture times: never after the block reached the sink (the last sample read is "now"), and in order while a
     # visit takes the blocks (an idle batch after a visit block may be stamped before it: both are upper bounds).
-    ends = np.array([t + len(b) / RATE for b, t in blocks])
+    ends = np.array([t + len(b) / rate for b, t in blocks])
     assert np.all(ends <= np.array([d for d, _ in delivered])), "a capture time in the future"
     visit = np.array([v for _, v in delivered])
     steps = np.diff(np.array([t for _, t in blocks]))
     assert np.all(steps[visit[1:] & visit[:-1]] > 0), np.sort(steps)[:5]
     assert source.stats.input_overflows == 0
+    if rate == SAMPLE_RATE:  # the visit's DSP passes 16 kHz through: its frames are the samples read, bit for bit
+        dsp = Dsp(rate, AudioSettings())
+        frames = [f for b, t in blocks for f in dsp.process(Block(b, t))] + dsp.flush()
+        assert np.array_equal(np.frombuffer(b"".join(f.pcm for f in frames), "<i2"), samples)
 
 
 def test_short_blocks_keep_the_callback_stream(null_sink: Callable[[int, int], NullSink]) -> None:
@@ -140,3 +158,8 @@ def test_periods_keep_one_block_per_period() -> None:
     assert mic_paced.periods_for(0.1) == round(2 * mic_paced.HOST_BUFFER_S / 0.1)
     assert mic_paced.periods_for(0.2) == round(2 * mic_paced.HOST_BUFFER_S / 0.2)
     assert mic_paced.periods_for(10.0) == mic_paced.DEFAULT_PERIODS
+    # The low-latency profile's 40 ms blocks at any rate (block = round(rate * 0.04) frames) are read paced.
+    for rate in (8000, 16000, 22050, 44100, 48000):
+        assert mic_paced.periods_for(round(rate * 0.04) / rate) == mic_paced.MAX_PACED_PERIODS == 100
+        assert mic_paced.paced_fits(round(rate * 0.04) / rate)
+    assert not mic_paced.paced_fits(0.02) and not mic_paced.paced_fits(0.039)

@@ -67,6 +67,8 @@ def _alsa(load: bool) -> ctypes.CDLL | None:
     alsa.snd_config_get_string.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)]
     alsa.snd_config_get_id.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_char_p)]
     alsa.snd_config_delete.argtypes = [ctypes.c_void_p]
+    alsa.snd_config_search_definition.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p,
+                                                  ctypes.POINTER(ctypes.c_void_p)]  # fmt: skip
     return alsa
 
 
@@ -137,3 +139,23 @@ def release_scan_plugins() -> bool:
     if result < 0:
         log.warning("ALSA did not release its configuration after the device scan (error %d)", result)
     return result >= 0
+
+
+def pcm_type(name: str) -> str | None:
+    """The plugin ``type`` of the ALSA PCM ``name`` as alsa-lib would open it (``pulse``, ``pipewire``, ``hw``,
+    ``plug``, ``dsnoop`` ...): its definition in the global configuration, expanded the way ``snd_pcm_open`` does
+    (aliases such as ``default`` -> ``cards.pcm.default``, arguments, and the configuration's hooks: the PulseAudio
+    plugin makes ``default`` a ``pulse`` PCM only while a server runs). None where there is no alsa-lib, no such
+    definition (a PortAudio name like ``USB Audio: - (hw:1,0)`` is not one) or no string ``type``. Leaves the
+    configuration loaded, as the stream's open would; call it where a scan may run (see the module docstring)."""
+    alsa = _alsa(load=True)
+    if alsa is None or int(alsa.snd_config_update()) < 0:
+        return None
+    top = ctypes.c_void_p.in_dll(alsa, "snd_config")
+    found = ctypes.c_void_p()
+    if not top.value or alsa.snd_config_search_definition(top, b"pcm", name.encode(), ctypes.byref(found)) < 0:
+        return None
+    try:
+        return _string(alsa, found.value or 0, b"type")
+    finally:
+        alsa.snd_config_delete(found)  # an expanded copy, the caller's to free

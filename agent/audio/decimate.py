@@ -15,7 +15,8 @@ samples (about 1.5 ms at 48 kHz), which the DSP subtracts from the capture times
 last ``taps - 1`` input samples).
 
 :class:`RationalFir` does the same for a rational ratio ``up / down`` (44.1 kHz: 160 / 441; the PulseAudio
-microphone opens at 44.1 kHz, where soxr HQ held 20-40 ms of every block), with the filter designed at
+microphone opens at 44.1 kHz with ``AudioSettings.server_mic_16k`` off, where soxr HQ held 20-40 ms of every
+block; by default it opens at 16 kHz and needs no resampling), with the filter designed at
 ``up * in_rate``: output ``n`` uses inputs up to ``floor(n * down / up)``, delay about 1.6 ms.
 
 Pure numpy, no state outside the object. Measured here in a tight loop (``benchmarks/NOTES.md``): 48 kHz, one

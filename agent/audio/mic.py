@@ -2,12 +2,13 @@
 
 ``sounddevice`` is imported lazily, so everything else works on machines without the system PortAudio library.
 The device is chosen by NAME (a case-insensitive substring of the PortAudio device name; first match wins,
-exact matches first), never by index, because indices change when USB devices come and go. It is opened at its
-native (default) rate and channel count (at most 2) unless the spec overrides them::
+exact matches first), never by index, because indices change when USB devices come and go. A sound server's device
+(ALSA ``pulse``/``pipewire``, ``default`` routed to one) opens at 16 kHz mono, any other at its native (default)
+rate and channel count (at most 2), unless the spec overrides them (:mod:`agent.audio.mic_format`)::
 
     mic                      the system's default input device
     mic:<name>               first input device whose name contains <name>
-    mic:<name>@48000x1       ... opened at 48000 Hz, 1 channel (for tests and IT; "@48000" keeps native channels)
+    mic:<name>@48000x1       ... opened at 48000 Hz, 1 channel (for tests and IT; "@48000": channels as above)
     mic@44100x2              default device, rate and channels overridden
 
 The PortAudio callback only copies the block (once), stamps its capture time (``time.monotonic`` based: callback
@@ -33,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.audio.alsa_scan import hide_playback_only_pcms, release_scan_plugins
+from agent.audio.alsa_scan import hide_playback_only_pcms, pcm_type, release_scan_plugins
 from agent.audio.handoff import Handoff
+from agent.audio.mic_format import MAX_CHANNELS, DeviceFacts, needs_pcm_type, open_format
 from agent.audio.mic_paced import PacedReader, open_paced_stream, paced_fits, reader_into
 from agent.audio.paced import Clock
 from agent.audio.types import BlockSink, FixedFormat
 from agent.errors import DeviceError
 
 PORTAUDIO_MISSING = "PortAudio library not found: install libportaudio2 (apt-get install libportaudio2)"
-MAX_CHANNELS = 2
 
 _OVERRIDE = re.compile(r"@(\d+)(?:x(\d+))?$")
 
@@ -53,6 +54,8 @@ class InputDevice:
     """Hz."""
     channels: int
     """Maximum input channels the device offers."""
+    opens_at: tuple[int, int]
+    """(Hz, channels) ``mic:<name>`` opens it at with ``AudioSettings.server_mic_16k`` on (the default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +63,9 @@ class MicSpec:
     name: str | None
     """Device name substring; None: the default input device."""
     rate: int | None = None
-    """Override in Hz; None: the device's default rate."""
+    """Override in Hz; None: 16 kHz for a sound server's device, else the device's default rate."""
     channels: int | None = None
-    """Override; None: the device's channel count capped at 2."""
+    """Override; None: 1 for a sound server's device, else the device's channel count capped at 2."""
 
 
 @dataclass
@@ -106,16 +109,31 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
             import sounddevice
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
             raise DeviceError(PORTAUDIO_MISSING) from None
+        except Exception as exc:  # its import initialises PortAudio: PortAudioError (defined by that import)
+            raise _portaudio_failed(exc) from exc
         if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
             # done when no stream of ours is open).
-            sounddevice._terminate()  # also frees alsa-lib's configuration
+            if sounddevice._initialized:  # not after a re-initialisation that failed
+                sounddevice._terminate()  # also frees alsa-lib's configuration
             hide_playback_only_pcms()
-            sounddevice._initialize()
+            try:
+                sounddevice._initialize()
+            except sounddevice.PortAudioError as exc:
+                raise _portaudio_failed(exc) from exc
         if scanned or refresh:
             release_scan_plugins()  # the scan's ALSA plugins (~10 MB); the device list stays
     module: ModuleType = sounddevice
     return module
+
+
+def _portaudio_failed(exc: Exception) -> Exception:
+    """PortAudio's start-up failure as a DeviceError a person can act on; any other exception unchanged."""
+    if type(exc).__module__ != "sounddevice":
+        return exc
+    return DeviceError(f"PortAudio could not start ({exc.args[0] if exc.args else exc}); this is usually a broken "
+                       "ALSA configuration: check ~/.asoundrc and /etc/asound.conf (ALSA's own messages above "
+                       "name the file and line)")
 
 
 @contextlib.contextmanager
@@ -135,13 +153,23 @@ def _logging_held() -> Iterator[None]:
 
 
 def list_input_devices(refresh: bool = True) -> list[InputDevice]:
-    """Input devices PortAudio offers: name, default rate (Hz) and channel count."""
+    """Input devices PortAudio offers: name, default rate (Hz), channel count and the format the agent opens."""
     sd = import_sounddevice(refresh)
-    return [
-        InputDevice(str(d["name"]), round(d["default_samplerate"]), int(d["max_input_channels"]))
-        for d in sd.query_devices()
-        if d["max_input_channels"] > 0
-    ]
+    found = []
+    for d in sd.query_devices():
+        if d["max_input_channels"] > 0:
+            facts = device_facts(sd, d, lookup=True)
+            found.append(InputDevice(str(d["name"]), facts.default_rate, facts.max_channels,
+                                     open_format(None, None, facts)))  # fmt: skip
+    return found
+
+
+def device_facts(sd: ModuleType, info: dict[str, Any], *, lookup: bool) -> DeviceFacts:
+    """What :func:`~agent.audio.mic_format.open_format` needs of PortAudio's ``info`` for a device; the ALSA PCM
+    type only if ``lookup`` (it loads alsa-lib's configuration)."""
+    host_api = str(sd.query_hostapis(info["hostapi"])["name"])
+    kind = pcm_type(str(info["name"])) if lookup and host_api == "ALSA" else None
+    return DeviceFacts(round(info["default_samplerate"]), int(info["max_input_channels"]), host_api, kind)
 
 
 def find_device(sd: ModuleType, name: str | None) -> tuple[int, dict[str, Any]]:
@@ -168,16 +196,21 @@ class MicSource(FixedFormat):
     """A PortAudio input stream behind the Source protocol."""
 
     def __init__(self, spec: MicSpec, *, handoff_seconds: float, clock: Clock = time.monotonic,
-                 block_ms: int = 100, sink: BlockSink | None = None, paced: bool = False) -> None:  # fmt: skip
+                 block_ms: int = 100, sink: BlockSink | None = None, paced: bool = False,
+                 server_16k: bool = True) -> None:  # fmt: skip
         """``block_ms``: callback block length; PortAudio's own choice (blocksize 0) wakes far more often.
         ``sink``: where the callback puts each block (default: :attr:`handoff`).
         ``paced``: read a blocking stream at two paces (:mod:`agent.audio.mic_paced`; idle until :meth:`set_idle`
-        says otherwise) instead of a callback per block; ignored for blocks under 50 ms."""
+        says otherwise) instead of a callback per block; ignored for blocks under 40 ms (they would need more ALSA
+        periods than :data:`~agent.audio.mic_paced.MAX_PACED_PERIODS`).
+        ``server_16k``: open a sound server's device at 16 kHz mono where ``spec`` leaves rate or channels open
+        (:mod:`agent.audio.mic_format`; ``AudioSettings.server_mic_16k``)."""
         self._sd = import_sounddevice(refresh=True)
         index, info = find_device(self._sd, spec.name)
         self._device_name = str(info["name"])
-        self._rate = spec.rate or round(info["default_samplerate"])
-        self._channels = spec.channels or min(MAX_CHANNELS, int(info["max_input_channels"]))
+        host_api = str(self._sd.query_hostapis(info["hostapi"])["name"])
+        facts = device_facts(self._sd, info, lookup=needs_pcm_type(spec.rate, spec.channels, server_16k, host_api))
+        self._rate, self._channels = open_format(spec.rate, spec.channels, facts, server_16k=server_16k)
         self._index = index
         self._clock = clock
         self.handoff = Handoff(max(1, round(handoff_seconds * self._rate)))

@@ -34,9 +34,11 @@ IDLE_READ_S = 1.0
 HOST_BUFFER_S = 2.0
 """Seconds of audio PortAudio's host buffer holds (``latency``): twice the idle read period, the slack for a late
 reader. The pulse plugin drops what overruns it without an overflow flag (measured), so keep this margin."""
-MIN_PACED_BLOCK_S = 0.05
-"""Blocks shorter than this keep the callback stream: the period count the host buffer would need (2 x
-HOST_BUFFER_S / block) is beyond what a USB device's ALSA driver is sure to offer."""
+MAX_PACED_PERIODS = 100
+"""Blocks needing more ALSA periods than this (:func:`periods_for`; 100 is 40 ms blocks, the low-latency profile)
+keep the callback stream. The ALSA pulse plugin and snd-usb-audio both allow up to 1024 periods; 100 is the most
+measured and tested (``tests/test_mic_paced_pulse.py``). A device that allows fewer gets longer periods from
+PortAudio (its blocks then come in pairs: latency, not lost samples)."""
 DEFAULT_PERIODS = 4
 """PortAudio's own ALSA period count, restored after each paced open."""
 JOIN_S = 5.0
@@ -47,7 +49,7 @@ Deliver = Callable[[np.ndarray[Any, Any], float, bool], None]
 
 
 def paced_fits(block_s: float) -> bool:
-    return block_s >= MIN_PACED_BLOCK_S
+    return periods_for(block_s) <= MAX_PACED_PERIODS
 
 
 def periods_for(block_s: float) -> int:

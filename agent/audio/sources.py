@@ -114,7 +114,8 @@ def open_source(
         if pin is not None:
             mic = MicSpec(mic.name, *pin)
         return MicSource(mic, handoff_seconds=settings.handoff_seconds, clock=clock,
-                         block_ms=settings.capture_block_ms, sink=sink, paced=sink is not None)  # fmt: skip
+                         block_ms=settings.capture_block_ms, sink=sink, paced=sink is not None,
+                         server_16k=settings.server_mic_16k)  # fmt: skip
     if spec.startswith("file:"):
         return FileSource(spec[5:], pace=settings.pace, clock=clock, sleep=sleep, block_frames=block_frames,
                           sink=sink)  # fmt: skip
