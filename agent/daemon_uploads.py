@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from agent.archive import upload_runner
 from agent.archive.recovery import find_orphans, quarantined, recover
 from agent.archive.upload_policy import ItemState
 from agent.archive.upload_queue import UploadQueue
+from agent.malloc_bounds import give_back
 from agent.metrics import disk_free
 from agent.settings import AgentSettings
 
@@ -53,8 +55,10 @@ class UploadTotals:
 
 
 class Uploads:
-    def __init__(self, queue: UploadQueue, archive_dir: Path) -> None:
+    def __init__(self, queue: UploadQueue, archive_dir: Path, *, trim: Callable[[], object] = give_back) -> None:
         self.queue = queue
+        self._trim = trim
+        """Gives freed memory back to the kernel after a pass that uploaded (:func:`agent.malloc_bounds.give_back`)."""
         self.client: MediSyncClient | None = None
         self.counts = QueueCounts()
         self.totals = UploadTotals()
@@ -80,7 +84,8 @@ class Uploads:
 
         Raises AgentError when the new credentials cannot be read; then this one stays in use."""
         credentials = load_credentials(settings.api)
-        new = Uploads(UploadQueue(settings.upload, keys=self.queue.keys), Path(settings.archive.directory))
+        new = Uploads(UploadQueue(settings.upload, keys=self.queue.keys), Path(settings.archive.directory),
+                      trim=self._trim)
         new.totals = self.totals
         new.client = MediSyncClient(settings.api, credentials, max_upload_bytes=settings.upload.max_bytes)
         return new
@@ -106,6 +111,8 @@ class Uploads:
         if report.stopped_early or report.uploaded:
             self.unreachable = report.stopped_early
         self.due = report.stopped_early
+        if report.uploaded:
+            self._trim()  # the visit's and the upload's buffers are freed now (issue 11, idle RSS after a visit)
 
     async def count(self) -> None:
         """Count the queue every :data:`QUEUE_POLL_S` seconds; wake the worker when another process queued."""

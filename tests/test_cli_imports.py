@@ -67,10 +67,11 @@ def test_importing_a_command_module_leaves_the_server_stack_alone(name: str) -> 
 
 
 NOT_IN_THE_DAEMON = ("difflib", "termios", "tty", "lameenc", "wave", "agent.archive.encode", "agent.audio.synth",
-                     "agent.audio.wavfile")  # fmt: skip
+                     "agent.audio.wavfile", "soxr", "httpcore", "anyio")  # fmt: skip
 """What the daemon never needs during a visit or idle (issue 11, RSS): a mistyped key's hint (difflib), ``run``'s
 terminal view (termios, tty), the MP3 encoder for a visit over the upload limit (lameenc, wave), the file and
-synthetic sources; each is imported where it is used."""
+synthetic sources, soxr (only for rates the FIR decimators do not take), httpx's httpcore transport and its anyio
+(agent/api/h11_transport.py sends the requests); each is imported where it is used."""
 
 
 def test_the_daemon_imports_nothing_a_visit_does_not_use() -> None:
@@ -78,6 +79,14 @@ def test_the_daemon_imports_nothing_a_visit_does_not_use() -> None:
             f"print([m for m in {NOT_IN_THE_DAEMON!r} if m in sys.modules])")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert proc.stdout.strip() == "[]", f"the daemon imports {proc.stdout.strip()}"
+
+
+@pytest.mark.parametrize(("rate", "loads_soxr"), [(48000, False), (44100, False), (16000, False), (8000, True)])
+def test_soxr_is_loaded_only_for_a_rate_the_fir_decimators_do_not_take(rate: int, loads_soxr: bool) -> None:
+    code = ("import sys\nfrom agent.audio.dsp import Dsp\nfrom agent.settings import AudioSettings\n"
+            f"Dsp({rate}, AudioSettings())\nprint('soxr' in sys.modules)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.strip() == str(loads_soxr), proc.stderr
 
 
 def test_the_http_client_leaves_httpx_command_line_modules_alone() -> None:

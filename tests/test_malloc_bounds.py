@@ -68,3 +68,38 @@ def test_the_daemon_command_sets_them_before_the_daemon_starts(monkeypatch: pyte
     args = build_parser(("daemon",)).parse_args(["daemon", "--config", str(config)])
     assert args.func(args) == 0
     assert order == ["bounds", "daemon"]
+
+
+def test_give_back_returns_free_pages_from_inside_the_heap() -> None:
+    """Freed blocks below a live one stay in the heap (the trim threshold only trims its top); malloc_trim(0) gives
+    their pages back. A fresh interpreter with the daemon's bounds; RssAnon from /proc before and after."""
+    code = ("import ctypes, re\nfrom agent.malloc_bounds import bound_malloc, give_back\nbound_malloc()\n"
+            "def anon():\n    return int(re.search(r'RssAnon:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
+            "libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.malloc.argtypes = (ctypes.c_size_t,)\n"
+            "libc.free.argtypes = (ctypes.c_void_p,)\n"
+            "blocks = [libc.malloc(4000) for _ in range(8000)]\n"
+            "for b in blocks: ctypes.memset(b, 1, 4000)\n"
+            "keep = libc.malloc(4000)  # a live block at the top: the heap cannot shrink from its end\n"
+            "for b in blocks: libc.free(b)\n"
+            "before = anon(); given = give_back(); print(given, before - anon())\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    given, freed_kib = proc.stdout.split()
+    assert given == "True", proc.stderr
+    assert int(freed_kib) > 20_000, f"only {freed_kib} KiB given back of ~31 MiB freed"
+
+
+def test_the_daemon_gives_memory_back_after_a_pass_that_uploaded(tmp_path: Path) -> None:
+    from agent.archive.upload_queue import UploadQueue
+    from agent.archive.upload_runner import DrainReport
+    from agent.daemon_uploads import Uploads
+    from agent.settings import UploadSettings
+
+    trims: list[int] = []
+    queue = UploadQueue(UploadSettings(queue_dir=str(tmp_path / "q")))
+    uploads = Uploads(queue, tmp_path, trim=lambda: trims.append(1))
+    uploads._count_report(DrainReport())  # an empty pass: nothing was freed worth a trim
+    uploads._count_report(DrainReport(failed=["a"], stopped_early=True))
+    assert trims == []
+    uploads._count_report(DrainReport(uploaded=["b"]))
+    assert trims == [1]

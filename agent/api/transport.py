@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from agent.api.h11_transport import default_transport
 from agent.api.models import Login
 from agent.api.responses import Document, decode_answer, decode_document, error_for_status, unwrap
 from agent.api.secret import Credentials, Secret
@@ -102,7 +103,7 @@ class AuthedHttp:
         self._client = httpx.AsyncClient(
             base_url=api_base(settings.api_url),
             timeout=httpx.Timeout(settings.timeout_s),
-            transport=transport,
+            transport=transport if transport is not None else default_transport(),
             follow_redirects=False,
         )
 

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
 from agent import SAMPLE_RATE
 from agent.audio.decimate import FirDecimator, RationalFir, supports, supports_rational
 from agent.audio.types import Block, Frame
 from agent.settings import AudioSettings
+
+if TYPE_CHECKING:
+    import soxr
 
 Quality = Literal["HQ", "VHQ"]
 _SILENCE_CHUNK_SECONDS = 1.0
@@ -95,6 +97,8 @@ class Dsp:
             self._fir = FirDecimator(in_rate) if supports(in_rate) else RationalFir(in_rate)
             self._delay_s = self._fir.delay_samples / in_rate
         elif in_rate != SAMPLE_RATE:  # soxr at ratio 1 is a no-op; skipping it keeps 16 kHz input bit-exact
+            import soxr  # only here: the FIR rates and 16 kHz never load it (issue 11, daemon RSS)
+
             self._resampler = soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=quality)
         self._in_pos = 0  # input frames consumed (inserted silence included)
         self._anchors: deque[tuple[int, float]] = deque()  # (input position, capture time) per block
