@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from agent.stream import wire
 from agent.stream.actions import Ended
 from agent.stream.client import SpeechStream, State
-from agent.stream.connection import dial
+from agent.stream.connection import dial, redirect_target
 from agent.stream.link import SpeechLink
 from agent.stream.policy import Failure
 from tests.plugins.proxy import TcpProxy
@@ -210,3 +210,60 @@ def test_wss_streams_through_tls_and_a_wrong_certificate_is_refused(
     assert medisync_server.session_audio("tls").runs == expected_runs(visit.frames[:1])
     assert isinstance(untrusted, Ended) and untrusted.failure is Failure.TRANSIENT
     assert untrusted.reason == "connect failed: SSLCertVerificationError"
+
+
+async def _redirecting_front(location: str) -> tuple[asyncio.Server, list[str]]:
+    """A plain HTTP server that answers every request with ``302 Found`` to ``location``; returns it and the
+    request lines it got."""
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0].decode())
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), seen
+
+
+def test_dial_follows_a_redirect_on_the_same_host_and_refuses_one_that_would_hand_the_token_elsewhere(
+    medisync_server: RunningServer,
+) -> None:
+    real = urlsplit(medisync_server.speech_url)
+    query = "/ws/transcribe?session_id=redirect&appointment_id=a&sample_rate=16000"
+
+    async def run() -> tuple[SpeechLink | Ended, SpeechLink | Ended, SpeechLink | Ended, list[str]]:
+        token = (await asyncio.to_thread(medisync_server.login))[0]
+        same_host, _ = await _redirecting_front(f"http://127.0.0.1:{real.port}{query}")
+        other_host, _ = await _redirecting_front(f"ws://localhost:{real.port}{query}")
+        loop, seen = await _redirecting_front(query)  # relative: back to itself, for ever
+        dialled = []
+        for front in (same_host, other_host, loop):
+            port = front.sockets[0].getsockname()[1]
+            dialled.append(await dial(f"ws://127.0.0.1:{port}{query}", token, fast_settings()))
+            front.close()
+        followed = dialled[0]
+        assert isinstance(followed, SpeechLink)
+        await followed.close()
+        return dialled[0], dialled[1], dialled[2], seen
+
+    followed, elsewhere, endless, seen = asyncio.run(run())
+    assert isinstance(followed, SpeechLink) and followed.subprotocol == wire.RESUME_SUBPROTOCOL
+    assert isinstance(elsewhere, Ended) and elsewhere.failure is Failure.TRANSIENT
+    assert "another host" in elsewhere.reason and "not followed" in elsewhere.reason
+    assert isinstance(endless, Ended) and endless.reason == "handshake refused: more than 10 redirects"
+    assert len(seen) == 11 and set(seen) == {f"GET {query} HTTP/1.1"}
+
+
+@pytest.mark.parametrize(("url", "location", "target"), [
+    ("ws://h:1/ws/transcribe?a=1", "/v2/ws/transcribe?a=1", "ws://h:1/v2/ws/transcribe?a=1"),
+    ("ws://h:1/ws/transcribe", "https://H:443/ws/transcribe", "wss://H:443/ws/transcribe"),  # upgraded: allowed
+    ("wss://h/ws/transcribe", "wss://h:8443/x", "wss://h:8443/x"),
+    ("wss://h/ws/transcribe", "ws://h/ws/transcribe", None),  # the token would travel unencrypted
+    ("wss://h/ws/transcribe", "http://h/ws/transcribe", None),
+    ("ws://h/ws/transcribe", "ws://evil/ws/transcribe", None),  # another host
+    ("ws://h/ws/transcribe", "ftp://h/x", None),
+])  # fmt: skip
+def test_redirect_target(url: str, location: str, target: str | None) -> None:
+    assert redirect_target(url, location) == target

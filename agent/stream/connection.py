@@ -18,7 +18,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 TranscriptSink = Callable[[wire.TranscriptEvent], None]
 CLOSE_TIMEOUT_S = 2.0
 """Seconds a close handshake may take (ours at the visit's end, or after the server's close frame)."""
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+"""Redirects one dial follows (websockets' own ``connect`` stopped at the same number)."""
 
 
 def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str:
@@ -53,7 +56,34 @@ def transcribe_url(speech_url: str, appointment_id: str, session_id: str) -> str
 async def dial(url: str, token: str, settings: StreamSettings, *,
                ssl_context: ssl.SSLContext | None = None) -> SpeechLink | Ended:  # fmt: skip
     """Open the socket and do the opening handshake within ``connect_timeout_s`` (``wss``: TLS with
-    ``ssl_context``, default: the system's trust store, checking the URL's host name)."""
+    ``ssl_context``, default: the system's trust store, checking the URL's host name). A redirect (301, 302, 303,
+    307, 308) is followed, at most :data:`MAX_REDIRECTS` times, when :func:`redirect_target` allows it."""
+    for _ in range(MAX_REDIRECTS + 1):
+        dialled = await _dial_once(url, token, settings, ssl_context)
+        if not isinstance(dialled, str):
+            return dialled
+        log.info("speech socket redirected (the path or port changed; the host did not)")
+        url = dialled
+    return Ended(Failure.TRANSIENT, f"handshake refused: more than {MAX_REDIRECTS} redirects")
+
+
+def redirect_target(url: str, location: str) -> str | None:
+    """The ``ws``/``wss`` URL a redirect's ``Location`` (absolute or relative, ``http(s)`` or ``ws(s)``) points at,
+    or None when following it would hand the bearer token to someone else: another host, or from ``wss`` to an
+    unencrypted ``ws`` or ``http``."""
+    target = urlsplit(urljoin(url, location))
+    scheme = {"http": "ws", "https": "wss"}.get(target.scheme, target.scheme)
+    source = urlsplit(url)
+    if scheme not in ("ws", "wss") or (source.scheme == "wss" and scheme != "wss"):
+        return None
+    if (target.hostname or "").lower() != (source.hostname or "").lower():
+        return None
+    return target._replace(scheme=scheme).geturl()
+
+
+async def _dial_once(url: str, token: str, settings: StreamSettings,
+                     ssl_context: ssl.SSLContext | None) -> SpeechLink | Ended | str:  # fmt: skip
+    """:func:`dial` without redirects: a redirect it may follow comes back as the URL to dial next."""
     try:
         uri = parse_uri(url)
     except InvalidURI as exc:
@@ -76,6 +106,13 @@ async def dial(url: str, token: str, settings: StreamSettings, *,
                 raise
     except InvalidStatus as exc:
         status = exc.response.status_code
+        location = exc.response.headers.get("Location")
+        if status in REDIRECT_STATUSES and location:
+            target = redirect_target(url, location)
+            if target is not None:
+                return target
+            return Ended(Failure.TRANSIENT, f"handshake redirected (HTTP {status}) to another host or to an "
+                                            "unencrypted URL: not followed, the token would go with it")  # fmt: skip
         retry_after = parse_retry_after(exc.response.headers.get("Retry-After"), time.time())
         failure = {401: Failure.UNAUTHORIZED, 403: Failure.FORBIDDEN}.get(status, Failure.TRANSIENT)
         return Ended(failure, f"handshake refused with HTTP {status}", retry_after)
