@@ -9,9 +9,7 @@ read timeout, a refused connection, and TLS (a trusted and an untrusted certific
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import ssl
 import subprocess
 import sys
@@ -24,6 +22,7 @@ import pytest
 from agent.api.h11_transport import AsyncioTransport
 from agent.server.app import ServerThread
 from tests.plugins.api_client import EMAIL, PASSWORD
+from tests.plugins.tls import self_signed_certificate
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -197,24 +196,7 @@ def test_a_refused_connection_is_a_connect_error() -> None:
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     """A server context with a fresh self-signed certificate for 127.0.0.1, and the certificate's PEM file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
-    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))  # fmt: skip
+    cert_pem, key_pem = self_signed_certificate(tmp_path, "127.0.0.1")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_pem, key_pem)
     return context, cert_pem

@@ -4,17 +4,12 @@ write back-pressure, keepalive through a stall, the close handshake, TLS, and wh
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.stream import wire
 from agent.stream.actions import Ended
@@ -25,6 +20,7 @@ from agent.stream.policy import Failure
 from tests.plugins.proxy import TcpProxy
 from tests.plugins.server import RunningServer
 from tests.plugins.stream import LoginTokens, expected_runs, fast_settings, gated_visit, wait_until
+from tests.plugins.tls import self_signed_certificate
 
 
 def proxied(tcp_proxy: Callable[[str, int], TcpProxy], server: RunningServer) -> TcpProxy:
@@ -137,23 +133,6 @@ def test_a_closed_port_is_reported_unreachable() -> None:
 # --- TLS: a TLS-terminating proxy (certificate made here) in front of the local server --------------------------
 
 
-def _certificate(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))  # fmt: skip
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return cert_path, key_path
-
-
 async def _tls_front(cert: Path, key: Path, target: tuple[str, int]) -> asyncio.Server:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
@@ -178,7 +157,7 @@ async def _tls_front(cert: Path, key: Path, target: tuple[str, int]) -> asyncio.
 def test_wss_streams_through_tls_and_a_wrong_certificate_is_refused(
     medisync_server: RunningServer, tmp_path: Path
 ) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path, "localhost")
     target = urlsplit(medisync_server.speech_url)
     assert target.hostname is not None and target.port is not None
     visit = gated_visit(3.0, seed=43)
