@@ -1,4 +1,6 @@
-"""A throw-away self-signed certificate for TLS tests over loopback (made with the test extra's cryptography)."""
+"""A throw-away self-signed certificate for TLS tests over loopback (made with the test extra's cryptography,
+imported when a test asks: every module here loads as a pytest plugin, also where cryptography is not installed,
+e.g. the arm64 stage)."""
 
 from __future__ import annotations
 
@@ -6,15 +8,15 @@ import datetime
 import ipaddress
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 
 def self_signed_certificate(folder: Path, host: str) -> tuple[Path, Path]:
     """(certificate PEM, private key PEM) in ``folder`` for ``host`` (an IP address or a DNS name), valid for an
     hour around now; the certificate is its own CA, so trusting it as a CA file trusts the server."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     try:
         alt_name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
