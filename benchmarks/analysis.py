@@ -63,10 +63,14 @@ def ack_lags(result: dict[str, Any]) -> list[float]:
 
 def catch_up(result: dict[str, Any], up_at: float) -> dict[str, float]:
     """After the link came back at ``up_at``: when the first ``ready`` came, and when the ack covered all audio
-    captured before ``up_at`` (the backlog), plus the backlog's gated seconds."""
+    captured before ``up_at`` that the voice gate passed (the backlog), plus the backlog's gated seconds.
+
+    The backlog ends at the last audio sent (ever) that was captured before ``up_at``, not at the last frame
+    captured: when the link comes back during a pause, the frames before it that the gate held back are never sent,
+    and waiting for an ack past them would wait for the next speech, captured live after ``up_at``."""
     frames = np.asarray(result["frames"], dtype=np.float64).reshape(-1, 3)
     captured_before = frames[frames[:, 2] + frames[:, 1] / SAMPLE_RATE <= up_at]
-    boundary = float((captured_before[:, 0] + captured_before[:, 1]).max()) if len(captured_before) else 0.0
+    captured_end = float((captured_before[:, 0] + captured_before[:, 1]).max()) if len(captured_before) else 0.0
     readies = [t for t, _ in result["readies"] if t >= up_at]
     ready_at = min(readies) if readies else float("nan")
     seq_end: dict[int, float] = {}
@@ -74,6 +78,8 @@ def catch_up(result: dict[str, Any], up_at: float) -> dict[str, float]:
     for _t, seq, start, n in result["sends"]:
         seq_end[seq] = start + n
         seq_samples[seq] = n
+    sent_before = [min(end, captured_end) for seq, end in seq_end.items() if end - seq_samples[seq] < captured_end]
+    boundary = max(sent_before, default=0.0)
     done_at = float("nan")
     for t, acked in sorted(result["acks"]):
         if t >= up_at and seq_end.get(acked, -1) >= boundary:
