@@ -110,6 +110,8 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
         except OSError:  # sounddevice raises OSError("PortAudio library not found") at import
             raise DeviceError(PORTAUDIO_MISSING) from None
         except Exception as exc:  # its import initialises PortAudio: PortAudioError (defined by that import)
+            if type(exc).__module__ != "sounddevice":
+                raise
             raise _portaudio_failed(exc) from exc
         if refresh and not scanned:  # the import itself has just scanned
             # PortAudio scans devices once at initialisation; re-initialise to see devices added since (only
@@ -127,10 +129,8 @@ def import_sounddevice(refresh: bool = False) -> ModuleType:
     return module
 
 
-def _portaudio_failed(exc: Exception) -> Exception:
-    """PortAudio's start-up failure as a DeviceError a person can act on; any other exception unchanged."""
-    if type(exc).__module__ != "sounddevice":
-        return exc
+def _portaudio_failed(exc: Exception) -> DeviceError:
+    """PortAudio's start-up failure (a PortAudioError) as a DeviceError a person can act on."""
     return DeviceError(f"PortAudio could not start ({exc.args[0] if exc.args else exc}); this is usually a broken "
                        "ALSA configuration: check ~/.asoundrc and /etc/asound.conf (ALSA's own messages above "
                        "name the file and line)")
