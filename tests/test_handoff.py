@@ -67,6 +67,24 @@ def test_each_put_makes_the_wake_fd_readable_and_one_read_clears_it() -> None:
         h.close_wake_fd()
 
 
+def test_the_consumer_never_waits_for_a_producer_writing_the_wake_fd() -> None:
+    """The wake write lets go of the GIL and wakes the consumer: it must find the queue free (a write under the
+    queue's lock made the woken event loop wait for the capture thread once more per block)."""
+    h = Handoff(capacity_samples=1000)
+    h.wake_fd()
+    try:
+        h.put(block(1), 1.0)
+        got: list[object] = []
+        with h._fd_lock:  # a producer is writing to the wake fd right now
+            consumer = threading.Thread(target=lambda: (h.clear_wake(), got.append(h.get_nowait())))
+            consumer.start()
+            consumer.join(DEADLINE_S)
+            assert not consumer.is_alive(), "the consumer waited for the producer's write"
+        assert got and got[0] is not None
+    finally:
+        h.close_wake_fd()
+
+
 def test_a_put_wakes_a_reader_waiting_in_get() -> None:
     h = Handoff(capacity_samples=1000)
     got: list[object] = []

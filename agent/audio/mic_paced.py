@@ -146,26 +146,38 @@ class PacedReader:
 
     def _run(self) -> None:
         try:
-            nxt = np.empty(self._shape, self._dtype)  # the next block's array, made before a block is handed on
             while not self._stop.is_set():
-                frames = self._next_read()
-                if frames == self._blocksize:
-                    samples = nxt
-                    overflowed = self._read_into(samples)
-                    now = self._clock()
-                    nxt = np.empty(self._shape, self._dtype)
-                    self._deliver(samples, now - frames / self._rate, overflowed)
-                elif frames:
-                    samples = np.empty((frames, self._shape[1]), self._dtype)
-                    overflowed = self._read_into(samples)
-                    self._deliver(samples, self._clock() - frames / self._rate, overflowed)
+                if self._idle:
+                    self._read_waiting()
+                else:
+                    self._read_each()
         except Exception as exc:  # kept for check_alive (PortAudioError: device lost); the owner reports it
             self.error = exc
 
+    def _read_each(self) -> None:
+        """A visit: block by block until idle or stopped. Everything per block is a local (issue 11: this loop
+        runs ten times a second on a thread whose caches are cold at each wake-up)."""
+        read_into, deliver, clock, empty = self._read_into, self._deliver, self._clock, np.empty
+        shape, dtype, stop = self._shape, self._dtype, self._stop
+        length = self._blocksize / self._rate
+        nxt = empty(shape, dtype)  # the next block's array, made before a block is handed on
+        while not (self._idle or stop.is_set()):
+            samples = nxt
+            overflowed = read_into(samples)
+            now = clock()
+            nxt = empty(shape, dtype)
+            deliver(samples, now - length, overflowed)
+
+    def _read_waiting(self) -> None:
+        """Between visits: after the pause, every whole block waiting, in one read."""
+        frames = self._next_read()
+        if frames:
+            samples = np.empty((frames, self._shape[1]), self._dtype)
+            overflowed = self._read_into(samples)
+            self._deliver(samples, self._clock() - frames / self._rate, overflowed)
+
     def _next_read(self) -> int:
-        """Frames to read next (0: none yet): all whole blocks waiting when idle (after the pause), else one."""
-        if not self._idle:
-            return self._blocksize
+        """Frames to read next (0: none yet): all whole blocks waiting (after the pause)."""
         self._wake.wait(IDLE_READ_S)
         self._wake.clear()
         if self._stop.is_set():
