@@ -303,17 +303,19 @@ class Recorder:
         if limit is not None and reaches(out, limit):
             out = cut(out, limit, segment_open=self._open_segment is not None)
         writer.write_frames(out.frames)
-        if writer.archived_samples >= self._next_progress:
-            log.info("archived %d samples", writer.archived_samples)
-            self._next_progress = (writer.archived_samples // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES
+        archived = writer.archived_samples
+        if archived >= self._next_progress:
+            log.info("archived %d samples", archived)
+            self._next_progress = (archived // PROGRESS_INTERVAL_SAMPLES + 1) * PROGRESS_INTERVAL_SAMPLES
         if isinstance(writer, ResilientArchiveWriter) and writer.writable != self._archive_writable:
             self._archive_writable = writer.writable
             if self._on_archive is not None:
                 self._on_archive(writer.health)
-        self._track_segments(out, writer.position)
+        position = writer.position
+        self._track_segments(out, position)
         if self._on_output is not None:
             self._on_output(out)
-        return limit is not None and writer.position >= limit
+        return limit is not None and position >= limit
 
     def _track_segments(self, out: PipelineOutput, archived: int) -> None:
         for event in out.events:

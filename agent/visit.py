@@ -323,7 +323,7 @@ class Visit:
         self.gated_samples += gated // BYTES_PER_SAMPLE
         if self.stream is not None and (out.events or out.gaps):
             # Gaps are audio the source lost (overflow, device loss): archived as silence, announced on the stream.
-            self.stream.feed([*out.events, *out.gaps])
+            self.stream.feed([*out.events, *out.gaps] if out.gaps else out.events)  # the feed only iterates them
         if self._on_output is not None:
             self._on_output(out)
 

@@ -242,17 +242,17 @@ class WavArchiveWriter:
     def _write_run(self, frames: Sequence[Frame]) -> None:
         """Write ``frames`` (silence before any that starts late); OSError propagates (see :meth:`_append`)."""
         run: list[bytes] = []
-        end = self.archived_samples
+        end = self._data_bytes // BYTES_PER_SAMPLE
         for frame in frames:
-            if frame.start < end:
+            start, pcm = frame.start, frame.pcm
+            if start != end:  # rare: the usual frame follows the last one
                 self._append(b"".join(run))
-                raise ValueError(f"frame at {frame.start} overlaps the archive, which is at {end}")
-            if frame.start > end:
-                self._append(b"".join(run))
+                if start < end:
+                    raise ValueError(f"frame at {start} overlaps the archive, which is at {end}")
                 run = []
-                self._append_silence(frame.start - end)
-            run.append(frame.pcm)
-            end = frame.start + len(frame.pcm) // BYTES_PER_SAMPLE
+                self._append_silence(start - end)
+            run.append(pcm)
+            end = start + len(pcm) // BYTES_PER_SAMPLE
         if run:
             self._append(b"".join(run))
 

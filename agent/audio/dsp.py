@@ -59,10 +59,12 @@ def to_int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
     """Float in [-1, 1] to s16 (scale 32768, round half to even, clip) — exact for audio that came from s16."""
     # float32 is enough: scaling by a power of two is exact and rint of a float32 is exact (checked bit for bit
     # against the float64 version); in place, it saves three temporaries per block.
-    scaled = np.multiply(x, np.float32(32768.0), dtype=np.float32)
+    scaled = np.multiply(x, 32768.0, dtype=np.float32)
     np.rint(scaled, out=scaled)
-    np.minimum(scaled, np.float32(32767.0), out=scaled)  # = np.clip, without its Python-level wrappers per block
-    np.maximum(scaled, np.float32(-32768.0), out=scaled)
+    # = np.clip, without its Python-level wrappers per block; Python floats are weak scalars (stay float32) and
+    # cheaper to pass than np.float32 objects
+    np.minimum(scaled, 32767.0, out=scaled)
+    np.maximum(scaled, -32768.0, out=scaled)
     clipped: npt.NDArray[np.int16] = scaled.astype("<i2")
     return clipped
 
@@ -72,7 +74,7 @@ def downmix(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     if samples.ndim == 1:
         return samples.astype(np.float32, copy=False)
     if samples.shape[1] == 1:
-        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
+        return samples.reshape(-1).astype(np.float32, copy=False)  # a view of a contiguous mono block
     if samples.shape[1] == 2 and samples.dtype == np.float32:
         # (left + right) / 2 gives the same float32 values as mean() at ~1/20 of its cost per block
         stereo: npt.NDArray[np.float32] = (samples[:, 0] + samples[:, 1]) * np.float32(0.5)
@@ -120,9 +122,7 @@ class Dsp:
         """Frames completed by ``block`` (may be none: the resampler and the framer buffer a little)."""
         if self._flushed:
             raise RuntimeError("Dsp.process after flush")
-        out: list[npt.NDArray[np.int16]] = []
-        if block.missed > 0:
-            out.extend(self._insert_silence(block.missed, block.capture_time))
+        out = self._insert_silence(block.missed, block.capture_time) if block.missed > 0 else []
         self._anchors.append((self._in_pos, block.capture_time))
         mono = downmix(block.samples)
         self._in_pos += len(mono)
@@ -157,7 +157,10 @@ class Dsp:
         return to_int16(self._resampler.resample_chunk(mono, last=last))
 
     def _frames(self, parts: list[npt.NDArray[np.int16]], *, final: bool) -> list[Frame]:
-        pcm = np.concatenate([self._pending, *parts]) if parts else self._pending
+        if len(parts) == 1 and not len(self._pending):  # the usual block: whole frames in, nothing left over
+            pcm = parts[0]
+        else:
+            pcm = np.concatenate([self._pending, *parts]) if parts else self._pending
         n = self.frame_samples
         full = len(pcm) // n
         cut = full * n
@@ -176,13 +179,14 @@ class Dsp:
         in_rate, delay = self.in_rate, self._delay_s
         start = self._out_pos
         step = 2 * n
-        for offset in range(0, len(data), step):
+        size = len(data)
+        for offset in range(0, size, step):
             position = start * in_rate / SAMPLE_RATE
             while len(anchors) > 1 and anchors[1][0] <= position:
                 anchors.popleft()
             anchor_pos, anchor_time = anchors[0] if anchors else (position, delay)
-            chunk = data[offset : offset + step]
-            frames.append(Frame(start, chunk, anchor_time + (position - anchor_pos) / in_rate - delay))
-            start += len(chunk) // 2
+            capture_time = anchor_time + (position - anchor_pos) / in_rate - delay
+            frames.append(Frame(start, data[offset : offset + step], capture_time))
+            start += n if offset + step <= size else (size - offset) // 2
         self._out_pos = start
         return frames

@@ -90,8 +90,12 @@ class MicHealthDetector:
     def __init__(self, settings: MicSettings, now: float) -> None:
         self.settings = settings
         self._clip_level = 10.0 ** (settings.clip_dbfs / 20.0)
-        self._window: deque[tuple[float, int, float, int]] = deque()
-        """(end time, samples, sum of squares, clipped samples) per block within ``window_s``."""
+        # Per block within ``window_s``, in four parallel deques so that the window's totals are plain sum() calls
+        # (per block on the event loop): end time, samples, sum of squares, clipped samples.
+        self._ends: deque[float] = deque()
+        self._counts: deque[int] = deque()
+        self._powers: deque[float] = deque()
+        self._clips: deque[int] = deque()
         self._silent = _Debounce(settings.raise_s, settings.clear_s)
         self._clipping = _Debounce(settings.raise_s, settings.clear_s)
         self._no_data = False
@@ -110,9 +114,11 @@ class MicHealthDetector:
     @property
     def level_dbfs(self) -> float:
         """RMS level over the window; :data:`FLOOR_DBFS` for digital silence, an empty window or no data."""
-        count = sum(n for _, n, _, _ in self._window)
-        power = sum(p for _, _, p, _ in self._window) / count if count else 0.0
-        if self._no_data or power <= 1e-12:
+        if self._no_data:
+            return FLOOR_DBFS
+        count = sum(self._counts)
+        power = sum(self._powers) / count if count else 0.0
+        if power <= 1e-12:
             return FLOOR_DBFS
         return max(FLOOR_DBFS, 10.0 * math.log10(power))
 
@@ -123,9 +129,17 @@ class MicHealthDetector:
             return []
         power = float(np.dot(flat, flat))  # float32 dot: cheap, and plenty precise for a level meter
         clipped = int(np.count_nonzero(np.abs(flat) >= self._clip_level))
-        self._window.append((end, flat.size, power, clipped))
-        while self._window and self._window[0][0] <= end - self.settings.window_s:
-            self._window.popleft()
+        ends = self._ends
+        ends.append(end)
+        self._counts.append(flat.size)
+        self._powers.append(power)
+        self._clips.append(clipped)
+        oldest = end - self.settings.window_s
+        while ends and ends[0] <= oldest:
+            ends.popleft()
+            self._counts.popleft()
+            self._powers.popleft()
+            self._clips.popleft()
         changes = self._data_flows(start, end)
         changes += self._judge_level(end)
         changes += self._judge_speech(end)
@@ -189,8 +203,8 @@ class MicHealthDetector:
         if (since := self._silent.update(now, bad=quiet, good=loud)) is not None:
             changes.append(self._change(SILENT, self._silent.raised, now, since))
             changes += self._end_no_speech(now) if self._silent.raised else self._level_back(now)
-        count = sum(n for _, n, _, _ in self._window)
-        share = sum(c for _, _, _, c in self._window) / count if count else 0.0
+        count = sum(self._counts)
+        share = sum(self._clips) / count if count else 0.0
         limit = self.settings.clip_share
         if (since := self._clipping.update(now, bad=share >= limit, good=share < limit / 2)) is not None:
             changes.append(self._change(CLIPPING, self._clipping.raised, now, since))
