@@ -74,17 +74,12 @@ class WebRtcVad:
     """``is_speech`` backed by webrtcvad (16 kHz, frames of 10, 20 or 30 ms)."""
 
     def __init__(self, aggressiveness: int) -> None:
-        import _webrtcvad  # webrtcvad's C module: its Vad only wraps these calls
         import webrtcvad
 
-        vad = webrtcvad.Vad(aggressiveness)
-        self._handle = vad._vad
-        self._process = _webrtcvad.process
+        self._vad = webrtcvad.Vad(aggressiveness)
 
     def __call__(self, pcm: bytes) -> bool:
-        # Straight into the C call (5 frames per 100 ms block on the event loop): Vad.is_speech adds a Python frame
-        # and a length check that only repeats ours (len(pcm) // 2 samples, which webrtcvad validates itself).
-        return bool(self._process(self._handle, SAMPLE_RATE, pcm, len(pcm) // 2))
+        return bool(self._vad.is_speech(pcm, SAMPLE_RATE))
 
 
 def frames_for(ms: int, frame_ms: int) -> int:
