@@ -34,8 +34,11 @@ DEADLINE_S = 10.0
 
 
 def server_lock_path() -> str:
-    """One lock per PulseAudio server: the per-user server lives in ``XDG_RUNTIME_DIR``."""
+    """One lock per PulseAudio server: the per-user server lives in ``XDG_RUNTIME_DIR``. The folder is made if it
+    is missing (PulseAudio makes it too, but only when the first test starts the server: a test that asks for the
+    lock before that found no folder)."""
     folder = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     return os.path.join(folder, f"medisync-tests-pulse-{os.getuid()}.lock")
 
 
