@@ -22,7 +22,7 @@ from agent.stream import wire
 from agent.stream.client import SpeechStream, State
 from agent.stream.connection import dial
 from agent.stream.link import SpeechLink
-from agent.stream.readhold import HOLD_S, HoldPolicy
+from agent.stream.readhold import HOLD_S, READ_EVERY_S, HoldPolicy
 from tests.plugins.server import RunningServer
 from tests.plugins.stream import LoginTokens, expected_runs, fast_settings, gated_visit, wait_until
 
@@ -74,7 +74,7 @@ def noise_frames(count: int, start: int = 0, seed: int = 5) -> list[Frame]:
 
 
 def test_the_hold_policy_renews_rarely_and_releases() -> None:
-    policy = HoldPolicy(hold_s=0.5, renew_s=0.25)
+    policy = HoldPolicy(hold_s=0.5, renew_s=0.25, read_every_s=0.4)
     assert not policy.holding and policy.release_at is None
     assert policy.audio_sent(10.0) and policy.release_at == 10.5 and policy.holding
     assert not policy.audio_sent(10.1) and not policy.audio_sent(10.2)  # still > 0.25 s to go: the timer stays
@@ -84,14 +84,22 @@ def test_the_hold_policy_renews_rarely_and_releases() -> None:
     assert policy.audio_sent(11.0) and policy.release_at == 11.5
 
 
+def test_the_hold_policy_reads_a_few_acks_at_a_time() -> None:
+    policy = HoldPolicy(hold_s=0.5, renew_s=0.25, read_every_s=0.4)
+    assert policy.read_due(3.0)  # nothing read yet
+    policy.was_read(3.0)
+    assert not policy.read_due(3.1) and not policy.read_due(3.39) and policy.read_due(3.41)
+
+
 def test_acks_are_read_in_the_block_wake_ups_and_the_last_within_the_bound(medisync_server: RunningServer) -> None:
-    """With blocks flowing every 50 ms (one message, one ack each) the loop is not woken by the socket; once the
-    audio stops, the last ack and the transcription its timeline jump closed are read within the bound."""
+    """With blocks flowing every 50 ms (one message, one ack each) the loop is not woken by the socket and the acks
+    are read a few at a time, in block wake-ups; once the audio stops, the last ack and the transcription its
+    timeline jump closed are read within the bound."""
     frames = noise_frames(41)
     last = Frame(frames[-1].end + 16000, frames[0].pcm)  # a jump in the timeline closes the server's speech span
     transcripts: list[float] = []
 
-    async def run(counter: WakeCounter) -> tuple[SpeechStream, int, int, float, float]:
+    async def run(counter: WakeCounter) -> tuple[SpeechStream, int, int, int, float, float]:
         loop = asyncio.get_running_loop()
         stream = SpeechStream(fast_settings(), speech_url=medisync_server.speech_url, appointment_id="a",
                               session_id="hold", token=LoginTokens(medisync_server.login),
@@ -100,9 +108,12 @@ def test_acks_are_read_in_the_block_wake_ups_and_the_last_within_the_bound(medis
         stream.feed(frames[:1])
         await wait_until(lambda: stream.stats.acked_messages == 1, "the first ack")
         counter.counting = True
+        reads, acked = 0, stream.stats.acked_messages
         for frame in frames[1:]:  # the recorder's pace: one block per wake-up, fed on the loop
             await asyncio.sleep(BLOCK_S)
             stream.feed([frame])
+            reads += stream.stats.acked_messages != acked
+            acked = stream.stats.acked_messages
         counter.counting = False
         acked_while_flowing = stream.stats.acked_messages
         stream.feed([last])
@@ -110,11 +121,13 @@ def test_acks_are_read_in_the_block_wake_ups_and_the_last_within_the_bound(medis
         await wait_until(lambda: stream.stats.acked_messages == len(frames) + 1 and bool(transcripts), "the rest")
         acked_at = loop.time()
         assert await stream.finish(final_sample=last.end, wait_s=10)
-        return stream, counter.tcp_wakeups, acked_while_flowing, acked_at - stopped, transcripts[0] - stopped
+        return stream, counter.tcp_wakeups, reads, acked_while_flowing, acked_at - stopped, transcripts[0] - stopped
 
-    stream, wakeups, acked_while_flowing, ack_wait, transcript_wait = run_counted(run)
+    stream, wakeups, reads, acked_while_flowing, ack_wait, transcript_wait = run_counted(run)
     assert wakeups <= 2, f"the socket woke the loop {wakeups} times for 40 acks"
-    assert acked_while_flowing >= len(frames) - 2  # read one block late at most
+    flowing_s = (len(frames) - 1) * BLOCK_S
+    assert 2 <= reads <= flowing_s / READ_EVERY_S + 2, f"40 acks taken in {reads} reads"
+    assert acked_while_flowing >= len(frames) - (READ_EVERY_S / BLOCK_S + 2)  # read in time
     assert ack_wait < BOUND_S and transcript_wait < BOUND_S
     assert stream.stats.state is State.DONE and stream.stats.connections == 1
     assert medisync_server.session_audio("hold").runs == expected_runs([*frames, last])

@@ -7,7 +7,8 @@ that reads the ack. While audio flows the loop wakes for every captured block an
 - after audio went out, the socket's receive low-water mark (Linux ``SO_RCVLOWAT``) is raised to
   :data:`HELD_LOWAT`: epoll no longer reports the socket readable for a few small frames, while an end of stream,
   a reset or an error still wakes it at once (``tcp_poll`` reports those whatever the mark);
-- at each later audio send, if bytes are waiting (``SIOCINQ``), the mark goes back to 1. Linux signals the socket
+- at a later audio send (the first :data:`READ_EVERY_S` after the last read: a few acks per read), if bytes are
+  waiting (``SIOCINQ``), the mark goes back to 1. Linux signals the socket
   readable right then (``tcp_set_rcvlowat`` calls ``tcp_data_ready``), so the loop's next select returns at once,
   within the same wake-up, and the transport reads everything waiting; the read raises the mark again;
 - no read waits longer than :data:`HOLD_S`: when no audio went out for that long (mic stalled, gated silence,
@@ -36,13 +37,17 @@ HOLD_S = 0.5
 """The longest a read waits for the sender's next wake-up (the contract allows 1 s; timers may run late)."""
 RENEW_S = 0.25
 """The hold's release time moves forward only once it is this close: one loop timer per ~0.25 s, not per block."""
+READ_EVERY_S = 0.4
+"""While audio flows, what waits is read at the first audio send this long after the last read: a few acks per
+read (the per-read cost, not the wake-up, is what counts); at most this plus one block late."""
 
 
 class HoldPolicy:
     """When reads may wait for the sender's next wake-up: from an audio send until ``hold_s`` without one."""
 
-    def __init__(self, hold_s: float = HOLD_S, renew_s: float = RENEW_S) -> None:
-        self._hold, self._renew = hold_s, renew_s
+    def __init__(self, hold_s: float = HOLD_S, renew_s: float = RENEW_S, read_every_s: float = READ_EVERY_S) -> None:
+        self._hold, self._renew, self._every = hold_s, renew_s, read_every_s
+        self._read_at = float("-inf")
         self.holding = False
         self.release_at: float | None = None
         """Monotonic time at which a hold ends unless audio went out since it was set."""
@@ -54,6 +59,13 @@ class HoldPolicy:
             return False
         self.release_at = now + self._hold
         return True
+
+    def read_due(self, now: float) -> bool:
+        """Whether what waits should be read at this audio send."""
+        return now - self._read_at >= self._every
+
+    def was_read(self, now: float) -> None:
+        self._read_at = now
 
     def release(self) -> None:
         self.holding = False
@@ -74,25 +86,27 @@ class HeldReads:
 
     def audio_sent(self) -> None:
         """Audio was just written: hold reads, or have what is waiting read now (within this wake-up)."""
-        policy = self._policy
-        if policy.audio_sent(self._loop.time()):
+        policy, now = self._policy, self._loop.time()
+        if policy.audio_sent(now):
             if self._timer is not None:
                 self._timer.cancel()
             assert policy.release_at is not None
             self._timer = self._loop.call_at(policy.release_at, self._expired)
         if self._due:
             return
-        fcntl.ioctl(self._fd, termios.FIONREAD, self._count, True)
-        if self._count != b"\0\0\0\0":
-            self._due = True
-            self._set(1)
-        else:
-            self._set(HELD_LOWAT)
+        if policy.read_due(now):
+            fcntl.ioctl(self._fd, termios.FIONREAD, self._count, True)
+            if self._count != b"\0\0\0\0":
+                self._due = True
+                self._set(1)
+                return
+        self._set(HELD_LOWAT)
 
     def read(self) -> None:
         """The transport read: hold the next bytes again (while audio flows)."""
         if self._due:
             self._due = False
+            self._policy.was_read(self._loop.time())
             self._set(HELD_LOWAT)
 
     def release(self) -> None:
