@@ -7,10 +7,10 @@ that reads the ack. While audio flows the loop wakes for every captured block an
 - after audio went out, the socket's receive low-water mark (Linux ``SO_RCVLOWAT``) is raised to
   :data:`HELD_LOWAT`: epoll no longer reports the socket readable for a few small frames, while an end of stream,
   a reset or an error still wakes it at once (``tcp_poll`` reports those whatever the mark);
-- at a later audio send (the first :data:`READ_EVERY_S` after the last read: a few acks per read), if bytes are
-  waiting (``SIOCINQ``), the mark goes back to 1. Linux signals the socket
-  readable right then (``tcp_set_rcvlowat`` calls ``tcp_data_ready``), so the loop's next select returns at once,
-  within the same wake-up, and the transport reads everything waiting; the read raises the mark again;
+- at a later audio send (the first :data:`READ_EVERY_S` after the last read: a few acks per read) the mark goes
+  back to 1. If bytes wait, Linux signals the socket readable right then (``tcp_set_rcvlowat`` calls
+  ``tcp_data_ready``), so the loop's next select returns at once, within the same wake-up, and the transport reads
+  everything waiting (if nothing waits, the next bytes to arrive are read as usual); the read raises the mark again;
 - no read waits longer than :data:`HOLD_S`: when no audio went out for that long (mic stalled, gated silence,
   device lost, the visit ending) a loop timer releases the hold and reads are normal again. A text message sent
   (``start``, ``gap``, ``end``: the ones whose answers the session waits for) or a close frame releases it too.
@@ -22,11 +22,9 @@ Linux TCP, or the options fail, :func:`held_reads` returns None and reads stay a
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import socket
 import sys
-import termios
 from asyncio.trsock import TransportSocket
 
 log = logging.getLogger(__name__)
@@ -77,15 +75,13 @@ class HeldReads:
 
     def __init__(self, sock: TransportSocket, loop: asyncio.AbstractEventLoop, policy: HoldPolicy) -> None:
         self._sock, self._loop, self._policy = sock, loop, policy
-        self._fd = sock.fileno()
-        self._count = bytearray(4)
         self._mark = 1
         self._due = False
-        """The mark was lowered because bytes wait: the transport reads them in this wake-up, then :meth:`read`."""
+        """The mark was lowered for a read: the transport reads what waits in this wake-up, then :meth:`read`."""
         self._timer: asyncio.TimerHandle | None = None
 
     def audio_sent(self) -> None:
-        """Audio was just written: hold reads, or have what is waiting read now (within this wake-up)."""
+        """Audio was just written: hold reads, or have what waits read now (within this wake-up)."""
         policy, now = self._policy, self._loop.time()
         if policy.audio_sent(now):
             if self._timer is not None:
@@ -95,12 +91,10 @@ class HeldReads:
         if self._due:
             return
         if policy.read_due(now):
-            fcntl.ioctl(self._fd, termios.FIONREAD, self._count, True)
-            if self._count != b"\0\0\0\0":
-                self._due = True
-                self._set(1)
-                return
-        self._set(HELD_LOWAT)
+            self._due = True
+            self._set(1)
+        else:
+            self._set(HELD_LOWAT)
 
     def read(self) -> None:
         """The transport read: hold the next bytes again (while audio flows)."""
@@ -145,7 +139,6 @@ def held_reads(transport: asyncio.BaseTransport) -> HeldReads | None:
         return None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytearray(4), True)
     except OSError as exc:
         log.debug("speech socket: reads not held (%s)", exc)
         return None
