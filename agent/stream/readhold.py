@@ -1,8 +1,9 @@
 """Reading the speech socket inside the sender's wake-ups (issue 11): acks read without a wake-up of their own.
 
 In resume mode the server acks every audio message (ours: one per 100 ms message; others at least every 250 ms).
-Each small ack made the event loop wake on its own, and on the devices' VM a wake-up costs more than the Python
-that reads the ack. While audio flows the loop wakes for every captured block anyway, so the ack can wait for it:
+Each small ack was read on its own: a loop wake-up, a transport read and the WebSocket parser per ack (~300 us of
+thread CPU each on the benchmark VM, the same whether the loop slept before it or not: the per-read Python is what
+costs). While audio flows the loop wakes for every captured block anyway, so acks can wait for one, a few per read:
 
 - after audio went out, the socket's receive low-water mark (Linux ``SO_RCVLOWAT``) is raised to
   :data:`HELD_LOWAT`: epoll no longer reports the socket readable for a few small frames, while an end of stream,
