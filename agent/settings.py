@@ -18,20 +18,21 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """File and synthetic sources only: deliver audio in real time or as fast as possible."""
     frame_ms: Literal[10, 20, 30] = 20
     """Length of one timeline frame in milliseconds (also the VAD frame). A length that does not divide
-    ``capture_block_ms`` (30 with 20 or 100 ms blocks) holds the tail of each block until the next one."""
+    ``capture_block_ms`` (30 with 20, 100 or 120 ms blocks) holds the tail of each block until the next one."""
     handoff_seconds: float = 5.0
     """Capacity of the hand-off buffer between the capture callback and the DSP thread, in seconds of audio."""
-    capture_block_ms: int = 100
+    capture_block_ms: int = 120
     """Microphone callback block length in milliseconds (PortAudio ``blocksize``). Leaving it to PortAudio made
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
-    costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 100 (with ``stream.message_ms`` 100) is the
-    benchmarks' efficient profile: ~37 CPU-s per audio-hour for the whole agent (``python -m benchmarks --only
-    live``), p95 capture-to-wire ~100 ms; 40 is the low-latency profile: the daemon ~70-90 CPU-s per audio-hour,
-    p95 capture-to-wire ~42 ms against its 60 ms target (FIR resampler; ``python -m benchmarks.latency_stages``,
-    ``python -m benchmarks.daemon_ab``); 20 halves the latency (p95 ~23 ms) at ~150-200 CPU-s. The daemon reads
-    blocks of 40 ms and more from one blocking stream, once a second between visits and block by block during one
-    (``agent/audio/mic_paced.py``: idle ~10 instead of ~15-17 CPU-s per audio-hour at 100 ms blocks, ~11 instead of
-    ~25-27 at 40 ms); shorter blocks keep PortAudio's callback."""
+    costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 120 (with ``stream.message_ms`` 120) is the
+    efficient profile: the daemon ~1.4x ffmpeg's CPU beside it (100 ms blocks: ~1.8x, the event loop woken ~21
+    instead of ~16 times a second), p95 capture-to-wire ~120 ms against its 150 ms target (``python -m benchmarks
+    --only daemon``); 40 is the low-latency profile: the daemon ~70-120 CPU-s per audio-hour, p95 capture-to-wire
+    ~42 ms against its 60 ms target (FIR resampler; ``python -m benchmarks.latency_stages``, ``python -m
+    benchmarks.daemon_ab``); 20 halves the latency (p95 ~23 ms) at ~150-200 CPU-s. Keep it a multiple of
+    ``frame_ms``. The daemon reads blocks of 40 ms and more from one blocking stream, once a second between visits
+    and block by block during one (``agent/audio/mic_paced.py``: idle ~10 instead of ~15-17 CPU-s per audio-hour
+    at 100 ms blocks, ~11 instead of ~25-27 at 40 ms); shorter blocks keep PortAudio's callback."""
     resampler: Literal["fir", "soxr"] = "fir"
     """How a source above 16 kHz (22.05, 32, 44.1, 48 kHz ...) is brought to 16 kHz: ``fir`` (the default), a
     fixed-delay polyphase FIR whose output leaves with each capture block (about 1.6 ms delay;
@@ -106,10 +107,10 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Send ring capacity in seconds of gated audio; older unacknowledged audio is dropped (and announced as gap)."""
     ring_bytes: int = 32 * 1024 * 1024
     """Send ring capacity in bytes of PCM; whichever limit is reached first applies."""
-    message_ms: int = 100
+    message_ms: int = 120
     """Live wire message length in milliseconds (resume mode): smaller is lower latency, larger is cheaper. An upper
     bound: the sender sends what is waiting when a capture block was processed. 40 in the low-latency
-    profile, 100 in the efficient one (with ``audio.capture_block_ms`` of the same length)."""
+    profile, 120 in the efficient one (with ``audio.capture_block_ms`` of the same length)."""
     replay_message_ms: int = 1000
     """Wire message length in milliseconds while replaying a backlog (resume mode), at most 1000."""
     replay_speed: float = 4.0

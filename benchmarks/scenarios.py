@@ -26,16 +26,20 @@ UNPACED = 1e6
 """``replay_speed`` that makes the pacer irrelevant."""
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "low-latency": {"audio": {"capture_block_ms": 40}, "stream": {"message_ms": 40}},
-    "efficient": {"audio": {"capture_block_ms": 100}, "stream": {"message_ms": 100}},
+    "efficient": {"audio": {"capture_block_ms": 120}, "stream": {"message_ms": 120}},
 }
 """Live profiles: AudioSettings and StreamSettings overrides. Low-latency: 40 ms blocks and messages (p95
-capture-to-wire ~42 ms against the 60 ms target, half the wake-ups of 20 ms blocks: ``benchmarks/NOTES.md``)."""
+capture-to-wire ~42 ms against the 60 ms target, half the wake-ups of 20 ms blocks: ``benchmarks/NOTES.md``).
+Efficient: 120 ms, the agent's defaults (p95 ~120 ms against 150; 100 ms cost ~25 % more CPU in the daemon)."""
 COMPARISON_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "low-latency-20": {"audio": {"capture_block_ms": 20}, "stream": {"message_ms": 20}},
     "low-latency-50": {"audio": {"capture_block_ms": 50, "frame_ms": 10}, "stream": {"message_ms": 50}},
+    "efficient-100": {"audio": {"capture_block_ms": 100}, "stream": {"message_ms": 100}},
+    "efficient-140": {"audio": {"capture_block_ms": 140}, "stream": {"message_ms": 140}},
 }
 """Profiles the ad-hoc tools (``daemon_ab``, ``latency_stages``) also know: the low-latency profile before issue 11;
-50 ms blocks (the daemon's paced blocking read, ``agent/audio/mic_paced.py``) with 10 ms frames that divide them."""
+50 ms blocks (the daemon's paced blocking read, ``agent/audio/mic_paced.py``) with 10 ms frames that divide them;
+the efficient profile before 2026-11-27 (100 ms) and a longer one (140 ms) for the block-length trade-off."""
 HOUR = 3600.0
 
 

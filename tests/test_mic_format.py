@@ -140,4 +140,5 @@ def test_a_plug_device_opens_at_its_slaves_rate_through_portaudio(tmp_path: Path
     proc = subprocess.run([sys.executable, "-c", OPEN, "mic:room_mic"], capture_output=True, text=True, timeout=60,
                           check=False, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "mic 'room_mic' 48000 Hz x2 (4800, 2)"
+    block = 48000 * AudioSettings().capture_block_ms // 1000
+    assert proc.stdout.strip() == f"mic 'room_mic' 48000 Hz x2 ({block}, 2)"

@@ -34,7 +34,8 @@ FRAME = 320
 
 
 def make(rand: Callable[[], float] = lambda: 0.5, **overrides: Any) -> SpeechSession:
-    return SpeechSession(msgspec.structs.replace(StreamSettings(), **overrides), START, rand=rand)
+    # the rules below are written for 100 ms live messages (five 20 ms frames), not the default's length
+    return SpeechSession(msgspec.structs.replace(StreamSettings(message_ms=100), **overrides), START, rand=rand)
 
 
 def m(**fields: Any) -> str:

@@ -43,7 +43,8 @@ as soon as it answers instead of sleeping out the rest of the backoff.
 Layout: ``session`` (the protocol as a pure state machine: every rule of the contract, both modes), ``actions``
 and ``stats`` (its values), ``wire`` (messages, pure), ``ring`` (resume-mode send ring, pure), ``basic``
 (basic-mode chunks, pure), ``policy`` (reconnect decisions, pacing, ack watchdog, pure; the delays are
-:mod:`agent.backoff`'s), ``connection`` (dial and pump one WebSocket connection), ``client`` (SpeechStream and the
+:mod:`agent.backoff`'s), ``link`` (the WebSocket protocol over the transport), ``readhold`` (acks read in the
+sender's wake-ups), ``connection`` (dial and pump one WebSocket connection), ``client`` (SpeechStream and the
 supervisor).
 """
 

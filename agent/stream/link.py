@@ -11,7 +11,9 @@ websockets' own asyncio connection adds is done here with loop timers and transp
 - back-pressure: the transport's write buffer above :data:`WRITE_LIMIT` pauses the writer (:attr:`writable`
   False, the owner's ``on_writable`` called once it drained), instead of an awaited drain;
 - the close handshake: a close frame (ours or the server's) is given ``close_timeout_s`` for the server to close
-  the TCP connection, then the transport is aborted; :attr:`lost` resolves when the connection is gone.
+  the TCP connection, then the transport is aborted; :attr:`lost` resolves when the connection is gone;
+- resume mode: while audio flows, what the server sends (its acks) is read in the wake-up of the next audio send,
+  not in a wake-up of its own (:mod:`agent.stream.readhold`; at most 0.5 s later, an end or error at once).
 
 Message size is websockets' ``max_size`` (a bigger message fails the connection with MESSAGE_TOO_BIG, see
 :attr:`too_big`). Fragmented messages are assembled; a text message that is not UTF-8 fails the connection.
@@ -28,6 +30,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import USER_AGENT, Response
 from websockets.protocol import OPEN
+
+from agent.stream.readhold import HeldReads, held_reads
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class SpeechLink(asyncio.Protocol):
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping: tuple[bytes, float] | None = None
+        self._reads: HeldReads | None = None
+        """Resume mode: reads wait for the next audio send while audio flows (:mod:`agent.stream.readhold`)."""
 
     # --- the owner's side ------------------------------------------------------------------------------------------
 
@@ -85,9 +91,14 @@ class SpeechLink(asyncio.Protocol):
         """Frame one message and write it now (call only while :attr:`writable`)."""
         if isinstance(message, str):
             self._ws.send_text(message.encode())
+            self._flush()
+            if self._reads is not None:  # start, gap, end: what the session may wait an answer for is read at once
+                self._reads.release()
         else:
             self._ws.send_binary(message)
-        self._flush()
+            self._flush()
+            if self._reads is not None:
+                self._reads.audio_sent()
 
     @property
     def close_code(self) -> int | None:
@@ -129,6 +140,8 @@ class SpeechLink(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._reads is not None:
+            self._reads.read()
         self._ws.receive_data(data)
         self._after_receive()
 
@@ -139,6 +152,9 @@ class SpeechLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ws.receive_eof()  # idempotent; the protocol's state is CLOSED and its close code known after it
         self.writable = False
+        if self._reads is not None:
+            self._reads.lost()
+            self._reads = None
         for timer in (self._ping_timer, self._pong_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -191,6 +207,8 @@ class SpeechLink(asyncio.Protocol):
             return
         self.subprotocol = self._ws.subprotocol
         self.writable = not self._paused and self._ws.state is OPEN
+        if self.subprotocol is not None and self._transport is not None:  # resume mode: the server acks audio
+            self._reads = held_reads(self._transport)
         if self._ping_interval is not None:
             self._ping_timer = self._loop.call_later(self._ping_interval, self._send_ping)
         self.opened.set_result(None)
@@ -237,6 +255,8 @@ class SpeechLink(asyncio.Protocol):
         """A close frame went out or came in: the server should close the TCP connection within the timeout."""
         self._flush()
         self.writable = False
+        if self._reads is not None and not self.lost.done():  # the close handshake is read at once
+            self._reads.release()
         if self._close_timer is None and not self.lost.done():
             self._close_timer = self._loop.call_later(self._close_timeout, self.abort)
 
