@@ -185,7 +185,7 @@ def test_a_server_ping_is_answered_while_the_microphone_is_stalled(medisync_serv
             link = await dial(f"ws://127.0.0.1:{port}/ws/transcribe", token, fast_settings())
             assert isinstance(link, SpeechLink)
             link.attach(lambda _: None, lambda: None, lambda: None)
-            link.send(wire.encode_audio(0, 0, noise_frames(1)[0].pcm))
+            link.send(wire.encode_audio(0, 0, noise_frames(1)[0].pcm), hold_reads=True)
             sent = loop.time()
             await wait_until(link.lost.done, "the server's close", deadline_s=10)
             return link, loop.time() - sent

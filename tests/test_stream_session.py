@@ -352,6 +352,24 @@ def test_no_ack_progress_while_frames_are_outstanding_ends_the_connection() -> N
     assert isinstance(ended, Ended) and "no ack progress" in ended.reason
 
 
+def test_reads_may_wait_only_after_live_audio_once_every_replayed_message_is_acked() -> None:
+    """agent.stream.readhold: a backlog's acks are read as they come (the catch-up is seen at once); after live
+    audio, with the backlog confirmed, what the server sends may wait for a later block."""
+    s = make()
+    s.feed(frames(0, 50))  # 1 s waited for the connection: one replay message
+    open_resume(s)
+    assert audio(s.poll(0.0))[0] == 0 and not s.reads_may_wait()  # replayed audio
+    s.sent(0.0)
+    s.feed(frames(50 * FRAME, 5))
+    assert audio(s.poll(0.1))[:2] == (1, 50 * FRAME) and not s.reads_may_wait()  # live, the backlog's ack still due
+    s.sent(0.1)
+    s.receive(m(type="ack", seq=0), 0.15)
+    s.feed(frames(55 * FRAME, 5))
+    assert audio(s.poll(0.2))[0] == 2 and s.reads_may_wait()
+    s.sent(0.2)
+    assert not s.reads_may_wait()  # nothing handed out
+
+
 def test_replay_is_paced_at_replay_speed() -> None:
     s = make()
     s.feed(frames(0, 150))  # a 3 s backlog

@@ -35,4 +35,6 @@ class Conn:
     end_sent: bool = False
     queued: deque[str] = field(default_factory=deque)
     in_flight: tuple[int, bool, float] | Chunk | None = None
+    replay_last_seq: int = -1
+    """Highest seq written as replay (backlog) on this connection; -1: none. Until it is acked, reads are not held."""
     ignored: int = 0

@@ -223,7 +223,7 @@ class _Driver:
                     return
                 if out is None:
                     break
-                self._link.send(out)
+                self._link.send(out, hold_reads=session.reads_may_wait())
                 session.sent(clock())
                 if not self._link.writable or not session.more(clock()):
                     break

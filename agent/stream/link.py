@@ -87,18 +87,20 @@ class SpeechLink(asyncio.Protocol):
     def detach(self) -> None:
         self._sink = self._on_writable = self._on_lost = None
 
-    def send(self, message: str | bytes) -> None:
-        """Frame one message and write it now (call only while :attr:`writable`)."""
+    def send(self, message: str | bytes, *, hold_reads: bool = False) -> None:
+        """Frame one message and write it now (call only while :attr:`writable`). ``hold_reads``: live audio, after
+        which what the server sends may wait for a later send (:mod:`agent.stream.readhold`); any other message
+        (``start``, ``gap``, ``end``, replayed audio: what the session waits an answer for) has reads as usual."""
         if isinstance(message, str):
             self._ws.send_text(message.encode())
-            self._flush()
-            if self._reads is not None:  # start, gap, end: what the session may wait an answer for is read at once
-                self._reads.release()
         else:
             self._ws.send_binary(message)
-            self._flush()
-            if self._reads is not None:
+        self._flush()
+        if self._reads is not None:
+            if hold_reads:
                 self._reads.audio_sent()
+            else:
+                self._reads.release()
 
     @property
     def close_code(self) -> int | None:

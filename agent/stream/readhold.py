@@ -14,7 +14,8 @@ costs). While audio flows the loop wakes for every captured block anyway, so ack
   everything waiting (if nothing waits, the next bytes to arrive are read as usual); the read raises the mark again;
 - no read waits longer than :data:`HOLD_S`: when no audio went out for that long (mic stalled, gated silence,
   device lost, the visit ending) a loop timer releases the hold and reads are normal again. A text message sent
-  (``start``, ``gap``, ``end``: the ones whose answers the session waits for) or a close frame releases it too.
+  (``start``, ``gap``, ``end``: the ones whose answers the session waits for), replayed audio (a backlog's acks
+  are read as they come, until the last one: ``SpeechSession.reads_may_wait``) or a close frame releases it too.
 
 :class:`HoldPolicy` is the timing rule (pure); :class:`HeldReads` applies it to one socket. Where the socket is not
 Linux TCP, or the options fail, :func:`held_reads` returns None and reads stay as they were.

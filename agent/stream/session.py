@@ -223,6 +223,8 @@ class SpeechSession:
             return None
         self._ring.mark_writing(msg.seq)  # the server may read (and ack) it before the write returns
         c.in_flight = (msg.seq, replay, audio_s)
+        if replay:
+            c.replay_last_seq = msg.seq
         return wire.encode_audio(msg.seq, msg.start, msg.pcm)
 
     def _poll_basic(self, now: float) -> bytes | Ended | None:
@@ -250,6 +252,15 @@ class SpeechSession:
             c.pacer.spend(audio_s, now)
         self._ring.mark_sent(seq, paced=replay)
         c.watchdog.update(self._ring.outstanding, False, now)
+
+    def reads_may_wait(self) -> bool:
+        """Whether what the server sends may wait for a later live message (:mod:`agent.stream.readhold`): the audio
+        :meth:`poll` just returned is live and every replayed message is acked (a backlog's acks are read as they
+        come, so its catch-up is seen at once)."""
+        c = self._conn
+        if c is None or not isinstance(c.in_flight, tuple):
+            return False
+        return not c.in_flight[1] and self._ring.acked_next > c.replay_last_seq
 
     def more(self, now: float) -> bool:
         """Whether :meth:`poll` may have something to write now (call after :meth:`sent`). False only when it would
