@@ -159,7 +159,7 @@ class Daemon:
         return 0
 
     async def _start_capture(self, audio: AudioSettings) -> Capture:
-        capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s)
+        capture = Capture(source_opener(audio), retry_cap_s=self.settings.daemon.device_retry_cap_s, driven=True)
         capture.on_blocks = self._feed_mic
         try:
             await capture.start(FIRST_OPEN_WAIT_S)
@@ -346,7 +346,7 @@ class Daemon:
 
     def _observe_capture(self, now: float) -> None:  # one snapshot a look, for the event stream and the heartbeat
         if self._capture is not None:
-            self._capture.look()  # the level and health see the blocks up to now before "no data" is judged
+            self._capture.check()  # the blocks up to now before "no data" is judged; the device (driven: no timer)
         self.mic_health.tick()
         capture, telemetry = self._capture, self.telemetry()
         self._shown.refresh(self._facts(status := telemetry.status()))

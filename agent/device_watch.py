@@ -10,8 +10,10 @@ visit's recorder consumes: the same one hand-off and eventfd wake-up as a microp
 thread, no second buffer. Between visits nothing wakes the loop per block, and a microphone is read in batches
 (:class:`~agent.audio.types.Paced`: told idle while no tap is attached; a tap's attach hands on what waits at once).
 
-Device loss: a task on the event loop (:meth:`Capture._watch`) looks at the open source every ``CHECK_S`` seconds;
-when it reports its device dead (``check_alive`` raises DeviceError) or its stream ended, the task closes it and
+Device loss: a task on the event loop (:meth:`Capture._watch`) looks at the open source every ``CHECK_S`` seconds
+(or, for a *driven* capture, whenever its owner calls :meth:`Capture.check`: the daemon's tick, so the loop wakes
+once a second for both instead of twice, issue 11); when it reports its device dead (``check_alive`` raises
+DeviceError) or its stream ended, the task closes it and
 reopens it *by name* (the same spec, pinned to the first rate and channel count so a running visit's pipeline still
 fits) with capped exponential backoff (:class:`ReopenPolicy`, pure). The first block after a reopen carries
 ``Block.missed`` = the wall-clock time lost, in source samples, so the DSP fills the visit timeline with silence
@@ -130,8 +132,13 @@ class Capture:
     """Keeps the source open for the daemon's lifetime; see the module docstring."""
 
     def __init__(self, open_source: Opener, *, retry_cap_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic, driven: bool = False) -> None:  # fmt: skip
         self._open = open_source
+        self._driven = driven
+        self._wake = asyncio.Event()
+        """A driven capture's watch waits on this: set by :meth:`check` (the source is dead or ended) and stop."""
+        self._failure: Exception | None = None  # what check() found wrong, raised in the watch task
+        self._watched: Source | None = None  # the open source once it delivers: check() asks it if it is alive
         self._policy = ReopenPolicy(cap_s=retry_cap_s)
         self._clock = clock
         self._stop = asyncio.Event()
@@ -181,6 +188,7 @@ class Capture:
 
     async def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         tap = self._tap
         if tap is not None:
             tap.stop()
@@ -259,9 +267,9 @@ class Capture:
             self._pace(source)
             await asyncio.to_thread(source.__enter__)
             self._opened(source)
+            self._watched = source
             while not self._stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), CHECK_S)
+                await self._until_check()
                 self.look()
                 source.check_alive()
                 if source.handoff.closed:
@@ -269,8 +277,37 @@ class Capture:
             return "stopped"
         finally:
             self._generation += 1
-            self._source = None
+            self._source = self._watched = None
             await asyncio.to_thread(source.__exit__, None, None, None)
+
+    async def _until_check(self) -> None:
+        """Until the next look at the open source: ``CHECK_S`` seconds, or (driven) until :meth:`check` found it
+        dead or ended; its error is raised here, in the watch task, as if the source had raised it."""
+        if not self._driven:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CHECK_S)
+            return
+        await self._wake.wait()
+        self._wake.clear()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def check(self) -> None:
+        """A driven capture's periodic look (its owner's timer, about every ``CHECK_S``): the blocks since the last
+        look; then whether the open source still works; the watch task reopens one that is dead or ended."""
+        self.look()
+        source = self._watched
+        if source is None or self._wake.is_set():
+            return
+        try:
+            source.check_alive()
+        except Exception as exc:  # not handled here: the watch task logs it and reopens, as for its own check
+            self._failure = exc
+            self._wake.set()
+            return
+        if source.handoff.closed:
+            self._wake.set()
 
     def _fit(self, source: Source) -> None:
         if (source.sample_rate, source.channels) != (self.sample_rate, self.channels):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -160,3 +160,53 @@ def test_a_tap_takes_no_block_that_ended_before_it_was_attached() -> None:
     while (block := tap.handoff.get_nowait()) is not None:
         blocks.append(block.capture_time)
     assert blocks == [99.99, 100.01]
+
+
+class DyingSynth(SynthSource):
+    """A synthetic tone whose device dies (``check_alive`` raises) once ``dead`` is set."""
+
+    def __init__(self, sink: BlockSink, dead: threading.Event) -> None:
+        super().__init__(parse_recipe(f"{RATE}:tone=440/30/-20"), pace="realtime", sink=sink)
+        self.dead = dead
+
+    def check_alive(self) -> None:
+        if self.dead.is_set():
+            raise DeviceError("the device is gone")
+
+
+@pytest.mark.parametrize("loss", ["ended", "dead"])
+def test_a_driven_capture_reopens_a_lost_source_only_when_its_owner_checks(loss: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's capture has no timer of its own (one wake-up a second less): its tick calls ``check``."""
+    monkeypatch.setattr(agent.device_watch, "CHECK_S", 0.005)  # a timer of its own would reopen within the wait below
+    dead = threading.Event()
+    opened: list[Source] = []
+
+    def open_source(pin: tuple[int, int] | None, sink: BlockSink) -> Source:
+        recipe = parse_recipe(f"{RATE}:tone=440/0.2/-20")  # the first one ends after 0.2 s, or dies when told
+        source = SynthSource(recipe, pace="realtime", sink=sink) if loss == "ended" else DyingSynth(sink, dead)
+        opened.append(source if not opened else SynthSource(recipe, pace="realtime", sink=sink))
+        return opened[-1]
+
+    async def until(done: Callable[[], bool], what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not done():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.01)
+
+    async def main() -> Capture:
+        capture = Capture(open_source, retry_cap_s=0.5, driven=True)
+        await capture.start(10.0)
+        await until(lambda: capture.blocks > 0, "no block")
+        dead.set()
+        await until(lambda: opened[0].handoff.closed if loss == "ended" else True, "the source did not end")
+        for _ in range(10):  # the lost source stays until the owner looks: no timer of the capture's own
+            await asyncio.sleep(0.005)
+        assert (len(opened), capture.state) == (1, "open")
+        capture.check()
+        await until(lambda: capture.reopens == 1 and capture.state == "open", "not reopened after the check")
+        await capture.stop()
+        return capture
+
+    capture = asyncio.run(main())
+    assert len(opened) == 2 and capture.reopens == 1
