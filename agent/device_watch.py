@@ -267,7 +267,8 @@ class Capture:
             self._pace(source)
             await asyncio.to_thread(source.__enter__)
             self._opened(source)
-            self._watched = source
+            self._watched, self._failure = source, None  # nothing a check found of the last source is left over
+            self._wake.clear()  # (a stop in between is seen by the loop's condition)
             while not self._stop.is_set():
                 await self._until_check()
                 self.look()
