@@ -37,9 +37,11 @@ HOLD_S = 0.5
 """The longest a read waits for the sender's next wake-up (the contract allows 1 s; timers may run late)."""
 RENEW_S = 0.25
 """The hold's release time moves forward only once it is this close: one loop timer per ~0.25 s, not per block."""
-READ_EVERY_S = 0.4
-"""While audio flows, what waits is read at the first audio send this long after the last read: a few acks per
-read (the per-read cost, not the wake-up, is what counts); at most this plus one block late."""
+READ_EVERY_S = 0.85
+"""While audio flows, what waits is read at the first audio send this long after the last read: about once a
+second (every 8th block of 120 ms), ~8-10 acks per read: each read costs ~300 us of Python whatever it holds
+(issue 11). At most this plus one block late: within the 1 s a read may wait for blocks up to 150 ms, far inside
+the 10 s ack watchdog and a ping timeout."""
 
 
 class HoldPolicy:
