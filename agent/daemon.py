@@ -10,7 +10,7 @@
 - :class:`~agent.daemon_uploads.Uploads` drains the upload queue between visits, woken when a visit is queued
   (or another process queues an item); :func:`~agent.archive.recovery.recover` queues visits a crash cut short,
   at start, and finds recordings that need an appointment.
-- Background tasks (``tick``, ``upload_worker``, ``queue_count``) are held by name in
+- Background tasks (``tick``, ``upload_worker``, ``queue_count``: counts when the tick asks) are held by name in
   :class:`agent.supervise.SupervisedTasks`: one that dies is logged and restarted with backoff.
 - The visit slot is a :class:`~agent.daemon_state.VisitSlot` (idle, starting, recording, stopping), moved only
   along its transition table.
@@ -176,8 +176,7 @@ class Daemon:
             log.info("metrics on http://%s:%d/metrics", self._metrics_server.host, self._metrics_server.port)
 
     async def _stop(self, server: asyncio.Server) -> None:
-        started = time.monotonic()
-        budget = self.settings.daemon.stop_timeout_s
+        started, budget = time.monotonic(), self.settings.daemon.stop_timeout_s
         in_visit = self.state.in_visit
         self._notifier.stopping("stopping: finishing the visit" if in_visit else "stopping")
         server.close()
@@ -341,7 +340,8 @@ class Daemon:
 
     async def _tick(self) -> None:
         while True:
-            self._observe_capture(time.monotonic())
+            self._observe_capture(now := time.monotonic())
+            self._uploads.tick(now, recording=self.state.in_visit)  # the queue count's timer too (issue 11)
             await asyncio.sleep(self._heartbeat.period_s(self.settings.mic.no_data_s))
 
     def _observe_capture(self, now: float) -> None:  # one snapshot a look, for the event stream and the heartbeat

@@ -3,7 +3,9 @@
 
 :func:`agent.archive.upload_runner.run` drains the upload queue, woken when a visit is queued (:meth:`wake`) or
 another process queues an item (the queue count notices a new pending item). Both loops run supervised under the
-daemon's :class:`~agent.supervise.SupervisedTasks` (names :data:`WORKER` and :data:`COUNTER`).
+daemon's :class:`~agent.supervise.SupervisedTasks` (names :data:`WORKER` and :data:`COUNTER`). The count has no
+timer of its own: the daemon's tick says when one is due (:meth:`Uploads.tick`), so a count costs the loop one
+wake-up (the worker thread's answer), not two, and fewer while a visit records (issue 11).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 
 COUNTER = "queue_count"
 QUEUE_POLL_S = 2.0
-"""Seconds between counts of the upload queue (a directory listing)."""
+"""Seconds between counts of the upload queue (a directory listing), between visits."""
+VISIT_POLL_S = 4.0
+"""The same while a visit records: an item another process queued still shows in ``status`` within seconds."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class Uploads:
         self.totals = UploadTotals()
         self._archive_dir = archive_dir
         self._wake = asyncio.Event()
+        self._count_due = asyncio.Event()
+        self._asked_at = float("-inf")  # the tick's clock when it last asked for a count
         self._known_items: set[str] = set()
         self.unreachable = False
         """The last pass that tried an item stopped on an account-wide failure (unreachable, 5xx, 429, 401, 403)."""
@@ -95,9 +101,10 @@ class Uploads:
             await self.client.aclose()
 
     def wake(self) -> None:
-        """Upload now (a visit was queued)."""
+        """Upload now (a visit was queued); count now, so ``status`` shows it at once."""
         self.due = True
         self._wake.set()
+        self._count_due.set()
 
     async def work(self) -> None:
         """The upload worker (supervised: if it dies, it is logged and started again with backoff)."""
@@ -114,12 +121,21 @@ class Uploads:
         if report.uploaded:
             self._trim()  # the visit's and the upload's buffers are freed now (issue 11, idle RSS after a visit)
 
+    def tick(self, now: float, recording: bool) -> None:
+        """The daemon's periodic look (monotonic ``now``): asks for a count every :data:`QUEUE_POLL_S` seconds,
+        :data:`VISIT_POLL_S` while a visit records."""
+        if now - self._asked_at >= (VISIT_POLL_S if recording else QUEUE_POLL_S) - 0.05:  # a tick may come early
+            self._asked_at = now
+            self._count_due.set()
+
     async def count(self) -> None:
-        """Count the queue every :data:`QUEUE_POLL_S` seconds; wake the worker when another process queued."""
+        """Count the queue now and whenever :meth:`tick` or :meth:`wake` asks; wake the worker when another
+        process queued an item."""
         while True:
+            self._count_due.clear()  # an ask while the thread counts is answered by one more count
             if await asyncio.to_thread(self._look_at_queue):
                 self._wake.set()  # another process queued an item (uploads add/assign): upload it now
-            await asyncio.sleep(QUEUE_POLL_S)
+            await self._count_due.wait()
 
     def _look_at_queue(self) -> bool:
         """Counts for ``status`` (in a worker thread); True when a pending item appeared since the last look."""
