@@ -82,7 +82,7 @@ from agent.visit import Visit, refuse_second_recording
 
 log = logging.getLogger(__name__)
 
-TICK = "tick"  # the background task that looks at the capture counter (Heartbeat.period_s)
+TICK = "tick"  # the background task that looks at the capture counter (Heartbeat.sleep)
 STOP_MARGIN_S = 2.5
 """Seconds of ``stop_timeout_s`` kept for closing the device, the client and the sockets after the streams end."""
 FIRST_OPEN_WAIT_S = 10.0
@@ -266,6 +266,7 @@ class Daemon:
 
     def _on_visit_output(self, out: PipelineOutput) -> None:  # the voice gate's decisions: the "no speech" rule
         self.mic_health.feed_output(out, level=False)
+        self._heartbeat.nudge()  # the tick rides a block's wake-up during a visit (no timer wake-up of its own)
 
     async def _run_visit(self, visit: Visit, tap: CaptureTap) -> VisitSummary | None:
         try:
@@ -325,8 +326,7 @@ class Daemon:
             queue=self._uploads.counts,
             uploads=dataclasses.replace(self._uploads.totals),
             workers=worker_figures(self._tasks.health),
-            pending_reload=self._reload_pending,
-            frame_ms=self.settings.audio.frame_ms,
+            pending_reload=self._reload_pending, frame_ms=self.settings.audio.frame_ms,
             mic_problems=self.mic_health.problems(),
             mic_level_dbfs=self.mic_health.level_dbfs(),
         )
@@ -342,7 +342,7 @@ class Daemon:
         while True:
             self._observe_capture(now := time.monotonic())
             self._uploads.tick(now, recording=self.state.in_visit)  # the queue count's timer too (issue 11)
-            await asyncio.sleep(self._heartbeat.period_s(self.settings.mic.no_data_s))
+            await self._heartbeat.sleep(self.settings.mic.no_data_s)
 
     def _observe_capture(self, now: float) -> None:  # one snapshot a look, for the event stream and the heartbeat
         if self._capture is not None:

@@ -3,10 +3,11 @@ NOTIFY_SOCKET; time is injected (``now``), nothing waits for real except the dat
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from agent.control import DaemonStatus
-from agent.heartbeat import STATE_S, Heartbeat, status_line, tick_period_s
+from agent.heartbeat import EARLY_S, STATE_S, Heartbeat, status_line, tick_period_s
 from agent.sdnotify import Notifier, WatchdogPolicy
 from tests.plugins.daemon import NotifyListener, poll, short_tmp_dir
 
@@ -56,3 +57,32 @@ def test_the_daemon_looks_on_the_natural_periods_of_what_it_serves() -> None:
 def test_the_heartbeat_paces_the_daemon_by_its_watchdog() -> None:
     assert Heartbeat(Notifier(None), None).period_s(2.0) == 1.0
     assert Heartbeat(Notifier(None), WatchdogPolicy(1.0, now=0.0)).period_s(2.0) == 0.5
+
+
+def test_the_sleep_between_looks_ends_at_its_period_or_at_a_visit_block_near_it() -> None:
+    """Between visits the look comes at its period; during a visit a block's wake-up within ``EARLY_S`` of it starts
+    the look at once (no timer wake-up of its own), while a block earlier than that does not."""
+    beat = Heartbeat(Notifier(None), None)
+    no_data_s = 4.0  # a look a second (STATE_S)
+
+    async def main() -> tuple[float, bool, bool]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await beat.sleep(no_data_s)
+        slept = loop.time() - started
+        beat.nudge()  # no sleep: nothing to end
+        started = loop.time()
+        task = asyncio.create_task(beat.sleep(no_data_s))
+        await asyncio.sleep(0.1)
+        beat.nudge()  # 0.9 s before the look: too early
+        await asyncio.sleep(0)
+        ended_early = task.done()
+        await asyncio.sleep(max(0.0, started + STATE_S - EARLY_S + 0.01 - loop.time()))
+        assert not task.done(), "ended before its period without a nudge in the window"
+        beat.nudge()
+        for _ in range(2):  # the task's wake-up, then its end: in this wake-up of the loop, not at the timer's
+            await asyncio.sleep(0)
+        return slept, ended_early, task.done()
+
+    slept, ended_early, nudged = asyncio.run(main())
+    assert slept >= STATE_S and not ended_early and nudged
