@@ -33,8 +33,9 @@ STOPPING_LINE = encode_response(failure("the daemon is stopping"))
 def facts_of(status: DaemonStatus, *, visit_failed: bool, uploads_unreachable: bool,
              upload_due: bool = False) -> Facts:  # fmt: skip
     """The daemon's facts from its status and the flags status does not carry; ``upload_due``: an item surely waits
-    (a visit was just queued, or the last pass failed on one) though the queue count, every 2 s, may not show it.
-    The microphone's problems (``silent``, ``clipping``, ...) become the warnings ``mic_silent``, ``mic_clipping``."""
+    (a visit was just queued, or the last pass failed on one) though the queue count, every 2 s (4 s during a visit),
+    may not show it. The microphone's problems (``silent``, ``clipping``, ...) become the warnings ``mic_silent``,
+    ``mic_clipping``."""
     worker = status.upload_worker
     return Facts(
         daemon_state=status.state,
