@@ -8,7 +8,7 @@ costs). While audio flows the loop wakes for every captured block anyway, so ack
 - after audio went out, the socket's receive low-water mark (Linux ``SO_RCVLOWAT``) is raised to
   :data:`HELD_LOWAT`: epoll no longer reports the socket readable for a few small frames, while an end of stream,
   a reset or an error still wakes it at once (``tcp_poll`` reports those whatever the mark);
-- at a later audio send (the first :data:`READ_EVERY_S` after the last read: a few acks per read) the mark goes
+- at a later audio send (the first :data:`READ_EVERY_S` after the last read: several acks per read) the mark goes
   back to 1. If bytes wait, Linux signals the socket readable right then (``tcp_set_rcvlowat`` calls
   ``tcp_data_ready``), so the loop's next select returns at once, within the same wake-up, and the transport reads
   everything waiting (if nothing waits, the next bytes to arrive are read as usual); the read raises the mark again;
