@@ -25,7 +25,7 @@ class AudioSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Microphone callback block length in milliseconds (PortAudio ``blocksize``). Leaving it to PortAudio made
     the ALSA/PulseAudio path wake ~90 times a second at ~850 CPU-s per audio-hour for the capture alone; 20 ms
     costs ~40, 100 ms ~10. Larger blocks: fewer wake-ups, more latency. 120 (with ``stream.message_ms`` 120) is the
-    efficient profile: the daemon ~1.4x ffmpeg's CPU beside it (100 ms blocks: ~1.8x, the event loop woken ~21
+    efficient profile: the daemon ~1.2-1.4x ffmpeg's CPU beside it (100 ms blocks: ~1.8x, the event loop woken ~21
     instead of ~16 times a second), p95 capture-to-wire ~120 ms against its 150 ms target (``python -m benchmarks
     --only daemon``); 40 is the low-latency profile: the daemon ~70-120 CPU-s per audio-hour, p95 capture-to-wire
     ~42 ms against its 60 ms target (FIR resampler; ``python -m benchmarks.latency_stages``, ``python -m
