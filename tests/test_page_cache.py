@@ -11,6 +11,8 @@ import mmap
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,18 +50,33 @@ def resident_pages(path: Path) -> int:
     return sum(v & 1 for v in vector)
 
 
+IN_MEMORY = ("tmpfs", "ramfs")
+"""File systems whose pages are the files' only copy: nothing there can leave the page cache."""
+
+
 @pytest.fixture
-def installed(tmp_path: Path) -> Path:
-    if filesystem_of(tmp_path) in ("tmpfs", "ramfs"):
-        pytest.skip("the temporary folder is in memory (tmpfs): its pages are the files' only copy")
-    venv = tmp_path / "venv"
+def installed(tmp_path: Path) -> Iterator[Path]:
+    # /tmp is a tmpfs on many machines (Debian 13's default): then the files go beside the checkout's own .venv,
+    # which is on disk like the environments the installers drop (and ignored by git)
+    if filesystem_of(tmp_path) not in IN_MEMORY:
+        yield from _installed_in(tmp_path)
+        return
+    beside = ROOT / ".venv"
+    if not beside.is_dir() or filesystem_of(beside) in IN_MEMORY:
+        pytest.skip("neither the temporary folder nor the checkout's .venv is on a disk (both tmpfs)")
+    with tempfile.TemporaryDirectory(dir=beside, prefix="test-page-cache-") as folder:
+        yield from _installed_in(Path(folder))
+
+
+def _installed_in(folder: Path) -> Iterator[Path]:
+    venv = folder / "venv"
     (venv / "lib").mkdir(parents=True)
     with (venv / "lib" / "library.so").open("wb") as f:
         for i in range(4):
             f.write(bytes([i + 1]) * MB)  # pip's way: large writes
     (venv / "lib" / "link.so").symlink_to(venv / "lib" / "library.so")
     os.mkfifo(venv / "lib" / "fifo")  # opening it for reading would wait for a writer: must be passed over
-    return venv
+    yield venv
 
 
 def test_the_files_pages_leave_the_page_cache(installed: Path) -> None:
